@@ -1,0 +1,18 @@
+"""Small conversions shared by the services: times, durations, optional fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+
+from depot_api.times import to_micros
+
+
+def timestamp(at: datetime) -> Timestamp:
+    seconds, micros = divmod(to_micros(at), 1_000_000)
+    return Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def optional_timestamp(at: datetime | None) -> Timestamp | None:
+    return None if at is None else timestamp(at)

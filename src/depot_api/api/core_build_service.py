@@ -1,0 +1,56 @@
+"""depot.core.v1.BuildService: the real read side of builds (STATUS_* names, paging)."""
+
+from __future__ import annotations
+
+from connectrpc.request import RequestContext
+
+from depot_api.api.convert import optional_timestamp, timestamp
+from depot_api.api.guard import current_principal
+from depot_api.domain.builds import Builds, duration_seconds
+from depot_api.gen.depot.core.v1 import build_pb as pb
+from depot_api.models import Build, BuildStatus
+
+_STATUS = {
+    BuildStatus.RUNNING: pb.Build.Status.RUNNING,
+    BuildStatus.SUCCESS: pb.Build.Status.SUCCESS,
+    BuildStatus.FAILED: pb.Build.Status.FAILED,
+    BuildStatus.ERROR: pb.Build.Status.ERROR,
+    BuildStatus.CANCELED: pb.Build.Status.CANCELED,
+}
+
+
+class CoreBuildServiceImpl:
+    def __init__(self, builds: Builds) -> None:
+        self._builds = builds
+
+    async def list_builds(
+        self, request: pb.ListBuildsRequest, ctx: RequestContext
+    ) -> pb.ListBuildsResponse:
+        page = await self._builds.list(
+            current_principal(),
+            request.project_id,
+            request.page_size if request.has_field("page_size") else None,
+            request.page_token or None,
+        )
+        return pb.ListBuildsResponse(
+            builds=[build_message(b) for b in page.items], next_page_token=page.next_page_token
+        )
+
+    async def get_build(
+        self, request: pb.GetBuildRequest, ctx: RequestContext
+    ) -> pb.GetBuildResponse:
+        build = await self._builds.get(current_principal(), request.build_id)
+        return pb.GetBuildResponse(build=build_message(build))
+
+
+def build_message(build: Build) -> pb.Build:
+    duration = duration_seconds(build)
+    return pb.Build(
+        build_id=build.id,
+        status=_STATUS[build.status],
+        created_at=timestamp(build.created_at),
+        started_at=optional_timestamp(build.started_at),
+        finished_at=optional_timestamp(build.finished_at),
+        # The real field is an int32 of whole seconds.
+        build_duration_seconds=None if duration is None else round(duration),
+    )

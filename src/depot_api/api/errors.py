@@ -1,0 +1,39 @@
+"""Domain and store errors as Connect errors.
+
+Expected errors carry the domain's message (written for the caller). Anything else is a bug
+or an outage: the caller gets a generic `internal` message and the log gets the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from depot_api.domain import errors as domain
+from depot_api.store.errors import StoreUnavailable
+
+log = logging.getLogger("depot_api.api")
+
+_CODES: dict[type[domain.DomainError], Code] = {
+    domain.InvalidArgument: Code.INVALID_ARGUMENT,
+    domain.Unauthenticated: Code.UNAUTHENTICATED,
+    domain.PermissionDenied: Code.PERMISSION_DENIED,
+    domain.NotFound: Code.NOT_FOUND,
+    domain.AlreadyExists: Code.ALREADY_EXISTS,
+    domain.FailedPrecondition: Code.FAILED_PRECONDITION,
+    domain.Unavailable: Code.UNAVAILABLE,
+}
+
+
+def to_connect_error(error: Exception, procedure: str) -> ConnectError:
+    if isinstance(error, ConnectError):
+        return error
+    if isinstance(error, domain.DomainError):
+        return ConnectError(_CODES.get(type(error), Code.INTERNAL), error.message)
+    if isinstance(error, StoreUnavailable):
+        log.warning("%s: database unavailable: %s", procedure, error)
+        return ConnectError(Code.UNAVAILABLE, "the database is busy or unreachable; retry shortly")
+    log.error("%s: unexpected error", procedure, exc_info=error)
+    return ConnectError(Code.INTERNAL, "internal error")

@@ -1,0 +1,57 @@
+"""The interceptor in front of every RPC: authentication first, error mapping last.
+
+As the first metadata interceptor it runs before the request body is read or parsed, so a
+request without a valid token costs no parsing. The resolved Principal reaches the handler
+through a ContextVar, on every protocol.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+from connectrpc.request import RequestContext
+
+from depot_api.api.errors import to_connect_error
+from depot_api.domain.auth import Authenticator
+from depot_api.domain.principal import Principal
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "depot_api_principal", default=None
+)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being handled."""
+    principal = _principal.get()
+    if principal is None:
+        raise RuntimeError("no authenticated principal: is the RequestGuard installed?")
+    return principal
+
+
+class RequestGuard:
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def on_start(self, ctx: RequestContext) -> contextvars.Token[Principal | None]:
+        try:
+            principal = await self._authenticator.authenticate(
+                ctx.request_headers.get("authorization")
+            )
+        except Exception as e:
+            # on_end does not run for an interceptor whose on_start raised: map here.
+            raise to_connect_error(e, _procedure(ctx)) from None
+        return _principal.set(principal)
+
+    async def on_end(
+        self,
+        token: contextvars.Token[Principal | None],
+        ctx: RequestContext,
+        error: Exception | None,
+    ) -> None:
+        _principal.reset(token)
+        if error is not None:
+            raise to_connect_error(error, _procedure(ctx)) from None
+
+
+def _procedure(ctx: RequestContext) -> str:
+    return f"{ctx.method.service_name}/{ctx.method.name}"

@@ -1,0 +1,156 @@
+"""depot.core.v1.ProjectService: the real RPCs and the seed's names for the same operations."""
+
+from __future__ import annotations
+
+from connectrpc.request import RequestContext
+
+from depot_api.api.convert import timestamp
+from depot_api.api.guard import current_principal
+from depot_api.domain.projects import CachePolicyInput, Projects
+from depot_api.domain.tokens import Tokens
+from depot_api.gen.depot.core.v1 import project_pb as pb
+from depot_api.models import Project, Token
+
+
+class ProjectServiceImpl:
+    def __init__(self, projects: Projects, tokens: Tokens) -> None:
+        self._projects = projects
+        self._tokens = tokens
+
+    async def list_projects(
+        self, request: pb.ListProjectsRequest, ctx: RequestContext
+    ) -> pb.ListProjectsResponse:
+        page = await self._projects.list(
+            current_principal(),
+            request.page_size if request.has_field("page_size") else None,
+            request.page_token or None,
+        )
+        return pb.ListProjectsResponse(
+            projects=[project_message(p) for p in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def get_project(
+        self, request: pb.GetProjectRequest, ctx: RequestContext
+    ) -> pb.GetProjectResponse:
+        project = await self._projects.get(current_principal(), request.project_id)
+        return pb.GetProjectResponse(project=project_message(project))
+
+    async def create_project(
+        self, request: pb.CreateProjectRequest, ctx: RequestContext
+    ) -> pb.CreateProjectResponse:
+        project = await self._projects.create(
+            current_principal(),
+            name=request.name,
+            region_id=request.region_id,
+            organization_id=request.organization_id or None,
+            cache_policy=_policy_input(request.cache_policy),
+            hardware=int(request.hardware) if request.has_field("hardware") else None,
+        )
+        return pb.CreateProjectResponse(project=project_message(project))
+
+    async def update_project(
+        self, request: pb.UpdateProjectRequest, ctx: RequestContext
+    ) -> pb.UpdateProjectResponse:
+        project = await self._projects.update(
+            current_principal(),
+            request.project_id,
+            name=request.name if request.has_field("name") else None,
+            region_id=request.region_id if request.has_field("region_id") else None,
+            cache_policy=_policy_input(request.cache_policy),
+            hardware=int(request.hardware) if request.has_field("hardware") else None,
+        )
+        return pb.UpdateProjectResponse(project=project_message(project))
+
+    async def delete_project(
+        self, request: pb.DeleteProjectRequest, ctx: RequestContext
+    ) -> pb.DeleteProjectResponse:
+        await self._projects.delete(current_principal(), request.project_id)
+        return pb.DeleteProjectResponse()
+
+    async def reset_project(
+        self, request: pb.ResetProjectRequest, ctx: RequestContext
+    ) -> pb.ResetProjectResponse:
+        await self._projects.reset(current_principal(), request.project_id)
+        return pb.ResetProjectResponse()
+
+    async def list_tokens(
+        self, request: pb.ListTokensRequest, ctx: RequestContext
+    ) -> pb.ListTokensResponse:
+        tokens = await self._tokens.list_project_tokens(current_principal(), request.project_id)
+        return pb.ListTokensResponse(tokens=[_token_message(t) for t in tokens])
+
+    async def create_token(
+        self, request: pb.CreateTokenRequest, ctx: RequestContext
+    ) -> pb.CreateTokenResponse:
+        token, secret = await self._tokens.create_project_token(
+            current_principal(), request.project_id, request.description
+        )
+        return pb.CreateTokenResponse(token_id=token.id, secret=secret)
+
+    async def update_token(
+        self, request: pb.UpdateTokenRequest, ctx: RequestContext
+    ) -> pb.UpdateTokenResponse:
+        await self._tokens.update_project_token(
+            current_principal(), request.token_id, request.description
+        )
+        return pb.UpdateTokenResponse()
+
+    async def delete_token(
+        self, request: pb.DeleteTokenRequest, ctx: RequestContext
+    ) -> pb.DeleteTokenResponse:
+        await self._tokens.delete_project_token(
+            current_principal(), request.token_id, request.project_id
+        )
+        return pb.DeleteTokenResponse()
+
+    # The seed's names for the same operations.
+
+    async def reset_project_cache(
+        self, request: pb.ResetProjectRequest, ctx: RequestContext
+    ) -> pb.ResetProjectResponse:
+        return await self.reset_project(request, ctx)
+
+    async def list_project_tokens(
+        self, request: pb.ListTokensRequest, ctx: RequestContext
+    ) -> pb.ListTokensResponse:
+        return await self.list_tokens(request, ctx)
+
+    async def create_project_token(
+        self, request: pb.CreateTokenRequest, ctx: RequestContext
+    ) -> pb.CreateTokenResponse:
+        return await self.create_token(request, ctx)
+
+    async def delete_project_token(
+        self, request: pb.DeleteTokenRequest, ctx: RequestContext
+    ) -> pb.DeleteTokenResponse:
+        return await self.delete_token(request, ctx)
+
+
+def project_message(project: Project) -> pb.Project:
+    policy = project.cache_policy
+    return pb.Project(
+        project_id=project.id,
+        organization_id=project.org_id,
+        name=project.name,
+        region_id=project.region_id,
+        created_at=timestamp(project.created_at),
+        cache_policy=pb.CachePolicy(
+            keep_bytes=policy.keep_bytes, keep_days=policy.keep_days, keep_gb=policy.keep_gb
+        ),
+        hardware=pb.Hardware(int(project.hardware)),
+    )
+
+
+def _policy_input(policy: pb.CachePolicy | None) -> CachePolicyInput | None:
+    if policy is None:
+        return None
+    return CachePolicyInput(
+        keep_gb=policy.keep_gb,
+        keep_days=policy.keep_days,
+        keep_bytes=policy.keep_bytes if policy.has_field("keep_bytes") else None,
+    )
+
+
+def _token_message(token: Token) -> pb.ListTokensResponse.Token:
+    return pb.ListTokensResponse.Token(token_id=token.id, description=token.description)

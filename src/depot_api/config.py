@@ -1,0 +1,85 @@
+"""Settings: every flag of `depot-api serve` also has a DEPOT_API_* environment variable.
+
+The serve command hands its settings to the server process through the same variables, so
+one place decides the names and the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from depot_api.domain.projects import DEFAULT_REGIONS
+
+DEFAULT_DATA_DIR = Path("depot-api-data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = DEFAULT_DATA_DIR
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # How long a build token keeps working after its build ends (final status flushes).
+    build_token_grace: timedelta = timedelta(seconds=120)
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    # The largest request message accepted, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+
+    @property
+    def database_url(self) -> str:
+        from depot_api.store.engine import sqlite_url
+
+        return sqlite_url(self.data_dir)
+
+    @property
+    def initial_token_path(self) -> Path:
+        return self.data_dir / "initial-org-token"
+
+    def to_env(self) -> dict[str, str]:
+        env = {
+            "DEPOT_API_HOST": self.host,
+            "DEPOT_API_PORT": str(self.port),
+            "DEPOT_API_DATA_DIR": str(self.data_dir.resolve()),
+            "DEPOT_API_BUILD_TOKEN_GRACE": str(self.build_token_grace.total_seconds()),
+            "DEPOT_API_REGIONS": ",".join(self.regions),
+            "DEPOT_API_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
+            "DEPOT_API_LOG_LEVEL": self.log_level,
+        }
+        if self.tls_cert is not None:
+            env["DEPOT_API_TLS_CERT"] = str(self.tls_cert.resolve())
+        if self.tls_key is not None:
+            env["DEPOT_API_TLS_KEY"] = str(self.tls_key.resolve())
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(f"DEPOT_API_{name}")
+            return value if value else None
+
+        return cls(
+            host=get("HOST") or defaults.host,
+            port=int(get("PORT") or defaults.port),
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            tls_cert=_path(get("TLS_CERT")),
+            tls_key=_path(get("TLS_KEY")),
+            build_token_grace=timedelta(
+                seconds=float(get("BUILD_TOKEN_GRACE") or defaults.build_token_grace.seconds)
+            ),
+            regions=tuple(r for r in (get("REGIONS") or "").split(",") if r) or defaults.regions,
+            max_message_bytes=int(get("MAX_MESSAGE_BYTES") or defaults.max_message_bytes),
+            log_level=get("LOG_LEVEL") or defaults.log_level,
+        )
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)

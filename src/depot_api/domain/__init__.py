@@ -1,0 +1,1 @@
+"""Rules and state machines: projects, tokens, builds. No protobuf and no SQL here."""

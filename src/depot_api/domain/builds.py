@@ -1,0 +1,147 @@
+"""Builds: registration, the one-way state machine, and who may drive or read a build.
+
+    RUNNING ──► SUCCESS | FAILED | CANCELED   (by the client, through FinishBuild)
+            └─► ERROR                         (by the server, for infrastructure faults)
+
+Exactly one transition leaves RUNNING. Repeating the finish that won is a no-op that
+succeeds (clients retry); asking for a different outcome afterwards is failed_precondition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from depot_api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
+from depot_api.domain.principal import Principal
+from depot_api.domain.projects import Projects
+from depot_api.domain.tokens import Tokens
+from depot_api.models import Build, BuildStatus, Page, TokenKind
+from depot_api.store.errors import DuplicateKey
+from depot_api.store.interface import Store
+from depot_api.times import to_micros
+
+BUILD_PAGE_DEFAULT = 100
+BUILD_PAGE_MAX = 1000
+ERROR_MESSAGE_MAX = 65_536
+_INSERT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a client says its build ended."""
+
+    status: BuildStatus
+    error_message: str | None = None
+
+    @staticmethod
+    def success() -> Outcome:
+        return Outcome(BuildStatus.SUCCESS)
+
+    @staticmethod
+    def failed(message: str) -> Outcome:
+        if len(message) > ERROR_MESSAGE_MAX:
+            raise InvalidArgument(
+                f"error.error is too long: {len(message)} characters, at most {ERROR_MESSAGE_MAX}"
+            )
+        return Outcome(BuildStatus.FAILED, message)
+
+    @staticmethod
+    def canceled() -> Outcome:
+        return Outcome(BuildStatus.CANCELED)
+
+
+class Builds:
+    def __init__(
+        self, store: Store, projects: Projects, tokens: Tokens, *, now: Callable[[], datetime]
+    ) -> None:
+        self._store = store
+        self._projects = projects
+        self._tokens = tokens
+        self._now = now
+
+    async def create(self, principal: Principal, project_id: str) -> tuple[Build, str]:
+        """Register a RUNNING build; returns it with its build token's secret."""
+        project = await self._projects.get_for_builds(principal, project_id)
+        for attempt in range(_INSERT_ATTEMPTS):
+            build = Build(
+                id=new_id(),
+                project_id=project.id,
+                org_id=project.org_id,
+                status=BuildStatus.RUNNING,
+                created_at=self._now(),
+            )
+            token, secret = self._tokens.new_token(
+                TokenKind.BUILD,
+                f"build {build.id}",
+                org_id=project.org_id,
+                project_id=project.id,
+                build_id=build.id,
+            )
+            try:
+                await self._store.insert_build(build, token)
+            except DuplicateKey:
+                if attempt == _INSERT_ATTEMPTS - 1:
+                    raise
+                continue
+            return build, secret
+        raise AssertionError("unreachable")
+
+    async def finish(self, principal: Principal, build_id: str, outcome: Outcome) -> Build:
+        build = await self._reachable(principal, build_id)
+        after = await self._store.finish_build(
+            build.id, outcome.status, self._now(), outcome.error_message
+        )
+        if after is None:
+            raise NotFound(f"build {build_id} not found")
+        if after.status is not outcome.status:
+            raise FailedPrecondition(
+                f"build {build_id} has already finished as {after.status.value}; "
+                f"it cannot finish again as {outcome.status.value}"
+            )
+        return after
+
+    async def get(self, principal: Principal, build_id: str) -> Build:
+        return await self._reachable(principal, build_id)
+
+    async def list(
+        self,
+        principal: Principal,
+        project_id: str,
+        page_size: int | None,
+        page_token: str | None,
+    ) -> Page[Build]:
+        limit = resolve_page_size(page_size, default=BUILD_PAGE_DEFAULT, maximum=BUILD_PAGE_MAX)
+        before = decode_page_token(page_token)
+        if principal.kind is TokenKind.BUILD:
+            raise PermissionDenied("a build token can only drive its own build")
+        project = await self._projects.get_for_builds(principal, project_id)
+        rows = await self._store.list_builds(project.id, before, limit + 1)
+        return page_of(rows, limit, lambda b: (to_micros(b.created_at), b.id))
+
+    async def _reachable(self, principal: Principal, build_id: str) -> Build:
+        require_id(build_id, "build_id")
+        if principal.kind is TokenKind.BUILD and principal.build_id != build_id:
+            raise PermissionDenied(
+                f"this build token belongs to build {principal.build_id}, not {build_id}"
+            )
+        build = await self._store.get_build(build_id)
+        # Builds outside the caller's reach are reported exactly like missing ones.
+        if (
+            build is None
+            or build.org_id not in principal.org_ids
+            or (principal.kind is TokenKind.PROJECT and build.project_id != principal.project_id)
+        ):
+            raise NotFound(f"build {build_id} not found")
+        return build
+
+
+def duration_seconds(build: Build) -> float | None:
+    """Seconds from the build's start (machine acquired, else creation) to its end."""
+    if build.finished_at is None:
+        return None
+    start = build.started_at or build.created_at
+    return max((build.finished_at - start).total_seconds(), 0.0)

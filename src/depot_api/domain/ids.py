@@ -1,0 +1,34 @@
+"""Resource IDs: ten lowercase letters and digits, the shape of Depot's own IDs."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from depot_api.domain.errors import InvalidArgument
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_LENGTH = 10
+_SHAPE = re.compile(r"[a-z0-9]{10}")
+
+
+def new_id() -> str:
+    """A fresh random ID (about 51 bits); the store's primary keys catch the rare clash."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(_LENGTH))
+
+
+def require_id(value: str, field: str) -> str:
+    """Return value if it has the shape of an ID, else raise InvalidArgument naming field."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if not _SHAPE.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} {_quote(value)} is not a valid ID (expected 10 lowercase letters or digits)"
+        )
+    return value
+
+
+def _quote(value: str) -> str:
+    """Echo at most a short, printable prefix of what the caller sent."""
+    shown = value[:40].encode("unicode_escape").decode("ascii")
+    return f'"{shown}…"' if len(value) > 40 else f'"{shown}"'

@@ -1,0 +1,58 @@
+"""Organizations, users and memberships; and the first start's bootstrap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from depot_api.domain.errors import AlreadyExists, NotFound
+from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.principal import Principal
+from depot_api.domain.text import require_name
+from depot_api.domain.tokens import Tokens
+from depot_api.models import Organization, User
+from depot_api.store.interface import Store
+
+
+class Organizations:
+    def __init__(self, store: Store, tokens: Tokens, *, now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._now = now
+
+    async def visible_to(self, principal: Principal) -> list[Organization]:
+        principal.require_manager("list organizations")
+        return await self._store.get_organizations(sorted(principal.org_ids))
+
+    # Administration: run by `depot-api admin` directly against the data directory.
+
+    async def create(self, name: str) -> Organization:
+        org = Organization(id=new_id(), name=require_name(name, "name"), created_at=self._now())
+        await self._store.insert_organization(org)
+        return org
+
+    async def create_user(self, name: str) -> User:
+        user = User(id=new_id(), name=require_name(name, "name"), created_at=self._now())
+        await self._store.insert_user(user)
+        return user
+
+    async def add_member(self, user_id: str, org_id: str) -> None:
+        require_id(user_id, "user")
+        require_id(org_id, "org")
+        if await self._store.get_user(user_id) is None:
+            raise NotFound(f"user {user_id} not found")
+        if not await self._store.get_organizations([org_id]):
+            raise NotFound(f"organization {org_id} not found")
+        if not await self._store.add_membership(user_id, org_id, self._now()):
+            raise AlreadyExists(f"user {user_id} is already a member of organization {org_id}")
+
+    async def bootstrap(self) -> str | None:
+        """On an empty database, create an organization and an org token; return its secret.
+
+        Returns None when the database already has an organization.
+        """
+        if await self._store.count_organizations() > 0:
+            return None
+        org = await self.create("default")
+        _, secret = await self._tokens.create_org_token(org.id, "initial organization token")
+        return secret

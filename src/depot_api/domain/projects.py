@@ -1,0 +1,210 @@
+"""Projects: who may see and change them, and what a valid project looks like."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from depot_api.domain.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
+from depot_api.domain.principal import Principal
+from depot_api.domain.text import require_name
+from depot_api.models import CachePolicy, Hardware, Page, Project, TokenKind
+from depot_api.store.errors import DuplicateKey, NameTaken
+from depot_api.store.interface import Store
+from depot_api.times import to_micros
+
+# The Depot CLI's defaults for a new project's cache.
+DEFAULT_CACHE_POLICY = CachePolicy(keep_gb=50, keep_days=14)
+DEFAULT_REGIONS = ("us-east-1", "eu-central-1")
+PROJECT_PAGE_DEFAULT = 1000
+PROJECT_PAGE_MAX = 1000
+_GIB = 1 << 30
+_INT32_MAX = (1 << 31) - 1
+_KEEP_DAYS_MAX = 36_500
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicyInput:
+    """A cache policy as a caller sends it: zeros mean "not given"."""
+
+    keep_gb: int = 0
+    keep_days: int = 0
+    keep_bytes: int | None = None
+
+
+class Projects:
+    def __init__(
+        self, store: Store, *, regions: Sequence[str], now: Callable[[], datetime]
+    ) -> None:
+        self._store = store
+        self._regions = tuple(regions)
+        self._now = now
+
+    async def list(
+        self, principal: Principal, page_size: int | None, page_token: str | None
+    ) -> Page[Project]:
+        principal.require_manager("list projects")
+        limit = resolve_page_size(page_size, default=PROJECT_PAGE_DEFAULT, maximum=PROJECT_PAGE_MAX)
+        after = decode_page_token(page_token)
+        rows = await self._store.list_projects(sorted(principal.org_ids), after, limit + 1)
+        return page_of(rows, limit, lambda p: (to_micros(p.created_at), p.id))
+
+    async def get(self, principal: Principal, project_id: str) -> Project:
+        return await self.get_managed(principal, project_id, "read projects")
+
+    async def get_managed(self, principal: Principal, project_id: str, action: str) -> Project:
+        """The project, if the caller manages its organization."""
+        principal.require_manager(action)
+        return await self._visible(principal, project_id)
+
+    async def get_for_builds(self, principal: Principal, project_id: str) -> Project:
+        """The project, if the caller may create and read its builds."""
+        require_id(project_id, "project_id")
+        if principal.kind is TokenKind.BUILD:
+            raise PermissionDenied("a build token can only drive its own build")
+        if principal.kind is TokenKind.PROJECT and principal.project_id != project_id:
+            raise PermissionDenied(
+                f"this project token belongs to project {principal.project_id}, not {project_id}"
+            )
+        return await self._visible(principal, project_id)
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        region_id: str,
+        organization_id: str | None,
+        cache_policy: CachePolicyInput | None,
+        hardware: int | None,
+    ) -> Project:
+        principal.require_manager("create projects")
+        project = Project(
+            id=new_id(),
+            org_id=self._target_org(principal, organization_id),
+            name=require_name(name, "name"),
+            region_id=self._require_region(region_id),
+            hardware=_require_hardware(hardware or 0),
+            cache_policy=(
+                DEFAULT_CACHE_POLICY if cache_policy is None else _require_policy(cache_policy)
+            ),
+            cache_generation=0,
+            created_at=self._now(),
+        )
+        try:
+            await self._store.insert_project(project)
+        except NameTaken:
+            raise AlreadyExists(
+                f'a project named "{project.name}" already exists in organization '
+                f"{project.org_id}"
+            ) from None
+        except DuplicateKey:
+            # A clash of two random IDs: vanishingly rare; the caller may simply retry.
+            raise AlreadyExists("project ID clash; please retry") from None
+        return project
+
+    async def update(
+        self,
+        principal: Principal,
+        project_id: str,
+        *,
+        name: str | None,
+        region_id: str | None,
+        cache_policy: CachePolicyInput | None,
+        hardware: int | None,
+    ) -> Project:
+        # Validate everything before touching the store, so a bad field changes nothing.
+        principal.require_manager("update projects")
+        require_id(project_id, "project_id")
+        new_name = None if name is None else require_name(name, "name")
+        new_region = None if region_id is None else self._require_region(region_id)
+        new_hardware = None if hardware is None else _require_hardware(hardware)
+        new_policy = None if cache_policy is None else _require_policy(cache_policy)
+        await self._visible(principal, project_id)
+        try:
+            updated = await self._store.update_project(
+                project_id,
+                name=new_name,
+                region_id=new_region,
+                hardware=new_hardware,
+                cache_policy=new_policy,
+            )
+        except NameTaken:
+            raise AlreadyExists(f'a project named "{new_name}" already exists') from None
+        if updated is None:
+            raise NotFound(f"project {project_id} not found")
+        return updated
+
+    async def delete(self, principal: Principal, project_id: str) -> None:
+        project = await self.get_managed(principal, project_id, "delete projects")
+        if not await self._store.delete_project(project.id, self._now()):
+            raise NotFound(f"project {project_id} not found")
+
+    async def reset(self, principal: Principal, project_id: str) -> int:
+        """Start a new cache generation; returns its number."""
+        project = await self.get_managed(principal, project_id, "reset projects")
+        generation = await self._store.bump_cache_generation(project.id)
+        if generation is None:
+            raise NotFound(f"project {project_id} not found")
+        return generation
+
+    async def _visible(self, principal: Principal, project_id: str) -> Project:
+        require_id(project_id, "project_id")
+        project = await self._store.get_project(project_id)
+        # Another organization's project is reported exactly like a missing one.
+        if project is None or project.org_id not in principal.org_ids:
+            raise NotFound(f"project {project_id} not found")
+        return project
+
+    def _target_org(self, principal: Principal, organization_id: str | None) -> str:
+        if organization_id:
+            require_id(organization_id, "organization_id")
+            if organization_id not in principal.org_ids:
+                raise NotFound(f"organization {organization_id} not found")
+            return organization_id
+        if len(principal.org_ids) != 1:
+            raise InvalidArgument(
+                "organization_id is required: this token acts in "
+                f"{len(principal.org_ids)} organizations"
+            )
+        return next(iter(principal.org_ids))
+
+    def _require_region(self, region_id: str) -> str:
+        if region_id not in self._regions:
+            given = f'"{region_id[:64]}"' if region_id else "missing"
+            raise InvalidArgument(
+                f"region_id is {given}; expected one of: {', '.join(self._regions)}"
+            )
+        return region_id
+
+
+def _require_hardware(value: int) -> Hardware:
+    try:
+        return Hardware(value)
+    except ValueError:
+        raise InvalidArgument(f"hardware {value} is not a known Hardware value") from None
+
+
+def _require_policy(policy: CachePolicyInput) -> CachePolicy:
+    """Validate a cache policy and settle keep_gb from the deprecated keep_bytes if needed."""
+    if policy.keep_gb < 0:
+        raise InvalidArgument(f"cache_policy.keep_gb must not be negative, got {policy.keep_gb}")
+    if not 0 <= policy.keep_days <= _KEEP_DAYS_MAX:
+        raise InvalidArgument(
+            f"cache_policy.keep_days must be between 0 (no age limit) and {_KEEP_DAYS_MAX}, "
+            f"got {policy.keep_days}"
+        )
+    if policy.keep_bytes is not None and policy.keep_bytes < 0:
+        raise InvalidArgument(
+            f"cache_policy.keep_bytes must not be negative, got {policy.keep_bytes}"
+        )
+    keep_gb = policy.keep_gb
+    if keep_gb == 0 and policy.keep_bytes:
+        keep_gb = min(math.ceil(policy.keep_bytes / _GIB), _INT32_MAX)
+    if keep_gb == 0:
+        keep_gb = DEFAULT_CACHE_POLICY.keep_gb
+    return CachePolicy(keep_gb=keep_gb, keep_days=policy.keep_days, keep_bytes=policy.keep_bytes)

@@ -1,0 +1,142 @@
+"""Tokens: issuing and managing them. (Authentication lives in domain.auth.)
+
+Secrets are minted here, returned once, and stored only as their SHA-256 hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from depot_api.domain.errors import NotFound
+from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.principal import Principal
+from depot_api.domain.projects import Projects
+from depot_api.domain.text import require_description
+from depot_api.domain.token_format import hash_secret, mint
+from depot_api.models import Token, TokenKind
+from depot_api.store.errors import DuplicateKey
+from depot_api.store.interface import Store
+
+_INSERT_ATTEMPTS = 3
+
+
+class Tokens:
+    def __init__(self, store: Store, projects: Projects, *, now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._projects = projects
+        self._now = now
+
+    def new_token(
+        self,
+        kind: TokenKind,
+        description: str = "",
+        *,
+        org_id: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        build_id: str | None = None,
+    ) -> tuple[Token, str]:
+        """A token record and its secret, not yet stored."""
+        secret = mint(kind)
+        token = Token(
+            id=new_id(),
+            kind=kind,
+            secret_hash=hash_secret(secret),
+            description=description,
+            created_at=self._now(),
+            org_id=org_id,
+            user_id=user_id,
+            project_id=project_id,
+            build_id=build_id,
+        )
+        return token, secret
+
+    async def _issue(
+        self,
+        kind: TokenKind,
+        description: str,
+        *,
+        org_id: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+    ) -> tuple[Token, str]:
+        for attempt in range(_INSERT_ATTEMPTS):
+            token, secret = self.new_token(
+                kind, description, org_id=org_id, user_id=user_id, project_id=project_id
+            )
+            try:
+                await self._store.insert_token(token)
+            except DuplicateKey:
+                if attempt == _INSERT_ATTEMPTS - 1:
+                    raise
+                continue
+            return token, secret
+        raise AssertionError("unreachable")
+
+    # Administration
+
+    async def create_org_token(self, org_id: str, description: str = "") -> tuple[Token, str]:
+        require_id(org_id, "org")
+        if not await self._store.get_organizations([org_id]):
+            raise NotFound(f"organization {org_id} not found")
+        return await self._issue(
+            TokenKind.ORG, require_description(description, "description"), org_id=org_id
+        )
+
+    async def create_user_token(self, user_id: str, description: str = "") -> tuple[Token, str]:
+        require_id(user_id, "user")
+        if await self._store.get_user(user_id) is None:
+            raise NotFound(f"user {user_id} not found")
+        return await self._issue(
+            TokenKind.USER, require_description(description, "description"), user_id=user_id
+        )
+
+    # Project tokens, through the API
+
+    async def list_project_tokens(self, principal: Principal, project_id: str) -> list[Token]:
+        project = await self._projects.get_managed(principal, project_id, "list project tokens")
+        return await self._store.list_project_tokens(project.id)
+
+    async def create_project_token(
+        self, principal: Principal, project_id: str, description: str
+    ) -> tuple[Token, str]:
+        require_description(description, "description")
+        project = await self._projects.get_managed(principal, project_id, "create project tokens")
+        return await self._issue(
+            TokenKind.PROJECT, description, org_id=project.org_id, project_id=project.id
+        )
+
+    async def update_project_token(
+        self, principal: Principal, token_id: str, description: str
+    ) -> None:
+        require_description(description, "description")
+        token = await self._managed_project_token(principal, token_id, "update project tokens")
+        if not await self._store.set_token_description(token.id, description):
+            raise NotFound(f"token {token_id} not found")
+
+    async def delete_project_token(
+        self, principal: Principal, token_id: str, project_id: str = ""
+    ) -> None:
+        token = await self._managed_project_token(principal, token_id, "delete project tokens")
+        if project_id:
+            require_id(project_id, "project_id")
+            if token.project_id != project_id:
+                raise NotFound(f"token {token_id} not found in project {project_id}")
+        if not await self._store.revoke_token(token.id, self._now()):
+            raise NotFound(f"token {token_id} not found")
+
+    async def _managed_project_token(
+        self, principal: Principal, token_id: str, action: str
+    ) -> Token:
+        principal.require_manager(action)
+        require_id(token_id, "token_id")
+        token = await self._store.get_token(token_id)
+        if (
+            token is None
+            or token.kind is not TokenKind.PROJECT
+            or token.revoked_at is not None
+            or token.org_id not in principal.org_ids
+        ):
+            raise NotFound(f"token {token_id} not found")
+        return token

@@ -1,0 +1,119 @@
+"""The records every layer speaks of: plain values, no behaviour, no I/O.
+
+The domain decides what they may contain; the store persists them; the transport maps them
+to protobuf messages. Times are UTC datetimes; the store keeps them as epoch microseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class TokenKind(enum.StrEnum):
+    """Who a token speaks for. The value is what the store keeps."""
+
+    ORG = "org"
+    USER = "user"
+    PROJECT = "project"
+    BUILD = "build"
+
+
+class BuildStatus(enum.StrEnum):
+    """A build's lifecycle: RUNNING, then exactly one of the others."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ERROR = "error"  # an infrastructure fault, set by the server, never by a client
+
+
+class Hardware(enum.IntEnum):
+    """Machine size of a project's builders. Numbers match depot.core.v1.Hardware."""
+
+    UNSPECIFIED = 0
+    HW_16X32 = 1
+    HW_4X4 = 2
+    HW_8X8 = 3
+    HW_8X16 = 4
+    HW_32X64 = 5
+    HW_64X128 = 6
+    HW_96X192 = 7
+    HW_192X384 = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """keep_bytes is the deprecated size limit: kept as given (or None) so it can be echoed."""
+
+    keep_gb: int
+    keep_days: int
+    keep_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    org_id: str
+    name: str
+    region_id: str
+    hardware: Hardware
+    cache_policy: CachePolicy
+    cache_generation: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A stored token. The secret itself is never stored: only its SHA-256 hash."""
+
+    id: str
+    kind: TokenKind
+    secret_hash: str
+    description: str
+    created_at: datetime
+    org_id: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    build_id: str | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    id: str
+    project_id: str
+    org_id: str
+    status: BuildStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a keyset-paged listing; next_page_token is empty on the last page."""
+
+    items: list[T]
+    next_page_token: str

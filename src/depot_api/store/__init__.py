@@ -1,0 +1,1 @@
+"""Persistence: one Store interface, implemented over SQLAlchemy Core for SQLite and PostgreSQL."""

@@ -1,0 +1,78 @@
+"""Opening a database: engines, SQLite's settings, and the migrations applied at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from depot_api.store.sql import SqlStore
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+# How long a SQLite connection waits for another writer before giving up (and the caller
+# getting `unavailable`).
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{(data_dir / 'depot-api.sqlite3').resolve()}"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, foreign keys, and transactions that SQLAlchemy begins itself.
+
+    Python's sqlite3 module would otherwise begin transactions lazily and DEFERRED, so two
+    writers that both read first can deadlock on the upgrade to a write lock. Writes here
+    begin IMMEDIATE (asked for with the `depot_write` execution option) and take the write
+    lock up front, waiting up to the busy timeout for it.
+
+    synchronous=NORMAL in WAL mode survives a crash of the process (what is acknowledged is
+    in the operating system's hands); only a power loss may drop the last transactions.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("depot_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there already)."""
+    async with engine.execution_options(depot_write=True).begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def open_store(url: str, *, run_migrations: bool = True) -> SqlStore:
+    engine = create_engine(url)
+    if run_migrations:
+        await migrate(engine)
+    return SqlStore(engine)

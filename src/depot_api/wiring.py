@@ -1,0 +1,41 @@
+"""One place that builds the domain on top of a store, for the server and the admin CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from depot_api.config import Settings
+from depot_api.domain.auth import Authenticator
+from depot_api.domain.builds import Builds
+from depot_api.domain.organizations import Organizations
+from depot_api.domain.projects import Projects
+from depot_api.domain.tokens import Tokens
+from depot_api.store.interface import Store
+from depot_api.times import utc_now
+
+
+@dataclass(frozen=True)
+class Domain:
+    store: Store
+    authenticator: Authenticator
+    projects: Projects
+    tokens: Tokens
+    builds: Builds
+    organizations: Organizations
+
+
+def build_domain(
+    store: Store, settings: Settings, *, now: Callable[[], datetime] = utc_now
+) -> Domain:
+    projects = Projects(store, regions=settings.regions, now=now)
+    tokens = Tokens(store, projects, now=now)
+    return Domain(
+        store=store,
+        authenticator=Authenticator(store, build_token_grace=settings.build_token_grace, now=now),
+        projects=projects,
+        tokens=tokens,
+        builds=Builds(store, projects, tokens, now=now),
+        organizations=Organizations(store, tokens, now=now),
+    )
