@@ -1,0 +1,49 @@
+# depot-api: `make run` starts the server on an embedded SQLite database; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NODE_E2E := tests/e2e/node
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test check lint typecheck generate generate-check clean
+
+install: $(STAMP) $(NODE_E2E)/node_modules/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_E2E)/node_modules/.installed: $(NODE_E2E)/package.json $(NODE_E2E)/package-lock.json
+	cd $(NODE_E2E) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/depot-api serve
+
+test: install
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+generate: $(STAMP)
+	rm -rf src/depot_api/gen
+	$(BIN)/buf generate
+
+# Regenerate into a scratch copy and fail if the committed code differs.
+generate-check: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r proto buf.yaml $$tmp/ && \
+	sed 's#local: .venv/bin/#local: $(CURDIR)/$(BIN)/#; s#out: src/depot_api/gen#out: gen#' buf.gen.yaml > $$tmp/buf.gen.yaml && \
+	(cd $$tmp && $(CURDIR)/$(BIN)/buf generate) && \
+	diff -r $$tmp/gen src/depot_api/gen && rm -rf $$tmp && echo "generated code is up to date"
+
+check: lint typecheck generate-check test
+
+clean:
+	rm -rf $(VENV) $(NODE_E2E)/node_modules .mypy_cache .ruff_cache .pytest_cache

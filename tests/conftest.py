@@ -1,0 +1,75 @@
+"""Fixtures: an in-process application over a real SQLite file, with clients for every protocol."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from connectrpc.codec import proto_json_codec
+from connectrpc.protocol import ProtocolType
+from pyqwest import Client
+from pyqwest.testing import ASGITransport
+
+from depot_api.app import DepotAPI, create_app
+from depot_api.cli import prepare_data_dir
+from depot_api.config import Settings
+from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
+from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
+from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
+from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+
+PROTOCOLS = {
+    "connect-json": (ProtocolType.CONNECT, "json"),
+    "connect-proto": (ProtocolType.CONNECT, "proto"),
+    "grpc": (ProtocolType.GRPC, "proto"),
+    "grpc-web": (ProtocolType.GRPC_WEB, "proto"),
+}
+
+
+@dataclass
+class Clients:
+    projects: ProjectServiceClient
+    builds: BuildServiceClient
+    core_builds: CoreBuildServiceClient
+    organizations: OrganizationServiceClient
+
+
+@dataclass
+class InProcessAPI:
+    app: DepotAPI
+    settings: Settings
+    org_token: str
+    http: Client
+
+    def clients(self, protocol: str = "connect-json") -> Clients:
+        kind, codec = PROTOCOLS[protocol]
+        options = {
+            "protocol": kind,
+            "codec": proto_json_codec() if codec == "json" else None,
+            "http_client": self.http,
+        }
+        base = "http://test"
+        return Clients(
+            projects=ProjectServiceClient(base, **options),
+            builds=BuildServiceClient(base, **options),
+            core_builds=CoreBuildServiceClient(base, **options),
+            organizations=OrganizationServiceClient(base, **options),
+        )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[InProcessAPI]:
+    org_token = await prepare_data_dir(settings)
+    assert org_token is not None
+    app = create_app(settings)
+    transport = ASGITransport(app)
+    async with transport:
+        http = Client(transport)
+        yield InProcessAPI(app=app, settings=settings, org_token=org_token, http=http)
