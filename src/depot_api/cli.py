@@ -142,9 +142,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 await domain.organizations.add_member(args.user, args.org)
                 print(f"user {args.user} is now a member of organization {args.org}")
             case "create-user-token":
-                created, secret = await domain.tokens.create_user_token(
-                    args.user, args.description
-                )
+                created, secret = await domain.tokens.create_user_token(args.user, args.description)
                 print(f"user token {created.id} created; the secret is shown once:")
                 print(secret)
     finally:

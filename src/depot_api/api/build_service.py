@@ -3,12 +3,11 @@ seed's GetBuild and ListBuilds (a bare Build with BUILD_STATUS_* names)."""
 
 from __future__ import annotations
 
-from connectrpc.request import RequestContext
-
 from depot_api.api.convert import optional_timestamp, timestamp
-from depot_api.api.guard import current_principal
+from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, Outcome, duration_seconds
 from depot_api.domain.errors import InvalidArgument
+from depot_api.gen.depot.build.v1 import build_connect
 from depot_api.gen.depot.build.v1 import build_pb as pb
 from depot_api.models import Build, BuildStatus
 
@@ -21,27 +20,27 @@ _SEED_STATUS = {
 }
 
 
-class BuildServiceImpl:
+class BuildServiceImpl(build_connect.BuildService):
     def __init__(self, builds: Builds) -> None:
         self._builds = builds
 
     async def create_build(
-        self, request: pb.CreateBuildRequest, ctx: RequestContext
+        self, request: pb.CreateBuildRequest, ctx: Context
     ) -> pb.CreateBuildResponse:
         build, secret = await self._builds.create(current_principal(), request.project_id)
         return pb.CreateBuildResponse(build_id=build.id, build_token=secret)
 
     async def finish_build(
-        self, request: pb.FinishBuildRequest, ctx: RequestContext
+        self, request: pb.FinishBuildRequest, ctx: Context
     ) -> pb.FinishBuildResponse:
         await self._builds.finish(current_principal(), request.build_id, _outcome(request))
         return pb.FinishBuildResponse()
 
-    async def get_build(self, request: pb.GetBuildRequest, ctx: RequestContext) -> pb.Build:
+    async def get_build(self, request: pb.GetBuildRequest, ctx: Context) -> pb.Build:
         return seed_build_message(await self._builds.get(current_principal(), request.build_id))
 
     async def list_builds(
-        self, request: pb.ListBuildsRequest, ctx: RequestContext
+        self, request: pb.ListBuildsRequest, ctx: Context
     ) -> pb.ListBuildsResponse:
         page = await self._builds.list(
             current_principal(),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from connectrpc.request import RequestContext
-
 from depot_api.api.convert import optional_timestamp, timestamp
-from depot_api.api.guard import current_principal
+from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, duration_seconds
+from depot_api.gen.depot.core.v1 import build_connect
 from depot_api.gen.depot.core.v1 import build_pb as pb
 from depot_api.models import Build, BuildStatus
 
@@ -19,12 +18,12 @@ _STATUS = {
 }
 
 
-class CoreBuildServiceImpl:
+class CoreBuildServiceImpl(build_connect.BuildService):
     def __init__(self, builds: Builds) -> None:
         self._builds = builds
 
     async def list_builds(
-        self, request: pb.ListBuildsRequest, ctx: RequestContext
+        self, request: pb.ListBuildsRequest, ctx: Context
     ) -> pb.ListBuildsResponse:
         page = await self._builds.list(
             current_principal(),
@@ -36,9 +35,7 @@ class CoreBuildServiceImpl:
             builds=[build_message(b) for b in page.items], next_page_token=page.next_page_token
         )
 
-    async def get_build(
-        self, request: pb.GetBuildRequest, ctx: RequestContext
-    ) -> pb.GetBuildResponse:
+    async def get_build(self, request: pb.GetBuildRequest, ctx: Context) -> pb.GetBuildResponse:
         build = await self._builds.get(current_principal(), request.build_id)
         return pb.GetBuildResponse(build=build_message(build))
 

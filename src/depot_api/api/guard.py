@@ -8,12 +8,16 @@ through a ContextVar, on every protocol.
 from __future__ import annotations
 
 import contextvars
+from typing import Any
 
 from connectrpc.request import RequestContext
 
 from depot_api.api.errors import to_connect_error
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.principal import Principal
+
+# Handlers take the context of any request and response type.
+Context = RequestContext[Any, Any]
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "depot_api_principal", default=None
@@ -32,7 +36,7 @@ class RequestGuard:
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 
-    async def on_start(self, ctx: RequestContext) -> contextvars.Token[Principal | None]:
+    async def on_start(self, ctx: Context) -> contextvars.Token[Principal | None]:
         try:
             principal = await self._authenticator.authenticate(
                 ctx.request_headers.get("authorization")
@@ -45,7 +49,7 @@ class RequestGuard:
     async def on_end(
         self,
         token: contextvars.Token[Principal | None],
-        ctx: RequestContext,
+        ctx: Context,
         error: Exception | None,
     ) -> None:
         _principal.reset(token)
@@ -53,5 +57,5 @@ class RequestGuard:
             raise to_connect_error(error, _procedure(ctx)) from None
 
 
-def _procedure(ctx: RequestContext) -> str:
+def _procedure(ctx: Context) -> str:
     return f"{ctx.method.service_name}/{ctx.method.name}"

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from connectrpc.request import RequestContext
-
 from depot_api.api.convert import timestamp
-from depot_api.api.guard import current_principal
+from depot_api.api.guard import Context, current_principal
 from depot_api.domain.organizations import Organizations
+from depot_api.gen.depot.core.v1 import org_connect
 from depot_api.gen.depot.core.v1 import org_pb as pb
 
 
-class OrganizationServiceImpl:
+class OrganizationServiceImpl(org_connect.OrganizationService):
     def __init__(self, organizations: Organizations) -> None:
         self._organizations = organizations
 
     async def list_organizations(
-        self, request: pb.ListOrganizationsRequest, ctx: RequestContext
+        self, request: pb.ListOrganizationsRequest, ctx: Context
     ) -> pb.ListOrganizationsResponse:
         orgs = await self._organizations.visible_to(current_principal())
         return pb.ListOrganizationsResponse(

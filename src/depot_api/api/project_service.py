@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from connectrpc.request import RequestContext
-
 from depot_api.api.convert import timestamp
-from depot_api.api.guard import current_principal
+from depot_api.api.guard import Context, current_principal
 from depot_api.domain.projects import CachePolicyInput, Projects
 from depot_api.domain.tokens import Tokens
+from depot_api.gen.depot.core.v1 import project_connect
 from depot_api.gen.depot.core.v1 import project_pb as pb
 from depot_api.models import Project, Token
 
 
-class ProjectServiceImpl:
+class ProjectServiceImpl(project_connect.ProjectService):
     def __init__(self, projects: Projects, tokens: Tokens) -> None:
         self._projects = projects
         self._tokens = tokens
 
     async def list_projects(
-        self, request: pb.ListProjectsRequest, ctx: RequestContext
+        self, request: pb.ListProjectsRequest, ctx: Context
     ) -> pb.ListProjectsResponse:
         page = await self._projects.list(
             current_principal(),
@@ -31,13 +30,13 @@ class ProjectServiceImpl:
         )
 
     async def get_project(
-        self, request: pb.GetProjectRequest, ctx: RequestContext
+        self, request: pb.GetProjectRequest, ctx: Context
     ) -> pb.GetProjectResponse:
         project = await self._projects.get(current_principal(), request.project_id)
         return pb.GetProjectResponse(project=project_message(project))
 
     async def create_project(
-        self, request: pb.CreateProjectRequest, ctx: RequestContext
+        self, request: pb.CreateProjectRequest, ctx: Context
     ) -> pb.CreateProjectResponse:
         project = await self._projects.create(
             current_principal(),
@@ -50,7 +49,7 @@ class ProjectServiceImpl:
         return pb.CreateProjectResponse(project=project_message(project))
 
     async def update_project(
-        self, request: pb.UpdateProjectRequest, ctx: RequestContext
+        self, request: pb.UpdateProjectRequest, ctx: Context
     ) -> pb.UpdateProjectResponse:
         project = await self._projects.update(
             current_principal(),
@@ -63,25 +62,25 @@ class ProjectServiceImpl:
         return pb.UpdateProjectResponse(project=project_message(project))
 
     async def delete_project(
-        self, request: pb.DeleteProjectRequest, ctx: RequestContext
+        self, request: pb.DeleteProjectRequest, ctx: Context
     ) -> pb.DeleteProjectResponse:
         await self._projects.delete(current_principal(), request.project_id)
         return pb.DeleteProjectResponse()
 
     async def reset_project(
-        self, request: pb.ResetProjectRequest, ctx: RequestContext
+        self, request: pb.ResetProjectRequest, ctx: Context
     ) -> pb.ResetProjectResponse:
         await self._projects.reset(current_principal(), request.project_id)
         return pb.ResetProjectResponse()
 
     async def list_tokens(
-        self, request: pb.ListTokensRequest, ctx: RequestContext
+        self, request: pb.ListTokensRequest, ctx: Context
     ) -> pb.ListTokensResponse:
         tokens = await self._tokens.list_project_tokens(current_principal(), request.project_id)
         return pb.ListTokensResponse(tokens=[_token_message(t) for t in tokens])
 
     async def create_token(
-        self, request: pb.CreateTokenRequest, ctx: RequestContext
+        self, request: pb.CreateTokenRequest, ctx: Context
     ) -> pb.CreateTokenResponse:
         token, secret = await self._tokens.create_project_token(
             current_principal(), request.project_id, request.description
@@ -89,7 +88,7 @@ class ProjectServiceImpl:
         return pb.CreateTokenResponse(token_id=token.id, secret=secret)
 
     async def update_token(
-        self, request: pb.UpdateTokenRequest, ctx: RequestContext
+        self, request: pb.UpdateTokenRequest, ctx: Context
     ) -> pb.UpdateTokenResponse:
         await self._tokens.update_project_token(
             current_principal(), request.token_id, request.description
@@ -97,7 +96,7 @@ class ProjectServiceImpl:
         return pb.UpdateTokenResponse()
 
     async def delete_token(
-        self, request: pb.DeleteTokenRequest, ctx: RequestContext
+        self, request: pb.DeleteTokenRequest, ctx: Context
     ) -> pb.DeleteTokenResponse:
         await self._tokens.delete_project_token(
             current_principal(), request.token_id, request.project_id
@@ -107,22 +106,22 @@ class ProjectServiceImpl:
     # The seed's names for the same operations.
 
     async def reset_project_cache(
-        self, request: pb.ResetProjectRequest, ctx: RequestContext
+        self, request: pb.ResetProjectRequest, ctx: Context
     ) -> pb.ResetProjectResponse:
         return await self.reset_project(request, ctx)
 
     async def list_project_tokens(
-        self, request: pb.ListTokensRequest, ctx: RequestContext
+        self, request: pb.ListTokensRequest, ctx: Context
     ) -> pb.ListTokensResponse:
         return await self.list_tokens(request, ctx)
 
     async def create_project_token(
-        self, request: pb.CreateTokenRequest, ctx: RequestContext
+        self, request: pb.CreateTokenRequest, ctx: Context
     ) -> pb.CreateTokenResponse:
         return await self.create_token(request, ctx)
 
     async def delete_project_token(
-        self, request: pb.DeleteTokenRequest, ctx: RequestContext
+        self, request: pb.DeleteTokenRequest, ctx: Context
     ) -> pb.DeleteTokenResponse:
         return await self.delete_token(request, ctx)
 

@@ -46,9 +46,7 @@ class Authenticator:
             case TokenKind.USER:
                 assert token.user_id is not None
                 org_ids = await self._store.org_ids_of_user(token.user_id)
-                return Principal(
-                    token.id, token.kind, frozenset(org_ids), user_id=token.user_id
-                )
+                return Principal(token.id, token.kind, frozenset(org_ids), user_id=token.user_id)
             case TokenKind.BUILD:
                 await self._require_live_build(token, now)
         assert token.org_id is not None

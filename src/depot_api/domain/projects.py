@@ -99,8 +99,7 @@ class Projects:
             await self._store.insert_project(project)
         except NameTaken:
             raise AlreadyExists(
-                f'a project named "{project.name}" already exists in organization '
-                f"{project.org_id}"
+                f'a project named "{project.name}" already exists in organization {project.org_id}'
             ) from None
         except DuplicateKey:
             # A clash of two random IDs: vanishingly rare; the caller may simply retry.

@@ -23,9 +23,9 @@ from depot_api.models import (
     User,
 )
 from depot_api.store import schema as t
-from depot_api.times import from_micros, to_micros
 from depot_api.store.errors import DuplicateKey, NameTaken, StoreUnavailable
 from depot_api.store.interface import Position
+from depot_api.times import from_micros, to_micros
 
 
 class SqlStore:
@@ -84,7 +84,8 @@ class SqlStore:
                 .order_by(t.organizations.c.created_at, t.organizations.c.id)
             )
             return [
-                Organization(id=r.id, name=r.name, created_at=from_micros(r.created_at)) for r in rows
+                Organization(id=r.id, name=r.name, created_at=from_micros(r.created_at))
+                for r in rows
             ]
 
     async def insert_user(self, user: User) -> None:
@@ -98,7 +99,11 @@ class SqlStore:
     async def get_user(self, user_id: str) -> User | None:
         async with self._read() as conn:
             r = (await conn.execute(select(t.users).where(t.users.c.id == user_id))).first()
-            return None if r is None else User(id=r.id, name=r.name, created_at=from_micros(r.created_at))
+            return (
+                None
+                if r is None
+                else User(id=r.id, name=r.name, created_at=from_micros(r.created_at))
+            )
 
     async def add_membership(self, user_id: str, org_id: str, at: datetime) -> bool:
         async with self._write() as conn:
@@ -269,9 +274,7 @@ class SqlStore:
             )
             if not result.rowcount:
                 return None
-            return int(
-                (await conn.execute(select(p.c.cache_generation).where(live))).scalar_one()
-            )
+            return int((await conn.execute(select(p.c.cache_generation).where(live))).scalar_one())
 
     # Builds
 
