@@ -73,3 +73,15 @@ async def api(settings: Settings) -> AsyncIterator[InProcessAPI]:
     async with transport:
         http = Client(transport)
         yield InProcessAPI(app=app, settings=settings, org_token=org_token, http=http)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def raw_post(
+    api: InProcessAPI, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """POST raw bytes to the app; returns status, lower-cased headers and body."""
+    response = await api.http.post(f"http://test{path}", headers=headers, content=body)
+    return response.status, {k.lower(): v for k, v in response.headers.items()}, response.content

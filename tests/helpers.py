@@ -31,7 +31,9 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(data_dir: Path, *extra_args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+def running_server(
+    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
     """Start the real server on a free port; stop it (by its own PID) when the block ends."""
     process = subprocess.Popen(
         [str(BIN / "depot-api"), "serve", "--port", "0", "--data-dir", str(data_dir), *extra_args],

@@ -34,7 +34,7 @@ class Store(Protocol):
         """Release every connection."""
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers a trivial query."""
+        """Raise StoreUnavailable unless the database is reachable and migrated."""
 
     # Organizations and users
 

@@ -1,0 +1,307 @@
+"""Every RPC × every kind of caller → the expected answer, from one table.
+
+Rules under test (docs/api.md): no, malformed, unknown or revoked tokens are unauthenticated;
+a resource outside the caller's organizations is not_found (its existence is not disclosed);
+a token whose kind cannot do the operation, or a project or build token naming another
+project or build it is bound to, is permission_denied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from depot_api.gen.depot.build.v1 import build_connect, build_pb
+from depot_api.gen.depot.core.v1 import build_connect as core_build_connect
+from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
+from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_connect, project_pb
+
+from ..conftest import Clients, InProcessAPI
+from ..world import World, build_world
+
+UNAUTHENTICATED_CALLERS = ("none", "malformed", "unknown", "revoked")
+CALLERS = (*UNAUTHENTICATED_CALLERS, "org", "member", "other_org", "outsider", "project", "build")
+
+Call = Callable[[Clients, World, dict[str, str]], Awaitable[Any]]
+
+
+@dataclass
+class Row:
+    rpc: str  # "package.Service/Method"
+    call: Call
+    expected: dict[str, Code | None]  # None = succeeds
+    variant: str = ""
+
+
+def row(
+    rpc: str,
+    call: Call,
+    *,
+    ok: tuple[str, ...],
+    denied: tuple[str, ...] = (),
+    not_found: tuple[str, ...] = (),
+    variant: str = "",
+) -> Row:
+    expected: dict[str, Code | None] = dict.fromkeys(UNAUTHENTICATED_CALLERS, Code.UNAUTHENTICATED)
+    expected.update(dict.fromkeys(ok))
+    expected.update(dict.fromkeys(denied, Code.PERMISSION_DENIED))
+    expected.update(dict.fromkeys(not_found, Code.NOT_FOUND))
+    assert set(expected) == set(CALLERS), f"{rpc}: every caller needs an expectation"
+    return Row(rpc, call, expected, variant)
+
+
+MANAGERS = ("org", "member")
+OUTSIDERS = ("other_org", "outsider")
+NARROW = ("project", "build")
+P = "depot.core.v1.ProjectService/"
+B = "depot.build.v1.BuildService/"
+CB = "depot.core.v1.BuildService/"
+
+
+def managed(rpc: str, call: Call, variant: str = "") -> Row:
+    """Project management of org A's resources."""
+    return row(rpc, call, ok=MANAGERS, denied=NARROW, not_found=OUTSIDERS, variant=variant)
+
+
+TABLE = [
+    row(
+        P + "ListProjects",
+        lambda c, w, h: c.projects.list_projects(project_pb.ListProjectsRequest(), headers=h),
+        ok=(*MANAGERS, *OUTSIDERS),
+        denied=NARROW,
+    ),
+    managed(
+        P + "GetProject",
+        lambda c, w, h: c.projects.get_project(
+            project_pb.GetProjectRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "CreateProject",
+        lambda c, w, h: c.projects.create_project(
+            project_pb.CreateProjectRequest(
+                name="new", region_id="us-east-1", organization_id=w.org_a
+            ),
+            headers=h,
+        ),
+    ),
+    managed(
+        P + "UpdateProject",
+        lambda c, w, h: c.projects.update_project(
+            project_pb.UpdateProjectRequest(project_id=w.project_a, name="renamed"), headers=h
+        ),
+    ),
+    managed(
+        P + "DeleteProject",
+        lambda c, w, h: c.projects.delete_project(
+            project_pb.DeleteProjectRequest(project_id=w.project_a2), headers=h
+        ),
+    ),
+    managed(
+        P + "ResetProject",
+        lambda c, w, h: c.projects.reset_project(
+            project_pb.ResetProjectRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "ResetProjectCache",
+        lambda c, w, h: c.projects.reset_project_cache(
+            project_pb.ResetProjectRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "ListTokens",
+        lambda c, w, h: c.projects.list_tokens(
+            project_pb.ListTokensRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "ListProjectTokens",
+        lambda c, w, h: c.projects.list_project_tokens(
+            project_pb.ListTokensRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "CreateToken",
+        lambda c, w, h: c.projects.create_token(
+            project_pb.CreateTokenRequest(project_id=w.project_a, description="x"), headers=h
+        ),
+    ),
+    managed(
+        P + "CreateProjectToken",
+        lambda c, w, h: c.projects.create_project_token(
+            project_pb.CreateTokenRequest(project_id=w.project_a, description="x"), headers=h
+        ),
+    ),
+    managed(
+        P + "UpdateToken",
+        lambda c, w, h: c.projects.update_token(
+            project_pb.UpdateTokenRequest(token_id=w.project_token_a_id, description="y"),
+            headers=h,
+        ),
+    ),
+    managed(
+        P + "DeleteToken",
+        lambda c, w, h: c.projects.delete_token(
+            project_pb.DeleteTokenRequest(token_id=w.project_token_a_id), headers=h
+        ),
+    ),
+    managed(
+        P + "DeleteProjectToken",
+        lambda c, w, h: c.projects.delete_project_token(
+            project_pb.DeleteTokenRequest(token_id=w.project_token_a_id, project_id=w.project_a),
+            headers=h,
+        ),
+    ),
+    row(
+        B + "CreateBuild",
+        lambda c, w, h: c.builds.create_build(
+            build_pb.CreateBuildRequest(project_id=w.project_a), headers=h
+        ),
+        ok=(*MANAGERS, "project"),
+        denied=("build",),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        B + "CreateBuild",
+        lambda c, w, h: c.builds.create_build(
+            build_pb.CreateBuildRequest(project_id=w.project_a2), headers=h
+        ),
+        ok=MANAGERS,
+        denied=NARROW,
+        not_found=OUTSIDERS,
+        variant="another project",
+    ),
+    row(
+        B + "FinishBuild",
+        lambda c, w, h: c.builds.finish_build(
+            build_pb.FinishBuildRequest(build_id=w.build_a, outcome=_success()),
+            headers=h,
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        B + "FinishBuild",
+        lambda c, w, h: c.builds.finish_build(
+            build_pb.FinishBuildRequest(build_id=w.build_a2, outcome=_success()), headers=h
+        ),
+        ok=MANAGERS,
+        denied=("build",),
+        not_found=(*OUTSIDERS, "project"),
+        variant="another build",
+    ),
+    row(
+        B + "GetBuild",
+        lambda c, w, h: c.builds.get_build(build_pb.GetBuildRequest(build_id=w.build_a), headers=h),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        B + "GetBuild",
+        lambda c, w, h: c.builds.get_build(
+            build_pb.GetBuildRequest(build_id=w.build_a2), headers=h
+        ),
+        ok=MANAGERS,
+        denied=("build",),
+        not_found=(*OUTSIDERS, "project"),
+        variant="another build",
+    ),
+    row(
+        B + "ListBuilds",
+        lambda c, w, h: c.builds.list_builds(
+            build_pb.ListBuildsRequest(project_id=w.project_a), headers=h
+        ),
+        ok=(*MANAGERS, "project"),
+        denied=("build",),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        B + "ListBuilds",
+        lambda c, w, h: c.builds.list_builds(
+            build_pb.ListBuildsRequest(project_id=w.project_a2), headers=h
+        ),
+        ok=MANAGERS,
+        denied=NARROW,
+        not_found=OUTSIDERS,
+        variant="another project",
+    ),
+    row(
+        CB + "GetBuild",
+        lambda c, w, h: c.core_builds.get_build(
+            core_build_pb.GetBuildRequest(build_id=w.build_a), headers=h
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        CB + "ListBuilds",
+        lambda c, w, h: c.core_builds.list_builds(
+            core_build_pb.ListBuildsRequest(project_id=w.project_a), headers=h
+        ),
+        ok=(*MANAGERS, "project"),
+        denied=("build",),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        "depot.core.v1.OrganizationService/ListOrganizations",
+        lambda c, w, h: c.organizations.list_organizations(
+            org_pb.ListOrganizationsRequest(), headers=h
+        ),
+        ok=(*MANAGERS, *OUTSIDERS),
+        denied=NARROW,
+    ),
+]
+
+
+def _success() -> Any:
+    from protobuf import Oneof
+
+    return Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
+
+
+CASES = [
+    pytest.param(r, caller, id=f"{r.rpc}{'[' + r.variant + ']' if r.variant else ''}-{caller}")
+    for r in TABLE
+    for caller in CALLERS
+]
+
+
+@pytest.mark.parametrize(("entry", "caller"), CASES)
+async def test_authorization(api: InProcessAPI, entry: Row, caller: str) -> None:
+    world = await build_world(api)
+    expected = entry.expected[caller]
+    if expected is None:
+        response = await entry.call(api.clients("connect-proto"), world, world.headers(caller))
+        _assert_no_foreign_data(response, world, caller)
+    else:
+        with pytest.raises(ConnectError) as raised:
+            await entry.call(api.clients("connect-proto"), world, world.headers(caller))
+        assert raised.value.code == expected, raised.value.message
+
+
+def _assert_no_foreign_data(response: Any, world: World, caller: str) -> None:
+    """Listings that succeed for callers outside org A must show nothing of org A."""
+    if caller in OUTSIDERS:
+        text = str(response)
+        for foreign in (world.org_a, world.project_a, world.project_a2, world.build_a):
+            assert foreign not in text
+
+
+def test_every_rpc_has_rows() -> None:
+    served = {
+        f"{service.desc().type_name}/{method.name}"
+        for service in (
+            project_connect.ProjectService,
+            build_connect.BuildService,
+            core_build_connect.BuildService,
+            org_connect.OrganizationService,
+        )
+        for method in service.desc().methods
+    }
+    assert served == {r.rpc for r in TABLE}

@@ -1,0 +1,63 @@
+"""The migrations build exactly the schema the queries are written against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+
+from depot_api.store.engine import create_engine, migrate, sqlite_url
+from depot_api.store.schema import metadata
+
+
+def _differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection)
+    return list(compare_metadata(context, metadata))
+
+
+def _version(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def test_migrated_schema_matches_metadata(tmp_path: Path) -> None:
+    engine = create_engine(sqlite_url(tmp_path))
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+            assert await conn.run_sync(_version) == "0001"
+    finally:
+        await engine.dispose()
+
+
+async def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
+    engine = create_engine(sqlite_url(tmp_path))
+    try:
+        await migrate(engine)
+        await migrate(engine)
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: sorted(inspect(c).get_table_names()))
+        assert tables == [
+            "alembic_version",
+            "builds",
+            "memberships",
+            "organizations",
+            "projects",
+            "tokens",
+            "users",
+        ]
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = create_engine(sqlite_url(tmp_path))
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar_one()
+            keys = (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one()
+        assert (mode, keys) == ("wal", 1)
+    finally:
+        await engine.dispose()

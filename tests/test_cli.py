@@ -1,0 +1,112 @@
+"""The depot-api command: admin commands on a data directory, and settings from env."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from depot_api.cli import main, prepare_data_dir
+from depot_api.config import Settings
+from depot_api.domain.token_format import kind_of
+from depot_api.models import TokenKind
+from depot_api.store.engine import open_store, sqlite_url
+from depot_api.wiring import build_domain
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_admin_commands_print_what_they_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(tmp_path)]
+    code, out, _ = run(capsys, "admin", "create-org", "--name", "acme", *d)
+    org_id = last_line(out)
+    assert code == 0 and len(org_id) == 10
+
+    code, out, _ = run(capsys, "admin", "create-token", "--org", org_id, "--description", "ci", *d)
+    assert code == 0 and kind_of(last_line(out)) is TokenKind.ORG
+
+    code, out, _ = run(capsys, "admin", "create-user", "--name", "ada", *d)
+    user_id = last_line(out)
+    code, out, _ = run(capsys, "admin", "add-member", "--user", user_id, "--org", org_id, *d)
+    assert code == 0
+    code, out, _ = run(capsys, "admin", "create-user-token", "--user", user_id, *d)
+    secret = last_line(out)
+    assert code == 0 and kind_of(secret) is TokenKind.USER
+
+    async def principal_orgs() -> frozenset[str]:
+        store = await open_store(sqlite_url(tmp_path))
+        try:
+            domain = build_domain(store, Settings(data_dir=tmp_path))
+            return (await domain.authenticator.authenticate(f"Bearer {secret}")).org_ids
+        finally:
+            await store.close()
+
+    assert asyncio.run(principal_orgs()) == {org_id}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("create-token", "--org", "nosuchorg0"), "organization nosuchorg0 not found"),
+        (("create-token", "--org", "BAD"), "org"),
+        (("create-org", "--name", ""), "name is required"),
+        (("add-member", "--user", "0123456789", "--org", "0123456789"), "user 0123456789"),
+    ],
+)
+def test_admin_errors_are_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "admin", *args, "--data-dir", str(tmp_path))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in out + err
+
+
+def test_bootstrap_happens_once_with_a_private_token_file(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    secret = asyncio.run(prepare_data_dir(settings))
+    assert secret is not None and kind_of(secret) is TokenKind.ORG
+    path = settings.initial_token_path
+    assert path.read_text().strip() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+    assert asyncio.run(prepare_data_dir(settings)) is None  # never printed twice
+    assert path.read_text().strip() == secret
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "DEPOT_API_HOST": "0.0.0.0",
+            "DEPOT_API_PORT": "9999",
+            "DEPOT_API_DATA_DIR": "/srv/depot",
+            "DEPOT_API_BUILD_TOKEN_GRACE": "5",
+            "DEPOT_API_REGIONS": "home-1,home-2",
+            "DEPOT_API_MAX_MESSAGE_BYTES": "1024",
+        }
+    )
+    assert settings.host == "0.0.0.0" and settings.port == 9999
+    assert settings.data_dir == Path("/srv/depot")
+    assert settings.build_token_grace == timedelta(seconds=5)
+    assert settings.regions == ("home-1", "home-2")
+    assert settings.max_message_bytes == 1024
+    assert Settings.from_env(settings.to_env()).regions == settings.regions
+
+
+def test_defaults_without_environment() -> None:
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.data_dir == Path("depot-api-data")

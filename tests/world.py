@@ -1,0 +1,95 @@
+"""A small world of organizations, users, projects, builds and tokens of every kind, built
+directly through the domain of an in-process app, for tests that need many callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from depot_api.domain.principal import Principal
+from depot_api.models import TokenKind
+
+from .conftest import InProcessAPI
+
+
+@dataclass
+class World:
+    org_a: str
+    org_b: str
+    project_a: str  # in org A
+    project_a2: str  # in org A
+    project_b: str  # in org B
+    build_a: str  # running, in project A
+    build_a2: str  # running, in project A
+    build_b: str  # running, in project B
+    tokens: dict[str, str]  # caller name -> secret ("" for no token)
+    project_token_a_id: str
+
+    def headers(self, caller: str) -> dict[str, str]:
+        secret = self.tokens[caller]
+        return {"authorization": f"Bearer {secret}"} if secret else {}
+
+
+async def build_world(api: InProcessAPI) -> World:
+    d = api.app.domain
+    org_a = await d.organizations.create("org-a")
+    org_b = await d.organizations.create("org-b")
+    _, org_a_token = await d.tokens.create_org_token(org_a.id)
+    _, org_b_token = await d.tokens.create_org_token(org_b.id)
+    member = await d.organizations.create_user("member")
+    await d.organizations.add_member(member.id, org_a.id)
+    _, member_token = await d.tokens.create_user_token(member.id)
+    outsider = await d.organizations.create_user("outsider")
+    _, outsider_token = await d.tokens.create_user_token(outsider.id)
+
+    admin_a = Principal("x", TokenKind.ORG, frozenset({org_a.id}))
+    admin_b = Principal("y", TokenKind.ORG, frozenset({org_b.id}))
+
+    async def project(admin: Principal, name: str) -> str:
+        created = await d.projects.create(
+            admin,
+            name=name,
+            region_id="us-east-1",
+            organization_id=None,
+            cache_policy=None,
+            hardware=None,
+        )
+        return created.id
+
+    project_a = await project(admin_a, "a")
+    project_a2 = await project(admin_a, "a2")
+    project_b = await project(admin_b, "b")
+    pt_a, pt_a_secret = await d.tokens.create_project_token(admin_a, project_a, "ci")
+    revoked, revoked_secret = await d.tokens.create_project_token(admin_a, project_a, "old")
+    await d.tokens.delete_project_token(admin_a, revoked.id)
+    build_a, build_a_token = await d.builds.create(admin_a, project_a)
+    build_a2, _ = await d.builds.create(admin_a, project_a2)
+    build_b, _ = await d.builds.create(admin_b, project_b)
+    return World(
+        org_a=org_a.id,
+        org_b=org_b.id,
+        project_a=project_a,
+        project_a2=project_a2,
+        project_b=project_b,
+        build_a=build_a.id,
+        build_a2=build_a2.id,
+        build_b=build_b.id,
+        project_token_a_id=pt_a.id,
+        tokens={
+            "none": "",
+            "malformed": "dpo_not-a-real-token",
+            "unknown": _unknown_but_well_formed(),
+            "revoked": revoked_secret,
+            "org": org_a_token,
+            "other_org": org_b_token,
+            "member": member_token,
+            "outsider": outsider_token,
+            "project": pt_a_secret,
+            "build": build_a_token,
+        },
+    )
+
+
+def _unknown_but_well_formed() -> str:
+    from depot_api.domain.token_format import mint
+
+    return mint(TokenKind.ORG)
