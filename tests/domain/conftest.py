@@ -46,3 +46,16 @@ async def domain(tmp_path: Path, clock: Clock) -> AsyncIterator[Domain]:
 async def admin(domain: Domain) -> Principal:
     org = await domain.organizations.create("acme")
     return Principal("t", TokenKind.ORG, frozenset({org.id}))
+
+
+async def new_project(domain: Domain, admin: Principal, name: str = "app") -> str:
+    """A project with default settings in the admin's organization; returns its ID."""
+    project = await domain.projects.create(
+        admin,
+        name=name,
+        region_id="us-east-1",
+        organization_id=None,
+        cache_policy=None,
+        hardware=None,
+    )
+    return project.id

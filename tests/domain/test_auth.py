@@ -8,7 +8,7 @@ from depot_api.domain.token_format import mint
 from depot_api.models import TokenKind
 from depot_api.wiring import Domain
 
-from .conftest import Clock
+from .conftest import Clock, new_project
 
 
 @pytest.mark.parametrize(
@@ -45,33 +45,19 @@ async def test_each_kind_resolves_to_its_scope(domain: Domain, admin: Principal)
         frozenset({org_id}),
     )
 
-    project = await domain.projects.create(
-        admin,
-        name="p",
-        region_id="us-east-1",
-        organization_id=None,
-        cache_policy=None,
-        hardware=None,
-    )
-    _, project_secret = await domain.tokens.create_project_token(admin, project.id, "ci")
+    project_id = await new_project(domain, admin, "p")
+    _, project_secret = await domain.tokens.create_project_token(admin, project_id, "ci")
     narrow = await domain.authenticator.authenticate(f"Bearer {project_secret}")
     assert (narrow.kind, narrow.project_id, narrow.org_ids) == (
         TokenKind.PROJECT,
-        project.id,
+        project_id,
         frozenset({org_id}),
     )
 
 
 async def test_revoked_tokens_stop_at_once(domain: Domain, admin: Principal) -> None:
-    project = await domain.projects.create(
-        admin,
-        name="p",
-        region_id="us-east-1",
-        organization_id=None,
-        cache_policy=None,
-        hardware=None,
-    )
-    token, secret = await domain.tokens.create_project_token(admin, project.id, "ci")
+    project_id = await new_project(domain, admin, "p")
+    token, secret = await domain.tokens.create_project_token(admin, project_id, "ci")
     await domain.authenticator.authenticate(f"Bearer {secret}")
     await domain.tokens.delete_project_token(admin, token.id)
     with pytest.raises(Unauthenticated, match="revoked"):

@@ -10,19 +10,7 @@ from depot_api.domain.principal import Principal
 from depot_api.models import BuildStatus
 from depot_api.wiring import Domain
 
-from .conftest import Clock
-
-
-async def new_project(domain: Domain, admin: Principal, name: str = "app") -> str:
-    project = await domain.projects.create(
-        admin,
-        name=name,
-        region_id="us-east-1",
-        organization_id=None,
-        cache_policy=None,
-        hardware=None,
-    )
-    return project.id
+from .conftest import Clock, new_project
 
 
 async def test_a_build_finishes_once(domain: Domain, admin: Principal, clock: Clock) -> None:
