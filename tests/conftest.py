@@ -13,12 +13,12 @@ from pyqwest import Client
 from pyqwest.testing import ASGITransport
 
 from depot_api.app import DepotAPI, create_app
-from depot_api.cli import prepare_data_dir
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from depot_api.startup import prepare
 
 PROTOCOLS = {
     "connect-json": (ProtocolType.CONNECT, "json"),
@@ -66,7 +66,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[InProcessAPI]:
-    org_token = await prepare_data_dir(settings)
+    org_token = await prepare(settings)
     assert org_token is not None
     app = create_app(settings)
     transport = ASGITransport(app)

@@ -35,6 +35,8 @@ def running_server(
     data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
     """Start the real server on a free port; stop it (by its own PID) when the block ends."""
+    if "--workers" not in extra_args:
+        extra_args = (*extra_args, "--workers", "1")
     process = subprocess.Popen(
         [str(BIN / "depot-api"), "serve", "--port", "0", "--data-dir", str(data_dir), *extra_args],
         stdout=subprocess.PIPE,

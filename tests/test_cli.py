@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from depot_api.cli import main, prepare_data_dir
+from depot_api.cli import main
 from depot_api.config import Settings
 from depot_api.domain.token_format import kind_of
 from depot_api.models import TokenKind
+from depot_api.startup import prepare
 from depot_api.store.engine import open_store, sqlite_url
 from depot_api.wiring import build_domain
 
@@ -77,13 +78,13 @@ def test_admin_errors_are_clear(
 
 def test_bootstrap_happens_once_with_a_private_token_file(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    secret = asyncio.run(prepare_data_dir(settings))
+    secret = asyncio.run(prepare(settings))
     assert secret is not None and kind_of(secret) is TokenKind.ORG
     path = settings.initial_token_path
     assert path.read_text().strip() == secret
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
-    assert asyncio.run(prepare_data_dir(settings)) is None  # never printed twice
+    assert asyncio.run(prepare(settings)) is None  # never printed twice
     assert path.read_text().strip() == secret
 
 

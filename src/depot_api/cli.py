@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,6 +13,8 @@ from pathlib import Path
 from depot_api.config import Settings
 from depot_api.domain.errors import DomainError
 from depot_api.logs import configure_logging
+from depot_api.server import Supervisor
+from depot_api.startup import make_data_dir, prepare
 from depot_api.store.engine import open_store
 from depot_api.wiring import build_domain
 
@@ -26,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
         return asyncio.run(_admin(args, settings))
     except DomainError as e:
         print(f"depot-api: {e.message}", file=sys.stderr)
@@ -46,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=env.data_dir,
-        help="where the SQLite database lives (env DEPOT_API_DATA_DIR; default %(default)s)",
+        help="local state, and the SQLite database unless --database is given "
+        "(env DEPOT_API_DATA_DIR; default %(default)s)",
+    )
+    data_dir.add_argument(
+        "--database",
+        default=env.database,
+        metavar="URL",
+        help="a PostgreSQL URL such as postgresql://user@host/db "
+        "(env DEPOT_API_DATABASE_URL; default: SQLite in the data directory)",
     )
 
     serve = commands.add_parser("serve", parents=[data_dir], help="run the API server")
@@ -78,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default=env.log_level, help="env DEPOT_API_LOG_LEVEL (%(default)s)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=env.workers,
+        help="server processes sharing the port (env DEPOT_API_WORKERS; 0 = one per core)",
+    )
+
+    commands.add_parser(
+        "migrate",
+        parents=[data_dir],
+        help="apply the database migrations and exit (the server also applies them at start)",
+    )
 
     admin = commands.add_parser("admin", help="administer the data directory directly")
     actions = admin.add_subparsers(dest="action", required=True)
@@ -104,11 +126,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = replace(Settings.from_env(), data_dir=args.data_dir)
+    settings = replace(Settings.from_env(), data_dir=args.data_dir, database=args.database)
     if args.command != "serve":
         return settings
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("depot-api: --tls-cert and --tls-key go together")
+    if args.workers < 0:
+        raise SystemExit("depot-api: --workers must be 0 (one per core) or more")
     return replace(
         settings,
         host=args.host,
@@ -119,11 +143,20 @@ def _settings(args: argparse.Namespace) -> Settings:
         regions=tuple(r.strip() for r in args.regions.split(",") if r.strip()),
         max_message_bytes=args.max_message_bytes,
         log_level=args.log_level,
+        workers=args.workers,
     )
 
 
+async def _migrate(settings: Settings) -> int:
+    make_data_dir(settings.data_dir)
+    store = await open_store(settings.database_url)
+    await store.close()
+    print("the database schema is up to date")
+    return 0
+
+
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
-    _make_data_dir(settings.data_dir)
+    make_data_dir(settings.data_dir)
     store = await open_store(settings.database_url)
     domain = build_domain(store, settings)
     try:
@@ -150,72 +183,16 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def prepare_data_dir(settings: Settings) -> str | None:
-    """Create the data directory, migrate the database, and bootstrap an empty one.
-
-    Returns the initial organization token's secret when this call created it.
-    """
-    _make_data_dir(settings.data_dir)
-    store = await open_store(settings.database_url)
-    try:
-        secret = await build_domain(store, settings).organizations.bootstrap()
-    finally:
-        await store.close()
-    if secret is not None:
-        path = settings.initial_token_path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-    return secret
-
-
-def _make_data_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
 async def _serve(settings: Settings) -> int:
-    from pyvoy import PyvoyServer
-
     configure_logging(settings.log_level)
-    secret = await prepare_data_dir(settings)
+    secret = await prepare(settings)
     if secret is not None:
         print(
             "Created an organization and its first token. It is shown once here and kept in "
             f"{settings.initial_token_path} (mode 0600):\n{secret}",
             flush=True,
         )
-    tls: dict[str, Path] = {}
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = {"tls_cert": settings.tls_cert.resolve(), "tls_key": settings.tls_key.resolve()}
-    server = PyvoyServer(
-        "depot_api.asgi:app",
-        address=settings.host,
-        port=settings.port,
-        env=settings.to_env(),
-        lifespan=True,
-        tls_enable_http3=False,
-        stdout=None,
-        stderr=None,
-        **tls,  # type: ignore[arg-type]
-    )
-    await server.start()
-    scheme = "https" if tls else "http"
-    print(
-        f"depot-api listening on {scheme}://{server.listener_address}:{server.listener_port}",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    exited = asyncio.ensure_future(server.wait())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not exited.done():
-        await server.stop()
-    stopping.cancel()
-    code = await exited
-    return 0 if stop.is_set() else (code or 1)
+    return await Supervisor(settings).run()
 
 
 if __name__ == "__main__":

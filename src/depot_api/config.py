@@ -22,6 +22,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = DEFAULT_DATA_DIR
+    # A database URL (postgresql://…); None means SQLite in the data directory.
+    database: str | None = None
+    # Server processes sharing the port; 0 means one per CPU core.
+    workers: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # How long a build token keeps working after its build ends (final status flushes).
@@ -35,7 +39,11 @@ class Settings:
     def database_url(self) -> str:
         from depot_api.store.engine import sqlite_url
 
-        return sqlite_url(self.data_dir)
+        return self.database or sqlite_url(self.data_dir)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     @property
     def initial_token_path(self) -> Path:
@@ -50,7 +58,10 @@ class Settings:
             "DEPOT_API_REGIONS": ",".join(self.regions),
             "DEPOT_API_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "DEPOT_API_LOG_LEVEL": self.log_level,
+            "DEPOT_API_WORKERS": str(self.workers),
         }
+        if self.database is not None:
+            env["DEPOT_API_DATABASE_URL"] = self.database
         if self.tls_cert is not None:
             env["DEPOT_API_TLS_CERT"] = str(self.tls_cert.resolve())
         if self.tls_key is not None:
@@ -70,6 +81,8 @@ class Settings:
             host=get("HOST") or defaults.host,
             port=int(get("PORT") or defaults.port),
             data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            database=get("DATABASE_URL"),
+            workers=int(get("WORKERS") or defaults.workers),
             tls_cert=_path(get("TLS_CERT")),
             tls_key=_path(get("TLS_KEY")),
             build_token_grace=timedelta(

@@ -1,13 +1,17 @@
-"""Opening a database: engines, SQLite's settings, and the migrations applied at start."""
+"""Opening a database: engines, SQLite's settings, migrations, and a cross-process lock for the
+work every server does once at start."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from depot_api.store.sql import SqlStore
@@ -18,15 +22,34 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # getting `unavailable`).
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
+# Any constant works; it names the advisory lock that serialises start-up work on PostgreSQL.
+_STARTUP_LOCK_KEY = 0x64_65_70_6F_74  # "depot"
+
 
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / 'depot-api.sqlite3').resolve()}"
 
 
+def normalize_url(url: str) -> str:
+    """Accept the URLs people write (postgresql://, postgres://, sqlite:///) and pick the
+    asynchronous driver for each."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+
+
 def create_engine(url: str) -> AsyncEngine:
+    url = normalize_url(url)
+    if url.startswith("postgresql"):
+        # pre_ping replaces connections that died while idle (a PostgreSQL restart), so the
+        # service recovers by itself; the pool is per process.
+        return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+    _configure_sqlite(engine)
     return engine
 
 
@@ -71,8 +94,29 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+@asynccontextmanager
+async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialise start-up work (migrations, the first organization) across processes.
+
+    On PostgreSQL, servers on several hosts may start at once: a session advisory lock lets
+    one at a time through. On SQLite the write transactions themselves serialise.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql(f"SELECT pg_advisory_lock({_STARTUP_LOCK_KEY})")
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_STARTUP_LOCK_KEY})")
+            await conn.commit()
+
+
 async def open_store(url: str, *, run_migrations: bool = True) -> SqlStore:
     engine = create_engine(url)
     if run_migrations:
-        await migrate(engine)
+        async with startup_lock(engine):
+            await migrate(engine)
     return SqlStore(engine)
