@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as Core
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from depot_api.startup import prepare
+
+from .databases import BACKENDS, database
 
 PROTOCOLS = {
     "connect-json": (ProtocolType.CONNECT, "json"),
@@ -59,9 +61,17 @@ class InProcessAPI:
         )
 
 
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that stores anything runs once on SQLite and once on PostgreSQL."""
+    (tmp_path / "data").mkdir(mode=0o700)
+    with database(request.param, tmp_path / "data") as url:
+        yield url
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database=database_url)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from depot_api.store.engine import sqlite_url
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -25,6 +27,7 @@ class ServerProcess:
     url: str
     port: int
     data_dir: Path
+    database: str
     org_token: str
     process: subprocess.Popen[str]
     output: list[str]
@@ -53,7 +56,12 @@ def running_server(
         token_file = data_dir / "initial-org-token"
         org_token = token_file.read_text().strip() if token_file.exists() else ""
         port = int(url.rsplit(":", 1)[1])
-        yield ServerProcess(url, port, data_dir, org_token, process, output)
+        database = (
+            extra_args[extra_args.index("--database") + 1] if "--database" in extra_args else ""
+        )
+        yield ServerProcess(
+            url, port, data_dir, database or sqlite_url(data_dir), org_token, process, output
+        )
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

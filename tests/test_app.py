@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
+from depot_api.store.engine import create_engine
 
 from .conftest import InProcessAPI
 
@@ -19,9 +18,13 @@ async def test_readyz_checks_the_database(api: InProcessAPI) -> None:
 
 
 async def test_readyz_reports_a_database_that_is_not_usable(api: InProcessAPI) -> None:
-    # Another process wipes the schema under the running server.
-    with closing(sqlite3.connect(api.settings.data_dir / "depot-api.sqlite3")) as db:
-        db.execute("DROP TABLE alembic_version")
+    # Someone else wipes the schema under the running server.
+    engine = create_engine(api.settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TABLE alembic_version")
+    finally:
+        await engine.dispose()
     response = await api.http.get("http://test/readyz")
     assert response.status == 503
     assert response.content == b"database unavailable\n"

@@ -12,7 +12,7 @@ import pytest
 from depot_api.config import Settings
 from depot_api.domain.principal import Principal
 from depot_api.models import TokenKind
-from depot_api.store.engine import open_store, sqlite_url
+from depot_api.store.engine import open_store
 from depot_api.wiring import Domain, build_domain
 
 
@@ -33,9 +33,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def domain(tmp_path: Path, clock: Clock) -> AsyncIterator[Domain]:
-    settings = Settings(data_dir=tmp_path, build_token_grace=timedelta(seconds=60))
-    store = await open_store(sqlite_url(tmp_path))
+async def domain(tmp_path: Path, database_url: str, clock: Clock) -> AsyncIterator[Domain]:
+    settings = Settings(
+        data_dir=tmp_path, database=database_url, build_token_grace=timedelta(seconds=60)
+    )
+    store = await open_store(database_url)
     try:
         yield build_domain(store, settings, now=clock)
     finally:

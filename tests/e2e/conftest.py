@@ -10,14 +10,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.databases import BACKENDS, database
 from tests.helpers import BIN, ServerProcess, running_server
 
-pytestmark = pytest.mark.e2e
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this folder `e2e`, so `pytest -m "not e2e"` runs the fast rest."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("e2e") / "data") as process:
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server per backend: every end-to-end test runs on SQLite and on PostgreSQL."""
+    data_dir = tmp_path_factory.mktemp(f"e2e-{request.param}") / "data"
+    data_dir.mkdir(mode=0o700)
+    with (
+        database(request.param, data_dir) as url,
+        running_server(data_dir, "--database", url) as process,
+    ):
         yield process
 
 
@@ -27,10 +42,18 @@ class Org:
     token: str
 
 
-def admin(data_dir: Path, *args: str) -> str:
-    """Run `depot-api admin …` on the data directory and return its last output line."""
+def admin(server: ServerProcess, *args: str) -> str:
+    """Run `depot-api admin …` on the server's database and return its last output line."""
     result = subprocess.run(
-        [str(BIN / "depot-api"), "admin", *args, "--data-dir", str(data_dir)],
+        [
+            str(BIN / "depot-api"),
+            "admin",
+            *args,
+            "--data-dir",
+            str(server.data_dir),
+            "--database",
+            server.database,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -41,6 +64,6 @@ def admin(data_dir: Path, *args: str) -> str:
 
 @pytest.fixture
 def org(server: ServerProcess, request: pytest.FixtureRequest) -> Org:
-    org_id = admin(server.data_dir, "create-org", "--name", request.node.name[:100])
-    token = admin(server.data_dir, "create-token", "--org", org_id, "--description", "e2e")
+    org_id = admin(server, "create-org", "--name", request.node.name[:100])
+    token = admin(server, "create-token", "--org", org_id, "--description", "e2e")
     return Org(id=org_id, token=token)

@@ -21,8 +21,8 @@ def _version(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def test_migrated_schema_matches_metadata(tmp_path: Path) -> None:
-    engine = create_engine(sqlite_url(tmp_path))
+async def test_migrated_schema_matches_metadata(database_url: str) -> None:
+    engine = create_engine(database_url)
     try:
         await migrate(engine)
         async with engine.connect() as conn:
@@ -32,8 +32,8 @@ async def test_migrated_schema_matches_metadata(tmp_path: Path) -> None:
         await engine.dispose()
 
 
-async def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
-    engine = create_engine(sqlite_url(tmp_path))
+async def test_migrating_twice_changes_nothing(database_url: str) -> None:
+    engine = create_engine(database_url)
     try:
         await migrate(engine)
         await migrate(engine)
