@@ -131,7 +131,10 @@ def _uncancellable(receive: Receive) -> Receive:
     """
 
     async def receive_shielded() -> ASGIMessage:
-        return await asyncio.shield(receive())
+        pending = receive()
+        if isinstance(pending, asyncio.Future):  # pyvoy's: a plain future, cheap to shield
+            return await asyncio.shield(pending)
+        return await pending
 
     return receive_shielded
 
