@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,11 +33,17 @@ def database(backend: str, data_dir: Path) -> Iterator[str]:
         yield sqlite_url(data_dir)
         return
     name = f"depot_test_{secrets.token_hex(6)}"
-    asyncio.run(_on_server(f'CREATE DATABASE "{name}"'))
+    _execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(POSTGRES_SERVER).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_on_server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _execute(statement: str) -> None:
+    """Run one statement on the server, from sync code or from inside a running event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _on_server(statement)).result()
 
 
 async def _on_server(statement: str) -> None:

@@ -22,6 +22,12 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # getting `unavailable`).
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
+# Bounds on waiting for PostgreSQL, in seconds: to connect, for a pooled connection, and for
+# one statement.
+POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_POOL_TIMEOUT_S = 10
+POSTGRES_COMMAND_TIMEOUT_S = 30
+
 # Any constant works; it names the advisory lock that serialises start-up work on PostgreSQL.
 _STARTUP_LOCK_KEY = 0x64_65_70_6F_74  # "depot"
 
@@ -47,7 +53,18 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("postgresql"):
         # pre_ping replaces connections that died while idle (a PostgreSQL restart), so the
         # service recovers by itself; the pool is per process.
-        return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        return create_async_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+            pool_timeout=POSTGRES_POOL_TIMEOUT_S,
+            # Bounded waits: an unreachable database makes callers wait seconds, not minutes.
+            connect_args={
+                "timeout": POSTGRES_CONNECT_TIMEOUT_S,
+                "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
+            },
+        )
     engine = create_async_engine(url)
     _configure_sqlite(engine)
     return engine

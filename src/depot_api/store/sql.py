@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Row, and_, func, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from depot_api.models import (
@@ -364,7 +365,7 @@ async def _translated() -> AsyncIterator[None]:
         yield
     except IntegrityError:
         raise
-    except (OperationalError, DBAPIError, OSError) as e:
+    except (OperationalError, DBAPIError, PoolTimeout, OSError) as e:
         raise StoreUnavailable(type(e).__name__) from e
 
 
