@@ -7,6 +7,7 @@ same job at a measured cost of about 15% of throughput on this hot path (docs/de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,14 +20,19 @@ from connectrpc_grpcreflect import (
     ServerReflectionService,
 )
 
+from depot_api.api import seed_endpoint
 from depot_api.api.build_service import BuildServiceImpl
+from depot_api.api.buildkit_service import BuildKitServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
 from depot_api.api.guard import RequestGuard
 from depot_api.api.json_codec import LenientKeysJSONCodec
+from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
+from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
+from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
 from depot_api.gen.depot.core.v1 import (
     build_connect as core_build_connect,
 )
@@ -39,6 +45,7 @@ from depot_api.gen.depot.core.v1 import (
     project_connect,
     project_pb,
 )
+from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 from depot_api.store.engine import create_engine
 from depot_api.store.errors import StoreUnavailable
 from depot_api.store.sql import SqlStore
@@ -51,6 +58,8 @@ Send = Callable[[ASGIMessage], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("depot_api")
+
+_SWEEP_EVERY_SECONDS = 5.0
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -68,6 +77,10 @@ class DepotAPI:
             "read_max_bytes": settings.max_message_bytes,
             "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
         }
+        machine_options = {
+            **options,
+            "interceptors": [RequestGuard(domain.authenticator, machines=True)],
+        }
         services: list[Any] = [
             project_connect.ProjectServiceASGIApplication(
                 ProjectServiceImpl(domain.projects, domain.tokens), **options
@@ -79,18 +92,38 @@ class DepotAPI:
             org_connect.OrganizationServiceASGIApplication(
                 OrganizationServiceImpl(domain.organizations), **options
             ),
+            buildkit_connect.BuildKitServiceASGIApplication(
+                BuildKitServiceImpl(domain.endpoints), **options
+            ),
+            machine_connect.MachineServiceASGIApplication(
+                MachineServiceImpl(
+                    domain.machines, int(settings.machine_heartbeat.total_seconds() * 1000)
+                ),
+                **machine_options,
+            ),
         ]
-        files = [project_pb.desc(), build_pb.desc(), core_build_pb.desc(), org_pb.desc()]
+        files = [
+            project_pb.desc(),
+            build_pb.desc(),
+            core_build_pb.desc(),
+            org_pb.desc(),
+            buildkit_pb.desc(),
+            machine_pb.desc(),
+        ]
         services.append(ServerReflectionASGIApplication(ServerReflectionService(*files)))
         services.append(ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files)))
         self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
+        self._seed_get_endpoint = SeedGetEndpoint(domain, settings.max_message_bytes)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
             service = self._routes.get(path.rsplit("/", 1)[0])
-            if service is not None:
+            if path == seed_endpoint.PATH and seed_endpoint.is_plain_json(scope):
+                await self._seed_get_endpoint(scope, receive, send)
+            elif service is not None:
                 await service(scope, _uncancellable(receive), send)
             elif path == "/healthz":
                 await _plain(send, 200, b"ok\n")
@@ -113,11 +146,30 @@ class DepotAPI:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._sweeper = asyncio.create_task(self._sweep_silent_builds())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._sweeper is not None:
+                    self._sweeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._sweeper
+                await self.domain.endpoints.close()
                 await self.domain.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _sweep_silent_builds(self) -> None:
+        """Cancel builds whose clients went silent. Every process sweeps; the cancel is a
+        conditional update, so overlapping sweeps are harmless."""
+        while True:
+            await asyncio.sleep(_SWEEP_EVERY_SECONDS)
+            try:
+                canceled = await self.domain.endpoints.cancel_silent_builds()
+            except Exception:
+                log.exception("liveness sweep failed; trying again later")
+                continue
+            if canceled:
+                log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
 
 
 def _uncancellable(receive: Receive) -> Receive:

@@ -34,12 +34,32 @@ class Settings:
     # The largest request message accepted, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    # BuildKit machines. Agents heartbeat every machine_heartbeat; one silent for
+    # machine_lost_after is lost; a project gives its machine back after machine_idle_release
+    # without builds. GetEndpoint waits at most acquire_timeout, sending `pending` every
+    # pending_interval. A build that asked for a machine and then stays silent for
+    # liveness_window is canceled.
+    machine_heartbeat: timedelta = timedelta(seconds=1)
+    machine_lost_after: timedelta = timedelta(seconds=15)
+    machine_idle_release: timedelta = timedelta(seconds=300)
+    acquire_timeout: timedelta = timedelta(seconds=300)
+    pending_interval: timedelta = timedelta(seconds=2)
+    liveness_window: timedelta = timedelta(seconds=180)
+    # Client certificates expire this long after their build was created.
+    max_build_duration: timedelta = timedelta(hours=24)
+    # The key that seals private keys in the database; by default a file in the data directory.
+    # Servers sharing one database must share it (DEPOT_API_SECRET_KEY).
+    secret_key: str | None = None
 
     @property
     def database_url(self) -> str:
         from depot_api.store.engine import sqlite_url
 
         return self.database or sqlite_url(self.data_dir)
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / "secret.key"
 
     @property
     def worker_count(self) -> int:
@@ -62,6 +82,10 @@ class Settings:
         }
         if self.database is not None:
             env["DEPOT_API_DATABASE_URL"] = self.database
+        if self.secret_key is not None:
+            env["DEPOT_API_SECRET_KEY"] = self.secret_key
+        for name, value in self._durations().items():
+            env[f"DEPOT_API_{name}"] = str(value.total_seconds())
         if self.tls_cert is not None:
             env["DEPOT_API_TLS_CERT"] = str(self.tls_cert.resolve())
         if self.tls_key is not None:
@@ -91,7 +115,25 @@ class Settings:
             regions=tuple(r for r in (get("REGIONS") or "").split(",") if r) or defaults.regions,
             max_message_bytes=int(get("MAX_MESSAGE_BYTES") or defaults.max_message_bytes),
             log_level=get("LOG_LEVEL") or defaults.log_level,
+            secret_key=get("SECRET_KEY"),
+            **{
+                field.lower(): timedelta(seconds=float(value))
+                for field in defaults._durations()
+                if (value := get(field)) is not None
+            },
         )
+
+    def _durations(self) -> dict[str, timedelta]:
+        """The machine-related durations, by the suffix of their environment variable."""
+        return {
+            "MACHINE_HEARTBEAT": self.machine_heartbeat,
+            "MACHINE_LOST_AFTER": self.machine_lost_after,
+            "MACHINE_IDLE_RELEASE": self.machine_idle_release,
+            "ACQUIRE_TIMEOUT": self.acquire_timeout,
+            "PENDING_INTERVAL": self.pending_interval,
+            "LIVENESS_WINDOW": self.liveness_window,
+            "MAX_BUILD_DURATION": self.max_build_duration,
+        }
 
 
 def _path(value: str | None) -> Path | None:

@@ -21,6 +21,7 @@ class TokenKind(enum.StrEnum):
     USER = "user"
     PROJECT = "project"
     BUILD = "build"
+    MACHINE = "machine"  # an agent on a BuildKit host; valid for the machine service only
 
 
 class BuildStatus(enum.StrEnum):
@@ -31,6 +32,17 @@ class BuildStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     ERROR = "error"  # an infrastructure fault, set by the server, never by a client
+
+
+class Platform(enum.StrEnum):
+    AMD64 = "amd64"
+    ARM64 = "arm64"
+
+
+class MachineState(enum.StrEnum):
+    ACTIVE = "active"  # heartbeating; idle or bound to one project
+    DRAINING = "draining"  # takes no new project; told to stop once unbound
+    GONE = "gone"  # missed its heartbeats; unbound; comes back if it heartbeats again
 
 
 class Hardware(enum.IntEnum):
@@ -117,3 +129,49 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    id: str
+    token_id: str
+    platform: Platform
+    endpoint: str
+    capacity: int
+    state: MachineState
+    registered_at: datetime
+    last_heartbeat_at: datetime
+    changed_at: datetime
+    disk_used_bytes: int = 0
+    buildkit_error: str | None = None
+    project_id: str | None = None
+    binding_id: str | None = None
+    cache_generation: int | None = None
+    server_name: str | None = None
+    server_cert: str | None = None
+    server_key_sealed: str | None = None
+    ready_binding_id: str | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Its daemon runs the current binding and accepts connections."""
+        return self.binding_id is not None and self.ready_binding_id == self.binding_id
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a machine needs to serve a project: made when an idle machine is claimed."""
+
+    binding_id: str
+    server_name: str
+    server_cert: str
+    server_key_sealed: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectCA:
+    project_id: str
+    cert_pem: str
+    key_sealed: str
+    created_at: datetime

@@ -9,8 +9,11 @@ from datetime import datetime
 from depot_api.config import Settings
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.builds import Builds
+from depot_api.domain.endpoints import Endpoints, EndpointTimings
+from depot_api.domain.machines import Machines
 from depot_api.domain.organizations import Organizations
 from depot_api.domain.projects import Projects
+from depot_api.domain.secretbox import SecretBox, load_or_create_key
 from depot_api.domain.tokens import Tokens
 from depot_api.store.interface import Store
 from depot_api.times import utc_now
@@ -24,6 +27,8 @@ class Domain:
     tokens: Tokens
     builds: Builds
     organizations: Organizations
+    machines: Machines
+    endpoints: Endpoints
 
 
 def build_domain(
@@ -31,11 +36,26 @@ def build_domain(
 ) -> Domain:
     projects = Projects(store, regions=settings.regions, now=now)
     tokens = Tokens(store, projects, now=now)
+    builds = Builds(store, projects, tokens, now=now)
+    box = SecretBox(
+        settings.secret_key.encode()
+        if settings.secret_key
+        else load_or_create_key(settings.secret_key_path)
+    )
+    timings = EndpointTimings(
+        acquire_timeout=settings.acquire_timeout,
+        pending_interval=settings.pending_interval,
+        machine_lost_after=settings.machine_lost_after,
+        liveness_window=settings.liveness_window,
+        max_build_duration=settings.max_build_duration,
+    )
     return Domain(
         store=store,
         authenticator=Authenticator(store, build_token_grace=settings.build_token_grace, now=now),
         projects=projects,
         tokens=tokens,
-        builds=Builds(store, projects, tokens, now=now),
+        builds=builds,
         organizations=Organizations(store, tokens, now=now),
+        machines=Machines(store, box, idle_release=settings.machine_idle_release, now=now),
+        endpoints=Endpoints(store, builds, box, timings, now=now),
     )

@@ -27,7 +27,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == "0001"
+            assert await conn.run_sync(_version) == "0002"
     finally:
         await engine.dispose()
 
@@ -41,9 +41,12 @@ async def test_migrating_twice_changes_nothing(database_url: str) -> None:
             tables = await conn.run_sync(lambda c: sorted(inspect(c).get_table_names()))
         assert tables == [
             "alembic_version",
+            "build_endpoints",
             "builds",
+            "machines",
             "memberships",
             "organizations",
+            "project_cas",
             "projects",
             "tokens",
             "users",

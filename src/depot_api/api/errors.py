@@ -12,6 +12,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from depot_api.domain import errors as domain
+from depot_api.domain.secretbox import SecretBoxError
 from depot_api.store.errors import StoreUnavailable
 
 log = logging.getLogger("depot_api.api")
@@ -23,6 +24,7 @@ _CODES: dict[type[domain.DomainError], Code] = {
     domain.NotFound: Code.NOT_FOUND,
     domain.AlreadyExists: Code.ALREADY_EXISTS,
     domain.FailedPrecondition: Code.FAILED_PRECONDITION,
+    domain.ResourceExhausted: Code.RESOURCE_EXHAUSTED,
     domain.Unavailable: Code.UNAVAILABLE,
 }
 
@@ -32,6 +34,13 @@ def to_connect_error(error: Exception, procedure: str) -> ConnectError:
         return error
     if isinstance(error, domain.DomainError):
         return ConnectError(_CODES.get(type(error), Code.INTERNAL), error.message)
+    if isinstance(error, SecretBoxError):
+        log.error(
+            "%s: a sealed key cannot be opened: servers that share a database must share "
+            "DEPOT_API_SECRET_KEY (or the data directory's secret.key)",
+            procedure,
+        )
+        return ConnectError(Code.INTERNAL, "internal error")
     if isinstance(error, StoreUnavailable):
         log.warning("%s: database unavailable: %s", procedure, error)
         return ConnectError(Code.UNAVAILABLE, "the database is busy or unreachable; retry shortly")

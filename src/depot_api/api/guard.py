@@ -14,7 +14,9 @@ from connectrpc.request import RequestContext
 
 from depot_api.api.errors import to_connect_error
 from depot_api.domain.auth import Authenticator
+from depot_api.domain.errors import PermissionDenied
 from depot_api.domain.principal import Principal
+from depot_api.models import TokenKind
 
 # Handlers take the context of any request and response type.
 Context = RequestContext[Any, Any]
@@ -33,14 +35,24 @@ def current_principal() -> Principal:
 
 
 class RequestGuard:
-    def __init__(self, authenticator: Authenticator) -> None:
+    """machines=True guards the machine service (machine tokens only); otherwise machine
+    tokens are refused: they work on the machine service and nowhere else."""
+
+    def __init__(self, authenticator: Authenticator, *, machines: bool = False) -> None:
         self._authenticator = authenticator
+        self._machines = machines
 
     async def on_start(self, ctx: Context) -> contextvars.Token[Principal | None]:
         try:
             principal = await self._authenticator.authenticate(
                 ctx.request_headers.get("authorization")
             )
+            if (principal.kind is TokenKind.MACHINE) != self._machines:
+                raise PermissionDenied(
+                    "the machine service takes machine tokens only"
+                    if self._machines
+                    else "a machine token is valid for the machine service only"
+                )
         except Exception as e:
             # on_end does not run for an interceptor whose on_start raised: map here.
             raise to_connect_error(e, _procedure(ctx)) from None

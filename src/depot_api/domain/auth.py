@@ -49,6 +49,9 @@ class Authenticator:
                 return Principal(token.id, token.kind, frozenset(org_ids), user_id=token.user_id)
             case TokenKind.BUILD:
                 await self._require_live_build(token, now)
+            case TokenKind.MACHINE:
+                # Machines belong to the installation, not to an organization.
+                return Principal(token.id, token.kind, frozenset())
         assert token.org_id is not None
         return Principal(
             token.id,

@@ -7,6 +7,7 @@
     ├── NotFound              no such resource within the caller's scope
     ├── AlreadyExists         a unique name is taken
     ├── FailedPrecondition    the resource is in a state that forbids the operation
+    ├── ResourceExhausted     no capacity now (no BuildKit machine became ready); retry later
     └── Unavailable           a transient fault (the database is busy or unreachable); retry
 
 Messages are written for the caller: they never carry exception text from below.
@@ -44,6 +45,10 @@ class AlreadyExists(DomainError):
 
 
 class FailedPrecondition(DomainError):
+    pass
+
+
+class ResourceExhausted(DomainError):
     pass
 
 

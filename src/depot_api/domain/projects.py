@@ -139,16 +139,23 @@ class Projects:
         return updated
 
     async def delete(self, principal: Principal, project_id: str) -> None:
+        """Delete the project: its tokens stop working and its machines are given back."""
         project = await self.get_managed(principal, project_id, "delete projects")
-        if not await self._store.delete_project(project.id, self._now()):
+        now = self._now()
+        if not await self._store.delete_project(project.id, now):
             raise NotFound(f"project {project_id} not found")
+        await self._store.unbind_project_machines(project.id, now)
 
     async def reset(self, principal: Principal, project_id: str) -> int:
-        """Start a new cache generation; returns its number."""
+        """Start a new cache generation: the project's machines restart with an empty cache.
+        Returns the generation's number."""
         project = await self.get_managed(principal, project_id, "reset projects")
         generation = await self._store.bump_cache_generation(project.id)
         if generation is None:
             raise NotFound(f"project {project_id} not found")
+        await self._store.rebind_project_machines(
+            project.id, binding_id=new_id(), generation=generation, now=self._now()
+        )
         return generation
 
     async def _visible(self, principal: Principal, project_id: str) -> Project:

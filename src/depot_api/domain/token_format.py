@@ -25,6 +25,7 @@ PREFIXES: dict[TokenKind, str] = {
     TokenKind.USER: "dpu_",
     TokenKind.PROJECT: "dpp_",
     TokenKind.BUILD: "dpb_",
+    TokenKind.MACHINE: "dpm_",
 }
 _KIND_BY_PREFIX = {prefix: kind for kind, prefix in PREFIXES.items()}
 _PREFIX_LENGTH = 4

@@ -92,6 +92,10 @@ class Tokens:
             TokenKind.USER, require_description(description, "description"), user_id=user_id
         )
 
+    async def create_machine_token(self, description: str = "") -> tuple[Token, str]:
+        """A token for the agents on BuildKit hosts; it works on the machine service only."""
+        return await self._issue(TokenKind.MACHINE, require_description(description, "description"))
+
     # Project tokens, through the API
 
     async def list_project_tokens(self, principal: Principal, project_id: str) -> list[Token]:

@@ -11,16 +11,22 @@ Contract for every implementation:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
 from depot_api.models import (
+    Binding,
     Build,
     BuildStatus,
     CachePolicy,
     Hardware,
+    Machine,
+    MachineState,
     Organization,
+    Platform,
     Project,
+    ProjectCA,
     Token,
     User,
 )
@@ -123,3 +129,72 @@ class Store(Protocol):
         Returns the build as it is afterwards (whichever finish won), or None when the build
         does not exist.
         """
+
+    # Machines (see store.sql_machines for how binding stays exclusive across processes)
+
+    async def insert_machine(self, machine: Machine) -> None: ...
+
+    async def get_machine(self, machine_id: str) -> Machine | None: ...
+
+    async def list_machines(self) -> list[Machine]: ...
+
+    async def machine_stamp(self, lost_before: datetime) -> tuple[int, int]:
+        """(last change of any machine, machines silent since lost_before)."""
+
+    async def record_heartbeat(
+        self,
+        machine_id: str,
+        *,
+        running_binding_id: str,
+        ready: bool,
+        disk_used_bytes: int,
+        error: str | None,
+        now: datetime,
+    ) -> Machine | None:
+        """Store the agent's report; a machine declared lost becomes active again."""
+
+    async def set_machine_state(
+        self, machine_id: str, state: MachineState, now: datetime
+    ) -> bool: ...
+
+    async def acquire_machine(
+        self,
+        *,
+        build_id: str,
+        project_id: str,
+        platform: Platform,
+        now: datetime,
+        lost_before: datetime,
+        bind: Callable[[str], Binding],
+    ) -> Machine | None:
+        """The machine serving the build on the platform, binding an idle one if need be.
+
+        Machines silent since lost_before are declared gone first. No machine is ever bound
+        to two projects; builds of one project and platform share its machine.
+        """
+
+    async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool: ...
+
+    async def release_idle_machine(
+        self, machine_id: str, *, idle_before: datetime, now: datetime
+    ) -> bool:
+        """Unbind the machine when no build holds it and it was last used before idle_before."""
+
+    async def rebind_project_machines(
+        self, project_id: str, *, binding_id: str, generation: int, now: datetime
+    ) -> int: ...
+
+    async def unbind_project_machines(self, project_id: str, now: datetime) -> int: ...
+
+    async def get_project_ca(self, project_id: str) -> ProjectCA | None: ...
+
+    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
+        """Store the CA unless the project has one; returns the stored one either way."""
+
+    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
+        """Record a sign of life of a running build; False when it is not running."""
+
+    async def mark_build_started(self, build_id: str, at: datetime) -> None: ...
+
+    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
+        """Cancel running builds whose clients reported last before silent_since."""

@@ -103,6 +103,63 @@ builds = Table(
     Column("started_at", BigInteger, nullable=True),
     Column("finished_at", BigInteger, nullable=True),
     Column("error_message", Text, nullable=True),
+    # Set when the build first asks for a machine or reports health; from then on a build that
+    # stops reporting is canceled after the liveness window.
+    Column("last_health_at", BigInteger, nullable=True),
     # Keyset pagination walks this index newest first.
     Index("ix_builds_project_created", "project_id", "created_at", "id"),
+    Index("ix_builds_running_health", "status", "last_health_at"),
+)
+
+# A BuildKit host, as its agent registered it. state: active, draining, gone. A machine serves
+# at most one project at a time (project_id); binding_id changes whenever its daemon must
+# restart. changed_at moves on every change that may let a waiting build proceed.
+machines = Table(
+    "machines",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("token_id", ID, ForeignKey("tokens.id"), nullable=False),
+    Column("platform", String(16), nullable=False),
+    Column("endpoint", String(255), nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=True),
+    Column("last_project_id", ID, nullable=True),
+    Column("binding_id", ID, nullable=True),
+    Column("cache_generation", Integer, nullable=True),
+    Column("server_name", String(255), nullable=True),
+    Column("server_cert", Text, nullable=True),
+    Column("server_key_sealed", Text, nullable=True),
+    Column("ready_binding_id", ID, nullable=True),
+    Column("disk_used_bytes", BigInteger, nullable=False),
+    Column("buildkit_error", Text, nullable=True),
+    Column("registered_at", BigInteger, nullable=False),
+    Column("last_heartbeat_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger, nullable=True),
+    Column("changed_at", BigInteger, nullable=False),
+    Index("ix_machines_pick", "platform", "state", "project_id"),
+    Index("ix_machines_changed", "changed_at"),
+)
+
+# Each project's certificate authority; its key is sealed (encrypted) before it is stored.
+project_cas = Table(
+    "project_cas",
+    metadata,
+    Column("project_id", ID, ForeignKey("projects.id"), primary_key=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("key_sealed", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Which machine serves a build on a platform: the same one until the build ends or the
+# machine is lost.
+build_endpoints = Table(
+    "build_endpoints",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("platform", String(16), primary_key=True),
+    Column("machine_id", ID, ForeignKey("machines.id"), nullable=False),
+    Column("acquired_at", BigInteger, nullable=False),
+    Column("released_at", BigInteger, nullable=True),
+    Index("ix_build_endpoints_machine", "machine_id", "released_at"),
 )

@@ -1,0 +1,67 @@
+"""depotapi.machine.v1.MachineService: what the agents on BuildKit hosts call."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from protobuf import Oneof
+
+from depot_api.api.guard import Context, current_principal
+from depot_api.api.platforms import platform_from_wire
+from depot_api.domain.machines import Assignment, HealthReport, Machines, Stop
+from depot_api.gen.depotapi.machine.v1 import machine_connect
+from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
+
+
+class MachineServiceImpl(machine_connect.MachineService):
+    def __init__(self, machines: Machines, heartbeat_interval_ms: int) -> None:
+        self._machines = machines
+        self._interval_ms = heartbeat_interval_ms
+
+    async def register(self, request: pb.RegisterRequest, ctx: Context) -> pb.RegisterResponse:
+        machine = await self._machines.register(
+            current_principal(),
+            platform_from_wire(request.platform),
+            request.endpoint,
+            request.capacity,
+        )
+        return pb.RegisterResponse(machine_id=machine.id, heartbeat_interval_ms=self._interval_ms)
+
+    async def heartbeat(self, request: pb.HeartbeatRequest, ctx: Context) -> pb.HeartbeatResponse:
+        desired = await self._machines.heartbeat(
+            current_principal(),
+            request.machine_id,
+            HealthReport(
+                running_binding_id=request.running_binding_id,
+                buildkit_ready=request.buildkit_ready,
+                disk_used_bytes=request.disk_used_bytes,
+                buildkit_error=request.buildkit_error,
+            ),
+        )
+        if isinstance(desired, Assignment):
+            assignment: Oneof[Literal["assignment"], pb.HeartbeatResponse.Assignment] = Oneof(
+                "assignment",
+                pb.HeartbeatResponse.Assignment(
+                    binding_id=desired.binding_id,
+                    project_id=desired.project_id,
+                    cache_generation=desired.cache_generation,
+                    server_cert=desired.server_cert,
+                    server_key=desired.server_key,
+                    ca_cert=desired.ca_cert,
+                    server_name=desired.server_name,
+                    keep_gb=desired.keep_gb,
+                    keep_days=desired.keep_days,
+                ),
+            )
+            return pb.HeartbeatResponse(desired=assignment)
+        if isinstance(desired, Stop):
+            return pb.HeartbeatResponse(desired=_STOP)
+        return pb.HeartbeatResponse(desired=_IDLE)
+
+
+_STOP: Oneof[Literal["stop"], pb.HeartbeatResponse.Stop] = Oneof(
+    "stop", pb.HeartbeatResponse.Stop()
+)
+_IDLE: Oneof[Literal["idle"], pb.HeartbeatResponse.Idle] = Oneof(
+    "idle", pb.HeartbeatResponse.Idle()
+)

@@ -1,0 +1,134 @@
+"""GetEndpoint as the seed document models it: one plain JSON POST, one JSON answer.
+
+GetEndpoint is server-streaming, which Connect serves only with enveloped content types
+(application/connect+json, gRPC, …). The seed's HTTP/JSON view posts
+`Content-Type: application/json` and expects a single object:
+
+    {"endpoint": …, "serverName": …, "cert": {"cert": PEM, "key": PEM}, "caCert": {"cert": PEM}}
+
+So that request is answered here: it waits for the machine exactly as the stream does (the
+same domain call, the same deadline) and then writes that object; errors are Connect's unary
+JSON errors with their HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from depot_api.api.errors import to_connect_error
+from depot_api.api.json_codec import LenientKeysJSONCodec
+from depot_api.api.platforms import platform_from_wire
+from depot_api.domain.endpoints import Active
+from depot_api.domain.errors import PermissionDenied
+from depot_api.gen.depot.buildkit.v1 import buildkit_pb as pb
+from depot_api.models import TokenKind
+from depot_api.wiring import Domain
+
+PATH = "/depot.buildkit.v1.BuildKitService/GetEndpoint"
+_PROCEDURE = "depot.buildkit.v1.BuildKitService/GetEndpoint"
+
+# The Connect protocol's HTTP status for each code (connectrpc.com/docs/protocol).
+_HTTP_STATUS = {
+    Code.CANCELED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def is_plain_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            return bool(media_type == b"application/json")
+    return False
+
+
+class SeedGetEndpoint:
+    def __init__(self, domain: Domain, max_message_bytes: int) -> None:
+        self._domain = domain
+        self._max_bytes = max_message_bytes
+        self._codec = LenientKeysJSONCodec()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            answer = await self._answer(scope, receive)
+        except Exception as e:
+            error = to_connect_error(e, _PROCEDURE)
+            body = {"code": error.code.value, "message": error.message}
+            await _respond(send, _HTTP_STATUS.get(error.code, 500), body)
+            return
+        await _respond(send, 200, answer)
+
+    async def _answer(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        if scope["method"] != "POST":
+            raise ConnectError(Code.UNIMPLEMENTED, "GetEndpoint takes POST")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        principal = await self._domain.authenticator.authenticate(headers.get("authorization"))
+        if principal.kind is TokenKind.MACHINE:
+            raise PermissionDenied("a machine token is valid for the machine service only")
+        body = await self._read_body(receive)
+        try:
+            request = self._codec.decode(body, pb.GetEndpointRequest)
+        except Exception as e:  # the parser's message names the problem
+            raise ConnectError(Code.INVALID_ARGUMENT, f"unmarshal message: {e}") from None
+        platform = platform_from_wire(request.platform)
+        async for event in self._domain.endpoints.acquire(principal, request.build_id, platform):
+            if isinstance(event, Active):
+                return {
+                    "endpoint": event.endpoint,
+                    "serverName": event.server_name,
+                    "cert": {"cert": event.client_cert, "key": event.client_key},
+                    "caCert": {"cert": event.ca_cert},
+                }
+        raise AssertionError("acquire ended without an active endpoint")
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectError(Code.CANCELED, "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise ConnectError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"message is larger than configured max {self._max_bytes}",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})

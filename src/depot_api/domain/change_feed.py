@@ -1,0 +1,58 @@
+"""Waking builds that wait for a machine, without each of them polling the database.
+
+One poller per process reads the machines' change stamp while anyone waits, and wakes every
+waiter when it moves; machine changes made by other processes are seen within one poll
+interval. A thousand waiting streams cost one small query per interval, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable
+
+
+class ChangeFeed:
+    def __init__(self, read_stamp: Callable[[], Awaitable[Hashable]], *, interval: float) -> None:
+        self._read_stamp = read_stamp
+        self._interval = interval
+        self._changed = asyncio.Condition()
+        self._waiters = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._stamp: Hashable | None = None
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait until the stamp moves (True) or the seconds pass (False)."""
+        self._waiters += 1
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), seconds)
+                except TimeoutError:
+                    return False
+                return True
+        finally:
+            self._waiters -= 1
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    async def _poll(self) -> None:
+        while self._waiters > 0:
+            stamp: Hashable | None
+            try:
+                stamp = await self._read_stamp()
+            except Exception:  # a database hiccup: waiters time out and retry on their own
+                stamp = self._stamp
+            if stamp != self._stamp:
+                first = self._stamp is None
+                self._stamp = stamp
+                if not first:
+                    async with self._changed:
+                        self._changed.notify_all()
+            await asyncio.sleep(self._interval)

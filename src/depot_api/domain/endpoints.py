@@ -1,0 +1,196 @@
+"""Giving builds BuildKit machines: GetEndpoint's wait, health reports, release, liveness.
+
+A build asks for a machine of a platform; the store binds one to its project (or finds the
+one the project has) and the build waits, sending `pending`, until the machine's agent reports
+its daemon ready for that binding. Then the build gets the endpoint, the server name, the
+project's CA certificate and a fresh client certificate that expires with the build's
+deadline. A build that asked for a machine and then stays silent beyond the liveness window
+is canceled, and its machine released.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from depot_api.domain import pki
+from depot_api.domain.builds import Builds
+from depot_api.domain.change_feed import ChangeFeed
+from depot_api.domain.errors import FailedPrecondition, ResourceExhausted
+from depot_api.domain.ids import new_id
+from depot_api.domain.principal import Principal
+from depot_api.domain.secretbox import SecretBox
+from depot_api.models import Binding, Build, BuildStatus, Machine, Platform, ProjectCA
+from depot_api.store.interface import Store
+
+# A server certificate lives as long as its binding might: rebinding issues a new one.
+SERVER_CERT_LIFETIME = timedelta(days=90)
+# How often a build waiting in GetEndpoint counts as a sign of life.
+_WAITING_IS_ALIVE_EVERY = 30.0
+# A waiting build tries again at least this often, even when nothing seemed to change.
+_RETRY_EVERY = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Active:
+    endpoint: str
+    server_name: str
+    client_cert: str
+    client_key: str
+    ca_cert: str
+
+
+@dataclass(frozen=True)
+class EndpointTimings:
+    acquire_timeout: timedelta
+    pending_interval: timedelta
+    machine_lost_after: timedelta
+    liveness_window: timedelta
+    max_build_duration: timedelta
+    poll_interval: float = 0.5
+
+
+class Endpoints:
+    def __init__(
+        self,
+        store: Store,
+        builds: Builds,
+        box: SecretBox,
+        timings: EndpointTimings,
+        *,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._builds = builds
+        self._box = box
+        self._timings = timings
+        self._now = now
+        self._feed = ChangeFeed(self._machine_stamp, interval=timings.poll_interval)
+
+    async def acquire(
+        self, principal: Principal, build_id: str, platform: Platform
+    ) -> AsyncIterator[Pending | Active]:
+        """Pending while the machine is not ready, then one Active; or ResourceExhausted."""
+        build = await self._running(principal, build_id)
+        await self._store.touch_build_health(build.id, self._now())
+        ca = await self._project_ca(build.project_id)
+        started = time.monotonic()
+        deadline = started + self._timings.acquire_timeout.total_seconds()
+        pending_every = self._timings.pending_interval.total_seconds()
+        last_pending = last_alive = started - pending_every
+        last_try = started
+        changed = True
+        while True:
+            if changed:
+                last_try = time.monotonic()
+                build = await self._running(principal, build_id)
+                machine = await self._acquire(build, platform, ca)
+                if machine is not None and machine.ready:
+                    yield self._active(build, machine, ca)
+                    return
+            moment = time.monotonic()
+            if moment >= deadline:
+                raise ResourceExhausted(
+                    f"no {platform.value} BuildKit machine became ready for build {build_id} "
+                    f"within {self._timings.acquire_timeout.total_seconds():.0f}s; retry later"
+                )
+            if moment - last_pending >= pending_every:
+                last_pending = moment
+                yield Pending()
+            if moment - last_alive >= _WAITING_IS_ALIVE_EVERY:
+                last_alive = moment
+                await self._store.touch_build_health(build.id, self._now())
+            wait = min(pending_every - (moment - last_pending), deadline - moment)
+            changed = await self._feed.wait(max(wait, 0.01))
+            changed = changed or time.monotonic() - last_try >= _RETRY_EVERY
+
+    async def report_health(self, principal: Principal, build_id: str) -> None:
+        build = await self._builds.get(principal, build_id)
+        if not await self._store.touch_build_health(build.id, self._now()):
+            raise FailedPrecondition(f"build {build_id} has ended ({build.status.value})")
+
+    async def release(self, principal: Principal, build_id: str, platform: Platform) -> None:
+        build = await self._builds.get(principal, build_id)
+        await self._store.release_endpoint(build.id, platform, self._now())
+
+    async def cancel_silent_builds(self) -> list[str]:
+        """One liveness sweep; every server process runs it periodically."""
+        now = self._now()
+        return await self._store.cancel_silent_builds(
+            silent_since=now - self._timings.liveness_window, now=now
+        )
+
+    async def close(self) -> None:
+        await self._feed.close()
+
+    async def _machine_stamp(self) -> tuple[int, int]:
+        """Moves when a machine changes, and when one falls silent (so its builds move on)."""
+        lost_before = self._now() - self._timings.machine_lost_after
+        return await self._store.machine_stamp(lost_before)
+
+    async def _running(self, principal: Principal, build_id: str) -> Build:
+        build = await self._builds.get(principal, build_id)
+        if build.status is not BuildStatus.RUNNING:
+            raise FailedPrecondition(
+                f"build {build_id} has ended ({build.status.value}); it cannot get a machine"
+            )
+        return build
+
+    async def _acquire(self, build: Build, platform: Platform, ca: pki.KeyPair) -> Machine | None:
+        now = self._now()
+        return await self._store.acquire_machine(
+            build_id=build.id,
+            project_id=build.project_id,
+            platform=platform,
+            now=now,
+            lost_before=now - self._timings.machine_lost_after,
+            bind=lambda machine_id: self._binding(ca, machine_id, now),
+        )
+
+    def _binding(self, ca: pki.KeyPair, machine_id: str, now: datetime) -> Binding:
+        server_name = f"{machine_id}.machines.depot-api.internal"
+        server = pki.issue_server_cert(
+            ca, server_name, now=now, not_after=now + SERVER_CERT_LIFETIME
+        )
+        return Binding(
+            binding_id=new_id(),
+            server_name=server_name,
+            server_cert=server.cert_pem,
+            server_key_sealed=self._box.seal(server.key_pem),
+        )
+
+    def _active(self, build: Build, machine: Machine, ca: pki.KeyPair) -> Active:
+        now = self._now()
+        client = pki.issue_client_cert(
+            ca,
+            build.id,
+            now=now,
+            not_after=max(
+                build.created_at + self._timings.max_build_duration, now + timedelta(minutes=5)
+            ),
+        )
+        assert machine.server_name is not None
+        return Active(
+            endpoint=f"tcp://{machine.endpoint}",
+            server_name=machine.server_name,
+            client_cert=client.cert_pem,
+            client_key=client.key_pem,
+            ca_cert=ca.cert_pem,
+        )
+
+    async def _project_ca(self, project_id: str) -> pki.KeyPair:
+        stored = await self._store.get_project_ca(project_id)
+        if stored is None:
+            now = self._now()
+            fresh = pki.new_project_ca(project_id, now=now)
+            stored = await self._store.insert_project_ca(
+                ProjectCA(project_id, fresh.cert_pem, self._box.seal(fresh.key_pem), now)
+            )
+        return pki.KeyPair(cert_pem=stored.cert_pem, key_pem=self._box.open(stored.key_sealed))

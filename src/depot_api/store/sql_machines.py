@@ -1,0 +1,435 @@
+"""The machine half of SqlStore: registering agents, binding machines to projects, endpoints.
+
+Binding is decided inside the database so that it holds across any number of processes: an
+idle machine is claimed with a conditional update (`WHERE project_id IS NULL`), and the
+project's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write lock of BEGIN
+IMMEDIATE), so two builds of one project never claim two machines at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform, ProjectCA
+from depot_api.store import schema as t
+from depot_api.times import from_micros, to_micros
+
+m, e, b, p = t.machines, t.build_endpoints, t.builds, t.projects
+
+
+class MachineQueries:
+    _read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+    async def insert_machine(self, machine: Machine) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(m).values(
+                    id=machine.id,
+                    token_id=machine.token_id,
+                    platform=machine.platform.value,
+                    endpoint=machine.endpoint,
+                    capacity=machine.capacity,
+                    state=machine.state.value,
+                    disk_used_bytes=0,
+                    registered_at=to_micros(machine.registered_at),
+                    last_heartbeat_at=to_micros(machine.last_heartbeat_at),
+                    changed_at=to_micros(machine.changed_at),
+                )
+            )
+
+    async def get_machine(self, machine_id: str) -> Machine | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
+            return None if row is None else _machine(row)
+
+    async def list_machines(self) -> list[Machine]:
+        async with self._read() as conn:
+            return [_machine(r) for r in await conn.execute(select(m).order_by(m.c.registered_at))]
+
+    async def machine_stamp(self, lost_before: datetime) -> tuple[int, int]:
+        """(last change, machines silent since lost_before): moves when a waiting build may
+        proceed."""
+        silent = and_(
+            m.c.state != MachineState.GONE.value, m.c.last_heartbeat_at < to_micros(lost_before)
+        )
+        query = select(func.max(m.c.changed_at), func.count().filter(silent))
+        async with self._read() as conn:
+            changed, lost = (await conn.execute(query)).one()
+            return int(changed or 0), int(lost or 0)
+
+    async def record_heartbeat(
+        self,
+        machine_id: str,
+        *,
+        running_binding_id: str,
+        ready: bool,
+        disk_used_bytes: int,
+        error: str | None,
+        now: datetime,
+    ) -> Machine | None:
+        micros = to_micros(now)
+        async with self._write() as conn:
+            row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
+            if row is None:
+                return None
+            ready_binding = running_binding_id if ready and running_binding_id else None
+            values: dict[str, Any] = {
+                "last_heartbeat_at": micros,
+                "ready_binding_id": ready_binding,
+                "disk_used_bytes": disk_used_bytes,
+                "buildkit_error": error,
+            }
+            if row.state == MachineState.GONE.value:
+                values["state"] = MachineState.ACTIVE.value  # it came back
+            if ready_binding != row.ready_binding_id or "state" in values:
+                values["changed_at"] = micros
+            await conn.execute(update(m).where(m.c.id == machine_id).values(**values))
+            after = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
+            assert after is not None
+            return _machine(after)
+
+    async def set_machine_state(self, machine_id: str, state: MachineState, now: datetime) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(m)
+                .where(m.c.id == machine_id)
+                .values(state=state.value, changed_at=to_micros(now))
+            )
+            return bool(result.rowcount)
+
+    async def acquire_machine(
+        self,
+        *,
+        build_id: str,
+        project_id: str,
+        platform: Platform,
+        now: datetime,
+        lost_before: datetime,
+        bind: Callable[[str], Binding],
+    ) -> Machine | None:
+        """The machine serving this build on this platform, binding one if need be.
+
+        In order: the build's own machine while it still serves the project; else the
+        project's machine for the platform; else an idle machine (one that served this project
+        before first, for its cache), bound now with `bind(machine_id)`. None when no machine
+        can be had.
+        """
+        micros = to_micros(now)
+        async with self._write() as conn:
+            await _forget_lost_machines(conn, to_micros(lost_before), micros)
+            locked = select(p.c.cache_generation).where(
+                p.c.id == project_id, p.c.deleted_at.is_(None)
+            )
+            if conn.dialect.name == "postgresql":
+                locked = locked.with_for_update()
+            generation = (await conn.execute(locked)).scalar_one_or_none()
+            if generation is None:
+                return None
+            serving = and_(
+                m.c.project_id == project_id,
+                m.c.platform == platform.value,
+                m.c.state != MachineState.GONE.value,
+            )
+            own = (
+                await conn.execute(
+                    select(m)
+                    .join(e, e.c.machine_id == m.c.id)
+                    .where(
+                        e.c.build_id == build_id,
+                        e.c.platform == platform.value,
+                        e.c.released_at.is_(None),
+                        serving,
+                    )
+                )
+            ).first()
+            if own is not None:
+                return _machine(own)
+            row = (await conn.execute(select(m).where(serving).limit(1))).first()
+            if row is None:
+                row = await _claim_idle(conn, project_id, platform, generation, micros, bind)
+            if row is None:
+                return None
+            await _open_endpoint(conn, build_id, platform, row.id, micros)
+            return _machine(row)
+
+    async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
+        async with self._write() as conn:
+            return await _release_endpoints(
+                conn, and_(e.c.build_id == build_id, e.c.platform == platform.value), to_micros(now)
+            )
+
+    async def release_idle_machine(
+        self, machine_id: str, *, idle_before: datetime, now: datetime
+    ) -> bool:
+        """Unbind the machine if no build holds it and it has not been used since idle_before."""
+        async with self._write() as conn:
+            open_endpoints = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(e)
+                    .where(e.c.machine_id == machine_id, e.c.released_at.is_(None))
+                )
+            ).scalar_one()
+            if open_endpoints:
+                return False
+            result = await conn.execute(
+                update(m)
+                .where(
+                    m.c.id == machine_id,
+                    m.c.project_id.is_not(None),
+                    or_(m.c.last_used_at.is_(None), m.c.last_used_at < to_micros(idle_before)),
+                )
+                .values(**_unbound(to_micros(now)))
+            )
+            return bool(result.rowcount)
+
+    async def rebind_project_machines(
+        self, project_id: str, *, binding_id: str, generation: int, now: datetime
+    ) -> int:
+        """Give the project's machines a new binding (their daemons restart clean)."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(m)
+                .where(m.c.project_id == project_id)
+                .values(
+                    binding_id=binding_id, cache_generation=generation, changed_at=to_micros(now)
+                )
+            )
+            return int(result.rowcount)
+
+    async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
+        micros = to_micros(now)
+        async with self._write() as conn:
+            machine_ids = select(m.c.id).where(m.c.project_id == project_id).scalar_subquery()
+            await _release_endpoints(conn, e.c.machine_id.in_(machine_ids), micros)
+            result = await conn.execute(
+                update(m).where(m.c.project_id == project_id).values(**_unbound(micros))
+            )
+            return int(result.rowcount)
+
+    async def get_project_ca(self, project_id: str) -> ProjectCA | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.project_cas).where(t.project_cas.c.project_id == project_id)
+                )
+            ).first()
+            return None if row is None else _ca(row)
+
+    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
+        """Store the CA unless the project has one already; returns the one that counts."""
+        ca_table = t.project_cas
+        try:
+            async with self._write() as conn:
+                row = (
+                    await conn.execute(
+                        select(ca_table).where(ca_table.c.project_id == ca.project_id)
+                    )
+                ).first()
+                if row is not None:
+                    return _ca(row)
+                await conn.execute(
+                    insert(ca_table).values(
+                        project_id=ca.project_id,
+                        cert_pem=ca.cert_pem,
+                        key_sealed=ca.key_sealed,
+                        created_at=to_micros(ca.created_at),
+                    )
+                )
+                return ca
+        except IntegrityError:
+            # Another process stored the project's CA first: theirs counts.
+            stored = await self.get_project_ca(ca.project_id)
+            assert stored is not None
+            return stored
+
+    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
+        """Record a sign of life from a running build's client."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(b)
+                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
+                .values(last_health_at=to_micros(now))
+            )
+            return bool(result.rowcount)
+
+    async def mark_build_started(self, build_id: str, at: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(b)
+                .where(b.c.id == build_id, b.c.started_at.is_(None))
+                .values(started_at=to_micros(at))
+            )
+
+    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
+        """Cancel running builds whose client has not reported since silent_since."""
+        micros = to_micros(now)
+        async with self._write() as conn:
+            stale = and_(
+                b.c.status == BuildStatus.RUNNING.value,
+                b.c.last_health_at.is_not(None),
+                b.c.last_health_at < to_micros(silent_since),
+            )
+            ids = [r.id for r in await conn.execute(select(b.c.id).where(stale))]
+            if not ids:
+                return []
+            await conn.execute(
+                update(b)
+                .where(b.c.id.in_(ids), b.c.status == BuildStatus.RUNNING.value)
+                .values(
+                    status=BuildStatus.CANCELED.value,
+                    finished_at=micros,
+                    error_message="canceled: the client stopped reporting health",
+                )
+            )
+            await _release_endpoints(conn, e.c.build_id.in_(ids), micros)
+            return ids
+
+
+async def release_build_endpoints(conn: AsyncConnection, build_id: str, micros: int) -> None:
+    """Used by finish_build: an ended build holds no machine."""
+    await _release_endpoints(conn, e.c.build_id == build_id, micros)
+
+
+async def _release_endpoints(conn: AsyncConnection, where: Any, micros: int) -> bool:
+    held = [
+        (r.build_id, r.machine_id)
+        for r in await conn.execute(
+            select(e.c.build_id, e.c.machine_id).where(where, e.c.released_at.is_(None))
+        )
+    ]
+    if not held:
+        return False
+    await conn.execute(update(e).where(where, e.c.released_at.is_(None)).values(released_at=micros))
+    # The idle timer of each machine starts from its last release.
+    await conn.execute(
+        update(m).where(m.c.id.in_({machine for _, machine in held})).values(last_used_at=micros)
+    )
+    return True
+
+
+async def _forget_lost_machines(conn: AsyncConnection, lost_before: int, micros: int) -> None:
+    lost = and_(m.c.state != MachineState.GONE.value, m.c.last_heartbeat_at < lost_before)
+    ids = [r.id for r in await conn.execute(select(m.c.id).where(lost))]
+    if not ids:
+        return
+    # Builds on a lost machine get a new one at their next GetEndpoint.
+    await _release_endpoints(conn, e.c.machine_id.in_(ids), micros)
+    await conn.execute(
+        update(m).where(m.c.id.in_(ids)).values(state=MachineState.GONE.value, **_unbound(micros))
+    )
+
+
+async def _claim_idle(
+    conn: AsyncConnection,
+    project_id: str,
+    platform: Platform,
+    generation: int,
+    micros: int,
+    bind: Callable[[str], Binding],
+) -> Row[Any] | None:
+    idle = (
+        select(m.c.id)
+        .where(
+            m.c.platform == platform.value,
+            m.c.state == MachineState.ACTIVE.value,
+            m.c.project_id.is_(None),
+        )
+        # Cache affinity: a machine that served this project before still has its cache.
+        .order_by((m.c.last_project_id == project_id).desc(), m.c.last_used_at)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        idle = idle.with_for_update(skip_locked=True)
+    machine_id = (await conn.execute(idle)).scalar_one_or_none()
+    if machine_id is None:
+        return None
+    binding = bind(machine_id)
+    result = await conn.execute(
+        update(m)
+        .where(m.c.id == machine_id, m.c.project_id.is_(None))  # never two projects
+        .values(
+            project_id=project_id,
+            last_project_id=project_id,
+            binding_id=binding.binding_id,
+            cache_generation=generation,
+            server_name=binding.server_name,
+            server_cert=binding.server_cert,
+            server_key_sealed=binding.server_key_sealed,
+            last_used_at=micros,
+            changed_at=micros,
+        )
+    )
+    if not result.rowcount:
+        return None
+    return (await conn.execute(select(m).where(m.c.id == machine_id))).first()
+
+
+async def _open_endpoint(
+    conn: AsyncConnection, build_id: str, platform: Platform, machine_id: str, micros: int
+) -> None:
+    key = and_(e.c.build_id == build_id, e.c.platform == platform.value)
+    existing = (await conn.execute(select(e.c.build_id).where(key))).first()
+    if existing is None:
+        await conn.execute(
+            insert(e).values(
+                build_id=build_id,
+                platform=platform.value,
+                machine_id=machine_id,
+                acquired_at=micros,
+            )
+        )
+    else:
+        await conn.execute(
+            update(e).where(key).values(machine_id=machine_id, acquired_at=micros, released_at=None)
+        )
+    await conn.execute(update(m).where(m.c.id == machine_id).values(last_used_at=micros))
+
+
+def _unbound(micros: int) -> dict[str, Any]:
+    return {
+        "project_id": None,
+        "binding_id": None,
+        "cache_generation": None,
+        "server_name": None,
+        "server_cert": None,
+        "server_key_sealed": None,
+        "ready_binding_id": None,
+        "changed_at": micros,
+    }
+
+
+def _machine(r: Row[Any]) -> Machine:
+    return Machine(
+        id=r.id,
+        token_id=r.token_id,
+        platform=Platform(r.platform),
+        endpoint=r.endpoint,
+        capacity=r.capacity,
+        state=MachineState(r.state),
+        registered_at=from_micros(r.registered_at),
+        last_heartbeat_at=from_micros(r.last_heartbeat_at),
+        changed_at=from_micros(r.changed_at),
+        disk_used_bytes=r.disk_used_bytes,
+        buildkit_error=r.buildkit_error,
+        project_id=r.project_id,
+        binding_id=r.binding_id,
+        cache_generation=r.cache_generation,
+        server_name=r.server_name,
+        server_cert=r.server_cert,
+        server_key_sealed=r.server_key_sealed,
+        ready_binding_id=r.ready_binding_id,
+        last_used_at=None if r.last_used_at is None else from_micros(r.last_used_at),
+    )
+
+
+def _ca(r: Row[Any]) -> ProjectCA:
+    return ProjectCA(r.project_id, r.cert_pem, r.key_sealed, from_micros(r.created_at))
