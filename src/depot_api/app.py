@@ -115,6 +115,7 @@ class DepotAPI:
         self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
         self._seed_get_endpoint = SeedGetEndpoint(domain, settings.max_message_bytes)
         self._sweeper: asyncio.Task[None] | None = None
+        self._liveness_window = settings.liveness_window.total_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -161,8 +162,9 @@ class DepotAPI:
     async def _sweep_silent_builds(self) -> None:
         """Cancel builds whose clients went silent. Every process sweeps; the cancel is a
         conditional update, so overlapping sweeps are harmless."""
+        every = min(_SWEEP_EVERY_SECONDS, self._liveness_window / 3)
         while True:
-            await asyncio.sleep(_SWEEP_EVERY_SECONDS)
+            await asyncio.sleep(every)
             try:
                 canceled = await self.domain.endpoints.cancel_silent_builds()
             except Exception:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from depot_api.agent import Agent, AgentConfig
 from depot_api.config import Settings
 from depot_api.domain.errors import DomainError
 from depot_api.logs import configure_logging
@@ -28,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(settings))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "agent":
+            return asyncio.run(_agent(args))
         return asyncio.run(_admin(args, settings))
     except DomainError as e:
         print(f"depot-api: {e.message}", file=sys.stderr)
@@ -122,10 +127,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     user_token.add_argument("--user", required=True)
     user_token.add_argument("--description", default="")
+    machine_token = actions.add_parser(
+        "create-machine-token",
+        parents=[data_dir],
+        help="create a token for the agents on BuildKit hosts (machine service only)",
+    )
+    machine_token.add_argument("--description", default="")
+    actions.add_parser("list-machines", parents=[data_dir], help="list BuildKit machines")
+    drain = actions.add_parser(
+        "drain-machine",
+        parents=[data_dir],
+        help="take no new project on a machine; its agent stops once the machine is free",
+    )
+    drain.add_argument("--machine", required=True)
+
+    agent = commands.add_parser("agent", help="run on a BuildKit host: serve builds with it")
+    agent.add_argument("--server", required=True, help="the depot-api URL, e.g. http://api:8080")
+    agent.add_argument(
+        "--token",
+        default=os.environ.get("DEPOT_API_AGENT_TOKEN", ""),
+        help="a machine token (env DEPOT_API_AGENT_TOKEN, which keeps it out of `ps`)",
+    )
+    agent.add_argument("--platform", choices=("amd64", "arm64"), required=True)
+    agent.add_argument(
+        "--advertise", required=True, metavar="HOST:PORT", help="where clients reach BuildKit"
+    )
+    agent.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where BuildKit listens (default 0.0.0.0 and the advertised port)",
+    )
+    agent.add_argument("--buildkitd", default="buildkitd", help="BuildKit's daemon (%(default)s)")
+    agent.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("depot-agent-state"),
+        help="certificates and caches (%(default)s)",
+    )
+    agent.add_argument("--capacity", type=int, default=1, help="builds at once (%(default)s)")
+    agent.add_argument("--log-level", default="info")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    if args.command == "agent":
+        return Settings.from_env()
     settings = replace(Settings.from_env(), data_dir=args.data_dir, database=args.database)
     if args.command != "serve":
         return settings
@@ -178,6 +224,21 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 created, secret = await domain.tokens.create_user_token(args.user, args.description)
                 print(f"user token {created.id} created; the secret is shown once:")
                 print(secret)
+            case "create-machine-token":
+                created, secret = await domain.tokens.create_machine_token(args.description)
+                print(f"machine token {created.id} created; the secret is shown once:")
+                print(secret)
+            case "list-machines":
+                for machine in await domain.machines.list():
+                    print(
+                        f"{machine.id} {machine.platform.value} {machine.endpoint} "
+                        f"{machine.state.value} project={machine.project_id or '-'} "
+                        f"ready={'yes' if machine.ready else 'no'} "
+                        f"last-heartbeat={machine.last_heartbeat_at.isoformat()}"
+                    )
+            case "drain-machine":
+                await domain.machines.drain(args.machine)
+                print(f"machine {args.machine} is draining")
     finally:
         await store.close()
     return 0
@@ -193,6 +254,29 @@ async def _serve(settings: Settings) -> int:
             flush=True,
         )
     return await Supervisor(settings).run()
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    if not args.token:
+        raise SystemExit("depot-api agent: a machine token is required (--token or env)")
+    port = args.advertise.rsplit(":", 1)[-1]
+    config = AgentConfig(
+        server=args.server.rstrip("/"),
+        token=args.token,
+        platform=args.platform,
+        advertise=args.advertise,
+        listen=args.listen or f"0.0.0.0:{port}",
+        buildkitd=args.buildkitd,
+        state_dir=args.state_dir,
+        capacity=args.capacity,
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await Agent(config).run(stop)
 
 
 if __name__ == "__main__":

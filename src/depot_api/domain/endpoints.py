@@ -27,7 +27,8 @@ from depot_api.store.interface import Store
 
 # A server certificate lives as long as its binding might: rebinding issues a new one.
 SERVER_CERT_LIFETIME = timedelta(days=90)
-# How often a build waiting in GetEndpoint counts as a sign of life.
+# How often (at most) a build waiting in GetEndpoint counts as a sign of life; at least three
+# times per liveness window.
 _WAITING_IS_ALIVE_EVERY = 30.0
 # A waiting build tries again at least this often, even when nothing seemed to change.
 _RETRY_EVERY = 10.0
@@ -84,6 +85,9 @@ class Endpoints:
         started = time.monotonic()
         deadline = started + self._timings.acquire_timeout.total_seconds()
         pending_every = self._timings.pending_interval.total_seconds()
+        alive_every = min(
+            _WAITING_IS_ALIVE_EVERY, self._timings.liveness_window.total_seconds() / 3
+        )
         last_pending = last_alive = started - pending_every
         last_try = started
         changed = True
@@ -93,6 +97,7 @@ class Endpoints:
                 build = await self._running(principal, build_id)
                 machine = await self._acquire(build, platform, ca)
                 if machine is not None and machine.ready:
+                    await self._store.mark_build_started(build.id, self._now())
                     yield self._active(build, machine, ca)
                     return
             moment = time.monotonic()
@@ -104,10 +109,14 @@ class Endpoints:
             if moment - last_pending >= pending_every:
                 last_pending = moment
                 yield Pending()
-            if moment - last_alive >= _WAITING_IS_ALIVE_EVERY:
+            if moment - last_alive >= alive_every:
                 last_alive = moment
                 await self._store.touch_build_health(build.id, self._now())
-            wait = min(pending_every - (moment - last_pending), deadline - moment)
+            wait = min(
+                pending_every - (moment - last_pending),
+                alive_every - (moment - last_alive),
+                deadline - moment,
+            )
             changed = await self._feed.wait(max(wait, 0.01))
             changed = changed or time.monotonic() - last_try >= _RETRY_EVERY
 

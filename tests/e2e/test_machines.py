@@ -1,0 +1,412 @@
+"""BuildKit machines end to end: a real server, real agents, the stand-in BuildKit daemon,
+and mutual TLS with exactly what GetEndpoint handed out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from connectrpc.code import Code
+from connectrpc.codec import proto_json_codec
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+from protobuf import Oneof
+from pyqwest import Client, HTTPTransport, HTTPVersion
+
+from depot_api.gen.depot.build.v1 import build_pb
+from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
+from depot_api.gen.depot.buildkit.v1 import buildkit_pb
+from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
+from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
+from depot_api.gen.depot.core.v1 import project_pb
+from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
+from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from tests.databases import BACKENDS, database
+from tests.helpers import ServerProcess, running_server
+
+from .conftest import admin
+from .machines import QUICK, AgentProcess, agent, mtls_greeting, wait_for
+
+AMD64 = buildkit_pb.Platform.AMD64
+SUCCESS = Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
+
+
+@dataclass
+class Cluster:
+    server: ServerProcess
+    agents: list[AgentProcess]
+    machine_token: str
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """One server with quick machine timings and two amd64 agents."""
+    root = tmp_path_factory.mktemp(f"machines-{request.param}")
+    with ExitStack() as stack:
+        url = stack.enter_context(database(request.param, root))
+        server = stack.enter_context(running_server(root / "data", "--database", url, env=QUICK))
+        token = admin(server, "create-machine-token", "--description", "test agents")
+        agents = [
+            stack.enter_context(agent(server.url, token, root / f"agent-{i}")) for i in range(2)
+        ]
+        yield Cluster(server, agents, token)
+
+
+@dataclass
+class Api:
+    projects: ProjectServiceClient
+    builds: BuildServiceClient
+    core_builds: CoreBuildClient
+    buildkit: BuildKitServiceClient
+    grpc_buildkit: BuildKitServiceClient
+    json_buildkit: BuildKitServiceClient
+    http: Client
+    url: str
+    org: dict[str, str]
+
+    async def project(self, name: str) -> str:
+        created = await self.projects.create_project(
+            project_pb.CreateProjectRequest(name=name, region_id="us-east-1"), headers=self.org
+        )
+        return created.project.project_id
+
+    async def build(self, project_id: str) -> build_pb.CreateBuildResponse:
+        return await self.builds.create_build(
+            build_pb.CreateBuildRequest(project_id=project_id), headers=self.org
+        )
+
+    async def finish(self, build_id: str) -> None:
+        await self.builds.finish_build(
+            build_pb.FinishBuildRequest(build_id=build_id, outcome=SUCCESS), headers=self.org
+        )
+
+
+@pytest.fixture
+async def api(cluster: Cluster, request: pytest.FixtureRequest) -> Api:
+    server = cluster.server
+    org_id = admin(server, "create-org", "--name", request.node.name[:100])
+    org_token = admin(server, "create-token", "--org", org_id)
+    http = Client()
+    return Api(
+        projects=ProjectServiceClient(server.url, http_client=http),
+        builds=BuildServiceClient(server.url, http_client=http),
+        core_builds=CoreBuildClient(server.url, http_client=http),
+        buildkit=BuildKitServiceClient(server.url, http_client=http),
+        # gRPC needs HTTP/2 (trailers): prior knowledge over cleartext.
+        grpc_buildkit=BuildKitServiceClient(
+            server.url,
+            protocol=ProtocolType.GRPC,
+            http_client=Client(HTTPTransport(http_version=HTTPVersion.HTTP2)),
+        ),
+        json_buildkit=BuildKitServiceClient(server.url, codec=proto_json_codec(), http_client=http),
+        http=http,
+        url=server.url,
+        org={"authorization": f"Bearer {org_token}"},
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def get_endpoint(
+    client: BuildKitServiceClient, build: build_pb.CreateBuildResponse
+) -> tuple[int, buildkit_pb.GetEndpointResponse.ActiveConnection]:
+    """Read the stream to its end: (number of pending messages, the active connection)."""
+    pending, active = 0, None
+    async for message in client.get_endpoint(
+        buildkit_pb.GetEndpointRequest(build_id=build.build_id, platform=AMD64),
+        headers=bearer(build.build_token),
+    ):
+        assert message.connection is not None
+        assert active is None, "nothing may follow the active message"
+        if message.connection.field == "pending":
+            pending += 1
+        else:
+            active = message.connection.value
+    assert isinstance(active, buildkit_pb.GetEndpointResponse.ActiveConnection)
+    return pending, active
+
+
+def greet(active: buildkit_pb.GetEndpointResponse.ActiveConnection, server_name: str = "") -> str:
+    return mtls_greeting(
+        active.endpoint,
+        server_name or active.server_name,
+        active.cert.cert.cert,
+        active.cert.key.key,
+        active.ca_cert.cert,
+    )
+
+
+@pytest.mark.parametrize("protocol", ["connect-proto", "connect-json", "grpc"])
+async def test_get_endpoint_opens_mutual_tls(api: Api, cluster: Cluster, protocol: str) -> None:
+    client = {
+        "connect-proto": api.buildkit,
+        "connect-json": api.json_buildkit,
+        "grpc": api.grpc_buildkit,
+    }[protocol]
+    project = await api.project("app")
+    build = await api.build(project)
+    _, active = await get_endpoint(client, build)
+    assert active.endpoint in {a.endpoint for a in cluster.agents}
+    assert active.server_name.endswith(".machines.depot-api.internal")
+    assert "BEGIN CERTIFICATE" in active.ca_cert.cert
+    assert "PRIVATE KEY" in active.cert.key.key
+    greeting = await asyncio.to_thread(greet, active)
+    assert greeting == f"standin-buildkitd ok build {build.build_id}\n"
+    # The server's certificate names server_name and nothing else.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.to_thread(greet, active, "someone-else.example")
+    # The machine's start sets the build's start.
+    seen = await api.core_builds.get_build(
+        core_build_pb.GetBuildRequest(build_id=build.build_id), headers=api.org
+    )
+    assert seen.build.has_field("started_at")
+    await api.finish(build.build_id)
+
+
+async def test_plain_json_view_answers_one_object(api: Api) -> None:
+    project = await api.project("seed")
+    build = await api.build(project)
+    response = await api.http.post(
+        f"{api.url}/depot.buildkit.v1.BuildKitService/GetEndpoint",
+        headers={"content-type": "application/json", **bearer(build.build_token)},
+        content=json.dumps({"buildId": build.build_id, "platform": "PLATFORM_AMD64"}).encode(),
+    )
+    assert response.status == 200, response.content
+    body = json.loads(response.content)
+    assert sorted(body) == ["caCert", "cert", "endpoint", "serverName"]
+    assert sorted(body["cert"]) == ["cert", "key"]
+    greeting = await asyncio.to_thread(
+        mtls_greeting,
+        body["endpoint"],
+        body["serverName"],
+        body["cert"]["cert"],
+        body["cert"]["key"],
+        body["caCert"]["cert"],
+    )
+    assert build.build_id in greeting
+    await api.finish(build.build_id)
+
+
+async def test_plain_json_errors_are_connect_errors(api: Api) -> None:
+    project = await api.project("seed-errors")
+    build = await api.build(project)
+    other = await api.build(project)
+    response = await api.http.post(
+        f"{api.url}/depot.buildkit.v1.BuildKitService/GetEndpoint",
+        headers={"content-type": "application/json", **bearer(build.build_token)},
+        content=json.dumps({"buildId": other.build_id}).encode(),
+    )
+    assert response.status == 403
+    assert json.loads(response.content)["code"] == "permission_denied"
+    response = await api.http.post(
+        f"{api.url}/depot.buildkit.v1.BuildKitService/GetEndpoint",
+        headers={"content-type": "application/json", **bearer(build.build_token)},
+        content=b"{not json",
+    )
+    assert (response.status, json.loads(response.content)["code"]) == (400, "invalid_argument")
+
+
+async def test_same_build_same_machine(api: Api) -> None:
+    project = await api.project("same")
+    build = await api.build(project)
+    _, first = await get_endpoint(api.buildkit, build)
+    _, again = await get_endpoint(api.grpc_buildkit, build)
+    assert again.endpoint == first.endpoint
+    # A second build of the project shares the project's machine.
+    second = await api.build(project)
+    _, shared = await get_endpoint(api.buildkit, second)
+    assert shared.endpoint == first.endpoint
+    await api.finish(build.build_id)
+    await api.finish(second.build_id)
+
+
+async def test_projects_are_isolated(api: Api) -> None:
+    build_a = await api.build(await api.project("iso-a"))
+    build_b = await api.build(await api.project("iso-b"))
+    _, a = await get_endpoint(api.buildkit, build_a)
+    _, b = await get_endpoint(api.buildkit, build_b)
+    assert a.endpoint != b.endpoint  # one machine never serves two projects
+    assert a.ca_cert.cert != b.ca_cert.cert  # one CA per project
+    # Project A's client certificate is refused by project B's machine.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.to_thread(
+            mtls_greeting,
+            b.endpoint,
+            b.server_name,
+            a.cert.cert.cert,
+            a.cert.key.key,
+            b.ca_cert.cert,
+        )
+    await api.finish(build_a.build_id)
+    await api.finish(build_b.build_id)
+
+
+async def test_build_token_of_another_build_is_denied(api: Api) -> None:
+    project = await api.project("denied")
+    mine = await api.build(project)
+    other = await api.build(project)
+    with pytest.raises(ConnectError) as raised:
+        async for _ in api.buildkit.get_endpoint(
+            buildkit_pb.GetEndpointRequest(build_id=other.build_id, platform=AMD64),
+            headers=bearer(mine.build_token),
+        ):
+            pass
+    assert raised.value.code == Code.PERMISSION_DENIED
+
+
+async def test_no_machine_for_the_platform_ends_with_a_retryable_error(api: Api) -> None:
+    build = await api.build(await api.project("arm"))
+    started = time.monotonic()
+    pending: list[str] = []
+
+    async def wait_for_arm() -> None:
+        async for message in api.buildkit.get_endpoint(
+            buildkit_pb.GetEndpointRequest(
+                build_id=build.build_id, platform=buildkit_pb.Platform.ARM64
+            ),
+            headers=bearer(build.build_token),
+        ):
+            assert message.connection is not None
+            pending.append(message.connection.field)
+
+    with pytest.raises(ConnectError) as raised:
+        await wait_for_arm()
+    assert set(pending) == {"pending"}
+    pending_count = len(pending)
+    assert raised.value.code == Code.RESOURCE_EXHAUSTED
+    assert "arm64" in raised.value.message
+    assert pending_count >= 5  # keep-alives every half second of the six-second wait
+    assert time.monotonic() - started < 15
+
+
+async def test_release_then_the_machine_goes_idle(api: Api, cluster: Cluster) -> None:
+    project = await api.project("idle")
+    build = await api.build(project)
+    _, active = await get_endpoint(api.buildkit, build)
+    (machine,) = [a for a in cluster.agents if a.endpoint == active.endpoint]
+    await api.buildkit.release_endpoint(
+        buildkit_pb.ReleaseEndpointRequest(build_id=build.build_id, platform=AMD64),
+        headers=bearer(build.build_token),
+    )
+    # After the idle period the agent is told Idle and stops the daemon cleanly.
+    await asyncio.to_thread(
+        wait_for, lambda: "stopped" in machine.events(project), 10, "the daemon to stop"
+    )
+
+
+async def test_reset_restarts_the_machine_with_an_empty_cache(api: Api, cluster: Cluster) -> None:
+    project = await api.project("reset")
+    build = await api.build(project)
+    _, active = await get_endpoint(api.buildkit, build)
+    (machine,) = [a for a in cluster.agents if a.endpoint == active.endpoint]
+    cache = machine.state_dir / "cache" / project
+    (cache / "layer").write_text("cached data")
+    await api.projects.reset_project(
+        project_pb.ResetProjectRequest(project_id=project), headers=api.org
+    )
+    await asyncio.to_thread(
+        wait_for, lambda: not (cache / "layer").exists(), 10, "the old cache to be deleted"
+    )
+    assert (cache / ".generation").read_text().strip() == "1"
+    _, again = await get_endpoint(api.buildkit, build)
+    assert build.build_id in await asyncio.to_thread(greet, again)
+    await api.finish(build.build_id)
+
+
+async def test_a_silent_build_is_canceled_and_a_reporting_one_is_not(api: Api) -> None:
+    project = await api.project("liveness")
+    silent = await api.build(project)
+    talking = await api.build(project)
+    await get_endpoint(api.buildkit, silent)
+    await get_endpoint(api.buildkit, talking)
+
+    async def reports() -> AsyncIterator[buildkit_pb.ReportHealthRequest]:
+        for _ in range(12):
+            yield buildkit_pb.ReportHealthRequest(build_id=talking.build_id, platform=AMD64)
+            await asyncio.sleep(1)
+
+    await api.buildkit.report_health(reports(), headers=bearer(talking.build_token))
+
+    async def status(build: build_pb.CreateBuildResponse) -> int:
+        seen = await api.core_builds.get_build(
+            core_build_pb.GetBuildRequest(build_id=build.build_id), headers=api.org
+        )
+        return int(seen.build.status)
+
+    assert await status(silent) == core_build_pb.Build.Status.CANCELED
+    assert await status(talking) == core_build_pb.Build.Status.RUNNING
+    await api.finish(talking.build_id)
+
+
+async def test_many_builds_fewer_machines_than_projects(api: Api) -> None:
+    """Six projects, two machines: every build is served or told to retry, none hangs, and
+    no machine ever serves two projects at once."""
+    projects = [await api.project(f"crowd-{i}") for i in range(6)]
+    builds = [(p, await api.build(p)) for p in projects for _ in range(2)]
+    held: list[tuple[str, str, float, float]] = []  # endpoint, project, from, to
+
+    async def one(project: str, build: build_pb.CreateBuildResponse) -> str:
+        try:
+            _, active = await get_endpoint(api.buildkit, build)
+        except ConnectError as e:
+            return "retry" if e.code == Code.RESOURCE_EXHAUSTED else f"error: {e.code}"
+        start = time.monotonic()
+        await asyncio.sleep(0.3)  # "build"
+        end = time.monotonic()
+        await api.finish(build.build_id)
+        held.append((active.endpoint, project, start, end))
+        return "served"
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*(one(p, b) for p, b in builds)), 60)
+    assert set(outcomes) <= {"served", "retry"}
+    assert outcomes.count("served") >= 2
+    for i, (endpoint, project, start, end) in enumerate(held):
+        for other_endpoint, other_project, other_start, other_end in held[i + 1 :]:
+            if endpoint == other_endpoint and project != other_project:
+                assert end <= other_start or other_end <= start, "a machine served two projects"
+
+
+async def test_deleting_a_project_releases_its_machine(api: Api, cluster: Cluster) -> None:
+    project = await api.project("deleted")
+    build = await api.build(project)
+    _, active = await get_endpoint(api.buildkit, build)
+    (machine,) = [a for a in cluster.agents if a.endpoint == active.endpoint]
+    await api.projects.delete_project(
+        project_pb.DeleteProjectRequest(project_id=project), headers=api.org
+    )
+    await asyncio.to_thread(
+        wait_for, lambda: "stopped" in machine.events(project), 10, "the daemon to stop"
+    )
+    with pytest.raises(ConnectError) as raised:
+        await get_endpoint(api.buildkit, build)
+    assert raised.value.code == Code.UNAUTHENTICATED  # its build token died with it
+
+
+def test_machine_tokens_work_on_the_machine_service_only(cluster: Cluster) -> None:
+    assert cluster.machine_token.startswith("dpm_")
+
+
+async def test_machine_token_is_refused_elsewhere(api: Api, cluster: Cluster) -> None:
+    with pytest.raises(ConnectError) as raised:
+        await api.projects.list_projects(
+            project_pb.ListProjectsRequest(), headers=bearer(cluster.machine_token)
+        )
+    assert raised.value.code == Code.PERMISSION_DENIED
+
+
+def test_agents_stop_cleanly(tmp_path: Path, cluster: Cluster) -> None:
+    with agent(cluster.server.url, cluster.machine_token, tmp_path / "agent") as extra:
+        wait_for(lambda: extra.process.poll() is None, 2, "the agent to run")
+        time.sleep(0.5)
+    assert extra.process.returncode == 0
