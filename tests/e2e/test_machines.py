@@ -7,144 +7,33 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from connectrpc.code import Code
-from connectrpc.codec import proto_json_codec
 from connectrpc.errors import ConnectError
-from connectrpc.protocol import ProtocolType
-from protobuf import Oneof
-from pyqwest import Client, HTTPTransport, HTTPVersion
 
 from depot_api.gen.depot.build.v1 import build_pb
-from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
-from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import project_pb
-from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
-from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
-from tests.databases import BACKENDS, database
-from tests.helpers import ServerProcess, running_server
 
-from .conftest import admin
-from .machines import QUICK, AgentProcess, agent, mtls_greeting, wait_for
+from .machines import (
+    AMD64,
+    Api,
+    Cluster,
+    agent,
+    api,
+    bearer,
+    cluster,
+    get_endpoint,
+    greet,
+    mtls_greeting,
+    wait_for,
+)
 
-AMD64 = buildkit_pb.Platform.AMD64
-SUCCESS = Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
-
-
-@dataclass
-class Cluster:
-    server: ServerProcess
-    agents: list[AgentProcess]
-    machine_token: str
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    """One server with quick machine timings and two amd64 agents."""
-    root = tmp_path_factory.mktemp(f"machines-{request.param}")
-    with ExitStack() as stack:
-        url = stack.enter_context(database(request.param, root))
-        server = stack.enter_context(running_server(root / "data", "--database", url, env=QUICK))
-        token = admin(server, "create-machine-token", "--description", "test agents")
-        agents = [
-            stack.enter_context(agent(server.url, token, root / f"agent-{i}")) for i in range(2)
-        ]
-        yield Cluster(server, agents, token)
-
-
-@dataclass
-class Api:
-    projects: ProjectServiceClient
-    builds: BuildServiceClient
-    core_builds: CoreBuildClient
-    buildkit: BuildKitServiceClient
-    grpc_buildkit: BuildKitServiceClient
-    json_buildkit: BuildKitServiceClient
-    http: Client
-    url: str
-    org: dict[str, str]
-
-    async def project(self, name: str) -> str:
-        created = await self.projects.create_project(
-            project_pb.CreateProjectRequest(name=name, region_id="us-east-1"), headers=self.org
-        )
-        return created.project.project_id
-
-    async def build(self, project_id: str) -> build_pb.CreateBuildResponse:
-        return await self.builds.create_build(
-            build_pb.CreateBuildRequest(project_id=project_id), headers=self.org
-        )
-
-    async def finish(self, build_id: str) -> None:
-        await self.builds.finish_build(
-            build_pb.FinishBuildRequest(build_id=build_id, outcome=SUCCESS), headers=self.org
-        )
-
-
-@pytest.fixture
-async def api(cluster: Cluster, request: pytest.FixtureRequest) -> Api:
-    server = cluster.server
-    org_id = admin(server, "create-org", "--name", request.node.name[:100])
-    org_token = admin(server, "create-token", "--org", org_id)
-    http = Client()
-    return Api(
-        projects=ProjectServiceClient(server.url, http_client=http),
-        builds=BuildServiceClient(server.url, http_client=http),
-        core_builds=CoreBuildClient(server.url, http_client=http),
-        buildkit=BuildKitServiceClient(server.url, http_client=http),
-        # gRPC needs HTTP/2 (trailers): prior knowledge over cleartext.
-        grpc_buildkit=BuildKitServiceClient(
-            server.url,
-            protocol=ProtocolType.GRPC,
-            http_client=Client(HTTPTransport(http_version=HTTPVersion.HTTP2)),
-        ),
-        json_buildkit=BuildKitServiceClient(server.url, codec=proto_json_codec(), http_client=http),
-        http=http,
-        url=server.url,
-        org={"authorization": f"Bearer {org_token}"},
-    )
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-async def get_endpoint(
-    client: BuildKitServiceClient, build: build_pb.CreateBuildResponse
-) -> tuple[int, buildkit_pb.GetEndpointResponse.ActiveConnection]:
-    """Read the stream to its end: (number of pending messages, the active connection)."""
-    pending, active = 0, None
-    async for message in client.get_endpoint(
-        buildkit_pb.GetEndpointRequest(build_id=build.build_id, platform=AMD64),
-        headers=bearer(build.build_token),
-    ):
-        assert message.connection is not None
-        assert active is None, "nothing may follow the active message"
-        if message.connection.field == "pending":
-            pending += 1
-        else:
-            active = message.connection.value
-    assert isinstance(active, buildkit_pb.GetEndpointResponse.ActiveConnection)
-    return pending, active
-
-
-def greet(active: buildkit_pb.GetEndpointResponse.ActiveConnection, server_name: str = "") -> str:
-    return mtls_greeting(
-        active.endpoint,
-        server_name or active.server_name,
-        active.cert.cert.cert,
-        active.cert.key.key,
-        active.ca_cert.cert,
-    )
+__all__ = ["api", "cluster"]  # fixtures, imported for pytest to find
 
 
 @pytest.mark.parametrize("protocol", ["connect-proto", "connect-json", "grpc"])
