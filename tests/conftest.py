@@ -15,9 +15,11 @@ from pyqwest.testing import ASGITransport
 from depot_api.app import DepotAPI, create_app
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
+from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
 from depot_api.startup import prepare
 
 from .databases import BACKENDS, database
@@ -36,6 +38,8 @@ class Clients:
     builds: BuildServiceClient
     core_builds: CoreBuildServiceClient
     organizations: OrganizationServiceClient
+    buildkit: BuildKitServiceClient
+    machines: MachineServiceClient
 
 
 @dataclass
@@ -58,6 +62,8 @@ class InProcessAPI:
             builds=BuildServiceClient(base, **options),
             core_builds=CoreBuildServiceClient(base, **options),
             organizations=OrganizationServiceClient(base, **options),
+            buildkit=BuildKitServiceClient(base, **options),
+            machines=MachineServiceClient(base, **options),
         )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from depot_api.domain.principal import Principal
-from depot_api.models import TokenKind
+from depot_api.models import Platform, TokenKind
 
 from .conftest import InProcessAPI
 
@@ -23,6 +23,7 @@ class World:
     build_b: str  # running, in project B
     tokens: dict[str, str]  # caller name -> secret ("" for no token)
     project_token_a_id: str
+    machine_id: str  # registered with the "machine" caller's token
 
     def headers(self, caller: str) -> dict[str, str]:
         secret = self.tokens[caller]
@@ -64,6 +65,13 @@ async def build_world(api: InProcessAPI) -> World:
     build_a, build_a_token = await d.builds.create(admin_a, project_a)
     build_a2, _ = await d.builds.create(admin_a, project_a2)
     build_b, _ = await d.builds.create(admin_b, project_b)
+    machine_token, machine_secret = await d.tokens.create_machine_token("agents")
+    machine = await d.machines.register(
+        Principal(machine_token.id, TokenKind.MACHINE, frozenset()),
+        Platform.AMD64,
+        "127.0.0.1:1234",
+        1,
+    )
     return World(
         org_a=org_a.id,
         org_b=org_b.id,
@@ -74,6 +82,7 @@ async def build_world(api: InProcessAPI) -> World:
         build_a2=build_a2.id,
         build_b=build_b.id,
         project_token_a_id=pt_a.id,
+        machine_id=machine.id,
         tokens={
             "none": "",
             "malformed": "dpo_not-a-real-token",
@@ -85,6 +94,7 @@ async def build_world(api: InProcessAPI) -> World:
             "outsider": outsider_token,
             "project": pt_a_secret,
             "build": build_a_token,
+            "machine": machine_secret,
         },
     )
 

@@ -8,24 +8,32 @@ project or build it is bound to, is permission_denied.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
+from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
 from depot_api.gen.depot.core.v1 import build_connect as core_build_connect
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_connect, project_pb
+from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 
 from ..conftest import Clients, InProcessAPI
 from ..world import World, build_world
 
 UNAUTHENTICATED_CALLERS = ("none", "malformed", "unknown", "revoked")
-CALLERS = (*UNAUTHENTICATED_CALLERS, "org", "member", "other_org", "outsider", "project", "build")
+CALLERS = (
+    *UNAUTHENTICATED_CALLERS,
+    *("org", "member", "other_org", "outsider", "project", "build", "machine"),
+)
 
 Call = Callable[[Clients, World, dict[str, str]], Awaitable[Any]]
 
@@ -45,10 +53,14 @@ def row(
     ok: tuple[str, ...],
     denied: tuple[str, ...] = (),
     not_found: tuple[str, ...] = (),
+    exhausted: tuple[str, ...] = (),
     variant: str = "",
 ) -> Row:
+    """Expected answers; a machine token is refused everywhere but the machine service."""
     expected: dict[str, Code | None] = dict.fromkeys(UNAUTHENTICATED_CALLERS, Code.UNAUTHENTICATED)
+    expected["machine"] = Code.PERMISSION_DENIED
     expected.update(dict.fromkeys(ok))
+    expected.update(dict.fromkeys(exhausted, Code.RESOURCE_EXHAUSTED))
     expected.update(dict.fromkeys(denied, Code.PERMISSION_DENIED))
     expected.update(dict.fromkeys(not_found, Code.NOT_FOUND))
     assert set(expected) == set(CALLERS), f"{rpc}: every caller needs an expectation"
@@ -259,6 +271,97 @@ TABLE = [
 ]
 
 
+def machine_only(rpc: str, call: Call) -> Row:
+    narrow_and_people = ("org", "member", "other_org", "outsider", "project", "build")
+    r = row(rpc, call, ok=(), denied=narrow_and_people)
+    r.expected["machine"] = None
+    return r
+
+
+async def _drain(stream: AsyncIterator[Any]) -> list[Any]:
+    return [message async for message in stream]
+
+
+async def _one(message: Any) -> AsyncIterator[Any]:
+    yield message
+
+
+K = "depot.buildkit.v1.BuildKitService/"
+M = "depotapi.machine.v1.MachineService/"
+AMD64 = buildkit_pb.Platform.AMD64
+
+TABLE += [
+    # No machines exist here and the wait is short: getting past authorization shows as
+    # resource_exhausted.
+    row(
+        K + "GetEndpoint",
+        lambda c, w, h: _drain(
+            c.buildkit.get_endpoint(
+                buildkit_pb.GetEndpointRequest(build_id=w.build_a, platform=AMD64), headers=h
+            )
+        ),
+        ok=(),
+        exhausted=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        K + "GetEndpoint",
+        lambda c, w, h: _drain(
+            c.buildkit.get_endpoint(
+                buildkit_pb.GetEndpointRequest(build_id=w.build_a2, platform=AMD64), headers=h
+            )
+        ),
+        ok=(),
+        exhausted=MANAGERS,
+        denied=("build",),
+        not_found=(*OUTSIDERS, "project"),
+        variant="another build",
+    ),
+    row(
+        K + "ReportHealth",
+        lambda c, w, h: c.buildkit.report_health(
+            _one(buildkit_pb.ReportHealthRequest(build_id=w.build_a, platform=AMD64)), headers=h
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        K + "ReleaseEndpoint",
+        lambda c, w, h: c.buildkit.release_endpoint(
+            buildkit_pb.ReleaseEndpointRequest(build_id=w.build_a, platform=AMD64), headers=h
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    machine_only(
+        M + "Register",
+        lambda c, w, h: c.machines.register(
+            machine_pb.RegisterRequest(
+                platform=machine_pb.Platform.AMD64, endpoint="127.0.0.1:2345", capacity=1
+            ),
+            headers=h,
+        ),
+    ),
+    machine_only(
+        M + "Heartbeat",
+        lambda c, w, h: c.machines.heartbeat(
+            machine_pb.HeartbeatRequest(machine_id=w.machine_id), headers=h
+        ),
+    ),
+]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    # GetEndpoint gives up quickly here: there are no machines to wait for.
+    return Settings(
+        data_dir=tmp_path / "data",
+        database=database_url,
+        acquire_timeout=timedelta(seconds=0.2),
+        pending_interval=timedelta(seconds=0.1),
+    )
+
+
 def _success() -> Any:
     from protobuf import Oneof
 
@@ -301,6 +404,8 @@ def test_every_rpc_has_rows() -> None:
             build_connect.BuildService,
             core_build_connect.BuildService,
             org_connect.OrganizationService,
+            buildkit_connect.BuildKitService,
+            machine_connect.MachineService,
         )
         for method in service.desc().methods
     }
