@@ -60,6 +60,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("depot_api")
 
 _SWEEP_EVERY_SECONDS = 5.0
+# How soon a client that went away mid-call is noticed (see _guarded).
+_DISCONNECT_POLL_SECONDS = 1.0
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -125,7 +127,7 @@ class DepotAPI:
             if path == seed_endpoint.PATH and seed_endpoint.is_plain_json(scope):
                 await self._seed_get_endpoint(scope, receive, send)
             elif service is not None:
-                await service(scope, _uncancellable(receive), send)
+                await service(scope, _guarded(receive), send)
             elif path == "/healthz":
                 await _plain(send, 200, b"ok\n")
             elif path == "/readyz":
@@ -174,23 +176,41 @@ class DepotAPI:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
 
 
-def _uncancellable(receive: Receive) -> Receive:
-    """Shield the server's receive futures from cancellation.
+def _guarded(receive: Receive) -> Receive:
+    """Adapt pyvoy's receive() to what connectrpc's disconnect watch expects.
 
-    While a handler runs, connectrpc waits on receive() for a client disconnect and cancels
-    that wait when the handler is done. pyvoy later completes the cancelled future anyway and
-    its event loop logs an InvalidStateError traceback for every such request. Shielding keeps
-    the server's own future uncancelled (only our wrapper is cancelled); pyvoy completes it
-    when the request ends.
+    Two mismatches, both measured:
+    - After the request body is complete, ASGI says receive() waits until the client goes
+      away. pyvoy answers at once with empty body messages instead, so connectrpc's watch for
+      a disconnect (running during every handler and every response stream) spun a whole core.
+      Here, once the body is complete, receive() asks pyvoy only every
+      _DISCONNECT_POLL_SECONDS and returns only the disconnect.
+    - connectrpc cancels that watch when the handler ends, and pyvoy then completes the
+      cancelled future anyway, logging an InvalidStateError per request. Shielding pyvoy's
+      own future avoids it (only our wrapper is cancelled).
     """
+    body_done = False
 
-    async def receive_shielded() -> ASGIMessage:
+    async def receive_once() -> ASGIMessage:
         pending = receive()
         if isinstance(pending, asyncio.Future):  # pyvoy's: a plain future, cheap to shield
             return await asyncio.shield(pending)
         return await pending
 
-    return receive_shielded
+    async def guarded_receive() -> ASGIMessage:
+        nonlocal body_done
+        if not body_done:
+            message = await receive_once()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+        while True:
+            message = await receive_once()
+            if message["type"] != "http.request":
+                return message
+            await asyncio.sleep(_DISCONNECT_POLL_SECONDS)
+
+    return guarded_receive
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:

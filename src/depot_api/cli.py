@@ -271,11 +271,12 @@ async def _agent(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         capacity=args.capacity,
     )
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Made after the handlers: once the directory exists, a SIGTERM stops the agent cleanly.
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return await Agent(config).run(stop)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,14 +17,19 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
+from depot_api.domain.secretbox import SecretBox
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
+from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from tests.databases import database
 from tests.helpers import ServerProcess, running_server
+
+from .conftest import admin
+from .machines import QUICK, AgentProcess, agent, get_endpoint
 
 SUCCESS = Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
 
@@ -306,3 +312,74 @@ def _command(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+@pytest.fixture
+def machine_pair(tmp_path: Path) -> Iterator[tuple[list[ServerProcess], list[AgentProcess]]]:
+    """Two servers over one PostgreSQL (sharing the sealing key), and two agents, one
+    registered through each server."""
+    env = {**QUICK, "DEPOT_API_SECRET_KEY": SecretBox.generate_key().decode()}
+    with ExitStack() as stack:
+        url = stack.enter_context(database("postgresql", tmp_path))
+        servers = [
+            stack.enter_context(running_server(tmp_path / name, "--database", url, env=env))
+            for name in ("a", "b")
+        ]
+        token = admin(servers[0], "create-machine-token")
+        agents = [
+            stack.enter_context(agent(server.url, token, tmp_path / f"agent-{i}"))
+            for i, server in enumerate(servers)
+        ]
+        yield servers, agents
+
+
+async def test_concurrent_get_endpoint_across_processes(
+    machine_pair: tuple[list[ServerProcess], list[AgentProcess]],
+) -> None:
+    """Builds of four projects acquire through both servers at once, with two machines: no
+    machine serves two projects at once, every build is served or told to retry, none hangs."""
+    servers, agents = machine_pair
+    h = auth(servers)
+    nodes = [
+        (ProjectServiceClient(s.url), BuildServiceClient(s.url), BuildKitServiceClient(s.url))
+        for s in servers
+    ]
+    projects = []
+    for i in range(4):
+        created = await nodes[i % 2][0].create_project(
+            project_pb.CreateProjectRequest(name=f"race-{i}", region_id="us-east-1"), headers=h
+        )
+        projects.append(created.project.project_id)
+    held: list[tuple[str, str, float, float]] = []
+
+    async def one(index: int, project: str) -> str:
+        _, builds, buildkit = nodes[index % 2]
+        build = await builds.create_build(
+            build_pb.CreateBuildRequest(project_id=project), headers=h
+        )
+        try:
+            _, active = await get_endpoint(buildkit, build)
+        except ConnectError as e:
+            return "retry" if e.code == Code.RESOURCE_EXHAUSTED else f"error {e.code}"
+        start = time.monotonic()
+        await asyncio.sleep(0.3)
+        end = time.monotonic()
+        await builds.finish_build(
+            build_pb.FinishBuildRequest(build_id=build.build_id, outcome=SUCCESS), headers=h
+        )
+        held.append((active.endpoint, project, start, end))
+        return "served"
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(one(i, p) for i in range(3) for p in projects)), 60
+    )
+    assert set(outcomes) <= {"served", "retry"}, outcomes
+    assert outcomes.count("served") >= 2
+    assert {endpoint for endpoint, *_ in held} <= {a.endpoint for a in agents}
+    for i, (endpoint, project, start, end) in enumerate(held):
+        for other_endpoint, other_project, other_start, other_end in held[i + 1 :]:
+            if endpoint == other_endpoint and project != other_project:
+                assert end <= other_start or other_end <= start, "a machine served two projects"
+    for client_set in nodes:
+        for client in client_set:
+            await client.close()

@@ -42,7 +42,8 @@ def to_connect_error(error: Exception, procedure: str) -> ConnectError:
         )
         return ConnectError(Code.INTERNAL, "internal error")
     if isinstance(error, StoreUnavailable):
-        log.warning("%s: database unavailable: %s", procedure, error)
+        # The cause stays in the log: it tells an operator what failed (a lock, a timeout).
+        log.warning("%s: database unavailable: %r", procedure, error.__cause__ or error)
         return ConnectError(Code.UNAVAILABLE, "the database is busy or unreachable; retry shortly")
     log.error("%s: unexpected error", procedure, exc_info=error)
     return ConnectError(Code.INTERNAL, "internal error")

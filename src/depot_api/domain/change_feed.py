@@ -16,7 +16,8 @@ class ChangeFeed:
     def __init__(self, read_stamp: Callable[[], Awaitable[Hashable]], *, interval: float) -> None:
         self._read_stamp = read_stamp
         self._interval = interval
-        self._changed = asyncio.Condition()
+        # Set (and replaced by a fresh one) whenever the stamp moves: no lock to re-acquire.
+        self._changed = asyncio.Event()
         self._waiters = 0
         self._poller: asyncio.Task[None] | None = None
         self._stamp: Hashable | None = None
@@ -26,15 +27,14 @@ class ChangeFeed:
         self._waiters += 1
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
+        changed = self._changed
         try:
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), seconds)
-                except TimeoutError:
-                    return False
-                return True
+            await asyncio.wait_for(changed.wait(), seconds)
+        except TimeoutError:
+            return False
         finally:
             self._waiters -= 1
+        return True
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -53,6 +53,6 @@ class ChangeFeed:
                 first = self._stamp is None
                 self._stamp = stamp
                 if not first:
-                    async with self._changed:
-                        self._changed.notify_all()
+                    self._changed.set()
+                    self._changed = asyncio.Event()
             await asyncio.sleep(self._interval)

@@ -26,7 +26,7 @@ from depot_api.models import (
 from depot_api.store import schema as t
 from depot_api.store.errors import DuplicateKey, NameTaken, StoreUnavailable
 from depot_api.store.interface import Position
-from depot_api.store.sql_machines import MachineQueries, release_build_endpoints
+from depot_api.store.sql_machines import MachineQueries
 from depot_api.times import from_micros, to_micros
 
 
@@ -329,13 +329,11 @@ class SqlStore(MachineQueries):
         async with self._write() as conn:
             # The status condition makes the transition atomic: of concurrent finishers, in
             # this process or any other, exactly one update matches a RUNNING row.
-            result = await conn.execute(
+            await conn.execute(
                 update(b)
                 .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
                 .values(status=status.value, finished_at=to_micros(at), error_message=error_message)
             )
-            if result.rowcount:
-                await release_build_endpoints(conn, build_id, to_micros(at))
             r = (await conn.execute(select(b).where(b.c.id == build_id))).first()
             return None if r is None else _build(r)
 

@@ -4,6 +4,17 @@ Binding is decided inside the database so that it holds across any number of pro
 idle machine is claimed with a conditional update (`WHERE project_id IS NULL`), and the
 project's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write lock of BEGIN
 IMMEDIATE), so two builds of one project never claim two machines at once.
+
+Lock order, so that transactions on PostgreSQL never deadlock: a project's row first (FOR NO
+KEY UPDATE, which serialises acquisitions for one project without blocking CreateBuild), then
+machine rows in ID order, then endpoint rows. Machines already locked by another transaction
+are skipped, never waited for, where that is possible (claiming an idle machine, declaring
+lost ones gone). No lock is global: a slow transaction holds up only what it touches. SQLite's
+BEGIN IMMEDIATE serialises all writes anyway.
+
+Ending a build touches no machine at all: an endpoint counts as held only while its build
+runs, so finishing a build stays a one-row update, and the machine's idle timer starts from
+the build's end.
 """
 
 from __future__ import annotations
@@ -22,6 +33,16 @@ from depot_api.store import schema as t
 from depot_api.times import from_micros, to_micros
 
 m, e, b, p = t.machines, t.build_endpoints, t.builds, t.projects
+
+
+async def _lock_machines(
+    conn: AsyncConnection, where: Any, *, skip_locked: bool = False
+) -> list[str]:
+    """Lock the matching machine rows in ID order (PostgreSQL); return their IDs."""
+    query = select(m.c.id).where(where).order_by(m.c.id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=skip_locked)
+    return [r.id for r in await conn.execute(query)]
 
 
 class MachineQueries:
@@ -125,11 +146,12 @@ class MachineQueries:
         micros = to_micros(now)
         async with self._write() as conn:
             await _forget_lost_machines(conn, to_micros(lost_before), micros)
+        async with self._write() as conn:
             locked = select(p.c.cache_generation).where(
                 p.c.id == project_id, p.c.deleted_at.is_(None)
             )
             if conn.dialect.name == "postgresql":
-                locked = locked.with_for_update()
+                locked = locked.with_for_update(key_share=True)
             generation = (await conn.execute(locked)).scalar_one_or_none()
             if generation is None:
                 return None
@@ -152,8 +174,10 @@ class MachineQueries:
             ).first()
             if own is not None:
                 return _machine(own)
-            row = (await conn.execute(select(m).where(serving).limit(1))).first()
-            if row is None:
+            serving_ids = await _lock_machines(conn, serving)
+            if serving_ids:
+                row = (await conn.execute(select(m).where(m.c.id == serving_ids[0]))).first()
+            else:
                 row = await _claim_idle(conn, project_id, platform, generation, micros, bind)
             if row is None:
                 return None
@@ -161,25 +185,46 @@ class MachineQueries:
             return _machine(row)
 
     async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
+        key = and_(e.c.build_id == build_id, e.c.platform == platform.value)
         async with self._write() as conn:
-            return await _release_endpoints(
-                conn, and_(e.c.build_id == build_id, e.c.platform == platform.value), to_micros(now)
-            )
+            machine = select(e.c.machine_id).where(key, e.c.released_at.is_(None))
+            await _lock_machines(conn, m.c.id.in_(machine.scalar_subquery()))
+            return await _release_endpoints(conn, key, to_micros(now))
 
     async def release_idle_machine(
         self, machine_id: str, *, idle_before: datetime, now: datetime
     ) -> bool:
-        """Unbind the machine if no build holds it and it has not been used since idle_before."""
+        """Unbind the machine if no running build holds it and it has been idle since
+        idle_before (idle since its last release, or since the end of its last build)."""
         async with self._write() as conn:
-            open_endpoints = (
+            if not await _lock_machines(conn, m.c.id == machine_id):
+                return False
+            held = (
                 await conn.execute(
-                    select(func.count())
-                    .select_from(e)
+                    select(e.c.build_id, b.c.status, b.c.finished_at)
+                    .join(b, b.c.id == e.c.build_id)
                     .where(e.c.machine_id == machine_id, e.c.released_at.is_(None))
                 )
-            ).scalar_one()
-            if open_endpoints:
+            ).all()
+            if any(row.status == BuildStatus.RUNNING.value for row in held):
                 return False
+            if held:
+                # Ended builds let go of the machine when they ended.
+                for row in held:
+                    await conn.execute(
+                        update(e)
+                        .where(e.c.build_id == row.build_id, e.c.machine_id == machine_id)
+                        .values(released_at=row.finished_at or to_micros(now))
+                    )
+                last_end = max(row.finished_at or 0 for row in held)
+                await conn.execute(
+                    update(m)
+                    .where(
+                        m.c.id == machine_id,
+                        or_(m.c.last_used_at.is_(None), m.c.last_used_at < last_end),
+                    )
+                    .values(last_used_at=last_end)
+                )
             result = await conn.execute(
                 update(m)
                 .where(
@@ -196,6 +241,7 @@ class MachineQueries:
     ) -> int:
         """Give the project's machines a new binding (their daemons restart clean)."""
         async with self._write() as conn:
+            await _lock_machines(conn, m.c.project_id == project_id)
             result = await conn.execute(
                 update(m)
                 .where(m.c.project_id == project_id)
@@ -208,6 +254,7 @@ class MachineQueries:
     async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
         micros = to_micros(now)
         async with self._write() as conn:
+            await _lock_machines(conn, m.c.project_id == project_id)
             machine_ids = select(m.c.id).where(m.c.project_id == project_id).scalar_subquery()
             await _release_endpoints(conn, e.c.machine_id.in_(machine_ids), micros)
             result = await conn.execute(
@@ -290,13 +337,7 @@ class MachineQueries:
                     error_message="canceled: the client stopped reporting health",
                 )
             )
-            await _release_endpoints(conn, e.c.build_id.in_(ids), micros)
             return ids
-
-
-async def release_build_endpoints(conn: AsyncConnection, build_id: str, micros: int) -> None:
-    """Used by finish_build: an ended build holds no machine."""
-    await _release_endpoints(conn, e.c.build_id == build_id, micros)
 
 
 async def _release_endpoints(conn: AsyncConnection, where: Any, micros: int) -> bool:
@@ -318,7 +359,8 @@ async def _release_endpoints(conn: AsyncConnection, where: Any, micros: int) -> 
 
 async def _forget_lost_machines(conn: AsyncConnection, lost_before: int, micros: int) -> None:
     lost = and_(m.c.state != MachineState.GONE.value, m.c.last_heartbeat_at < lost_before)
-    ids = [r.id for r in await conn.execute(select(m.c.id).where(lost))]
+    # Another transaction already handling one of them is not waited for: it does the same.
+    ids = await _lock_machines(conn, lost, skip_locked=True)
     if not ids:
         return
     # Builds on a lost machine get a new one at their next GetEndpoint.
