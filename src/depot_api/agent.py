@@ -97,6 +97,7 @@ class Agent:
         self._interval = 1.0
         self._disk_used = 0
         self._disk_measured_at = 0.0
+        self._start_error = ""
         self._headers = {"authorization": f"Bearer {config.token}"}
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -145,7 +146,7 @@ class Agent:
     async def _heartbeat(self, client: MachineServiceClient) -> pb.HeartbeatResponse | None:
         daemon = self._daemon
         ready = daemon is not None and await daemon.accepting()
-        error = ""
+        error = self._start_error
         if daemon is not None and daemon.exited:
             error = f"buildkitd exited with status {daemon.process.returncode}"
         try:
@@ -185,7 +186,14 @@ class Agent:
         if not assignment.server_cert:
             return False  # the material comes with the next heartbeat
         await self._stop_daemon()
-        self._daemon = await self._start_daemon(assignment)
+        try:
+            self._daemon = await self._start_daemon(assignment)
+        except OSError as e:
+            # Reported with the next heartbeats; the server keeps the machine not ready.
+            self._start_error = f"cannot start {self._config.buildkitd}: {e}"
+            log.error("%s", self._start_error)
+        else:
+            self._start_error = ""
         return False
 
     async def _start_daemon(self, a: pb.HeartbeatResponse.Assignment) -> Daemon:

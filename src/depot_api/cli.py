@@ -12,6 +12,8 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from connectrpc.errors import ConnectError
+
 from depot_api.agent import Agent, AgentConfig
 from depot_api.config import Settings
 from depot_api.domain.errors import DomainError
@@ -164,7 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("depot-agent-state"),
         help="certificates and caches (%(default)s)",
     )
-    agent.add_argument("--capacity", type=int, default=1, help="builds at once (%(default)s)")
+    agent.add_argument(
+        "--capacity",
+        type=int,
+        default=1,
+        help="builds at once, reported to the server (informational: a machine serves one "
+        "project, and all its builds of the platform share it) (%(default)s)",
+    )
     agent.add_argument("--log-level", default="info")
     return parser
 
@@ -234,7 +242,9 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                         f"{machine.id} {machine.platform.value} {machine.endpoint} "
                         f"{machine.state.value} project={machine.project_id or '-'} "
                         f"ready={'yes' if machine.ready else 'no'} "
-                        f"last-heartbeat={machine.last_heartbeat_at.isoformat()}"
+                        f"last-heartbeat={machine.last_heartbeat_at.isoformat()} "
+                        f"disk-used={machine.disk_used_bytes} "
+                        f"error={machine.buildkit_error or '-'!r}"
                     )
             case "drain-machine":
                 await domain.machines.drain(args.machine)
@@ -277,7 +287,14 @@ async def _agent(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     # Made after the handlers: once the directory exists, a SIGTERM stops the agent cleanly.
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return await Agent(config).run(stop)
+    try:
+        return await Agent(config).run(stop)
+    except ConnectError as e:
+        print(
+            f"depot-api agent: the server refused the agent ({e.code.value}): {e.message}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

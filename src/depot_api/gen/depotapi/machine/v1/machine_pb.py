@@ -38,7 +38,8 @@ class RegisterRequest(Message[_RegisterRequestFields]):
             string endpoint = 2;
             ```
         capacity:
-            How many builds the machine takes at once (informational; a machine serves one project).
+            How many builds the machine takes at once (informational: a machine serves one project,
+            and all of that project's builds for the platform share it).
 
             ```proto
             int32 capacity = 3;
@@ -76,7 +77,8 @@ class RegisterResponse(Message[_RegisterResponseFields]):
             string machine_id = 1;
             ```
         heartbeat_interval_ms:
-            How often to heartbeat; missing three in a row makes the machine lost.
+            How often to heartbeat. A machine silent for the server's lost-after period (15 s by
+            default) is declared lost: it is unbound, and its builds get another machine.
 
             ```proto
             int32 heartbeat_interval_ms = 2;
