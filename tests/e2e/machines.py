@@ -42,10 +42,10 @@ STANDIN = Path(__file__).resolve().parent.parent / "standin_buildkitd.py"
 QUICK = {
     "DEPOT_API_MACHINE_HEARTBEAT": "0.2",
     "DEPOT_API_PENDING_INTERVAL": "0.5",
-    "DEPOT_API_ACQUIRE_TIMEOUT": "6",
+    "DEPOT_API_ACQUIRE_TIMEOUT": "10",
     "DEPOT_API_MACHINE_LOST_AFTER": "2",
     "DEPOT_API_MACHINE_IDLE_RELEASE": "1",
-    "DEPOT_API_LIVENESS_WINDOW": "5",
+    "DEPOT_API_LIVENESS_WINDOW": "8",
 }
 
 

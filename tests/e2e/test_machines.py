@@ -177,8 +177,8 @@ async def test_no_machine_for_the_platform_ends_with_a_retryable_error(api: Api)
     pending_count = len(pending)
     assert raised.value.code == Code.RESOURCE_EXHAUSTED
     assert "arm64" in raised.value.message
-    assert pending_count >= 5  # keep-alives every half second of the six-second wait
-    assert time.monotonic() - started < 15
+    assert pending_count >= 10  # keep-alives every half second of the ten-second wait
+    assert time.monotonic() - started < 30  # it ends: no endless stream
 
 
 async def test_release_then_the_machine_goes_idle(api: Api, cluster: Cluster) -> None:
@@ -223,7 +223,7 @@ async def test_a_silent_build_is_canceled_and_a_reporting_one_is_not(api: Api) -
     await get_endpoint(api.buildkit, talking)
 
     async def reports() -> AsyncIterator[buildkit_pb.ReportHealthRequest]:
-        for _ in range(12):
+        for _ in range(16):
             yield buildkit_pb.ReportHealthRequest(build_id=talking.build_id, platform=AMD64)
             await asyncio.sleep(1)
 
@@ -326,7 +326,7 @@ async def test_waiting_streams_do_not_spin(api: Api, cluster: Cluster) -> None:
     before, started = cpu_seconds(), time.monotonic()
     await asyncio.gather(*(wait_for_arm(b) for b in builds))
     used, elapsed = cpu_seconds() - before, time.monotonic() - started
-    assert elapsed >= 5  # they really waited (the acquire timeout is 6 s)
+    assert elapsed >= 9  # they really waited (the acquire timeout is 10 s)
     assert used < 0.5 * elapsed, f"{used:.1f} CPU seconds in {elapsed:.1f} s"
 
 
