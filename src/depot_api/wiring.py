@@ -48,6 +48,7 @@ def build_domain(
         machine_lost_after=settings.machine_lost_after,
         liveness_window=settings.liveness_window,
         max_build_duration=settings.max_build_duration,
+        machine_heartbeat=settings.machine_heartbeat,
     )
     return Domain(
         store=store,

@@ -55,6 +55,7 @@ class EndpointTimings:
     machine_lost_after: timedelta
     liveness_window: timedelta
     max_build_duration: timedelta
+    machine_heartbeat: timedelta = timedelta(seconds=1)
     poll_interval: float = 0.5
 
 
@@ -96,7 +97,7 @@ class Endpoints:
                 last_try = time.monotonic()
                 build = await self._running(principal, build_id)
                 machine = await self._acquire(build, platform, ca)
-                if machine is not None and machine.ready:
+                if machine is not None and self._serving(machine):
                     await self._store.mark_build_started(build.id, self._now())
                     yield self._active(build, machine, ca)
                     return
@@ -143,6 +144,12 @@ class Endpoints:
         """Moves when a machine changes, and when one falls silent (so its builds move on)."""
         lost_before = self._now() - self._timings.machine_lost_after
         return await self._store.machine_stamp(lost_before)
+
+    def _serving(self, machine: Machine) -> bool:
+        """Ready, and heard from lately: a machine that missed three heartbeats is not handed
+        out, even before it is declared lost."""
+        fresh_since = self._now() - 3 * self._timings.machine_heartbeat
+        return machine.ready and machine.last_heartbeat_at >= fresh_since
 
     async def _running(self, principal: Principal, build_id: str) -> Build:
         build = await self._builds.get(principal, build_id)

@@ -1,0 +1,101 @@
+"""Machines that go away: a lost machine's builds move to another, and a drained machine's
+agent stops once the machine is free. Each test has its own server and agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from pyqwest import Client
+
+from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
+from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
+from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
+from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from tests.helpers import ServerProcess, running_server
+
+from .conftest import admin
+from .machines import QUICK, Api, agent, get_endpoint, greet, wait_for
+
+
+@pytest.fixture
+def lonely(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, ExitStack]]:
+    """A server (SQLite) and a machine token; agents are started by the test."""
+    with ExitStack() as stack:
+        server = stack.enter_context(running_server(tmp_path / "data", env=QUICK))
+        token = admin(server, "create-machine-token")
+        yield server, token, stack
+
+
+def clients(server: ServerProcess) -> Api:
+    http = Client()
+    return Api(
+        projects=ProjectServiceClient(server.url, http_client=http),
+        builds=BuildServiceClient(server.url, http_client=http),
+        core_builds=CoreBuildClient(server.url, http_client=http),
+        buildkit=BuildKitServiceClient(server.url, http_client=http),
+        grpc_buildkit=BuildKitServiceClient(server.url, http_client=http),
+        json_buildkit=BuildKitServiceClient(server.url, http_client=http),
+        http=http,
+        url=server.url,
+        org={"authorization": f"Bearer {server.org_token}"},
+    )
+
+
+async def test_a_lost_machines_build_gets_another(
+    lonely: tuple[ServerProcess, str, ExitStack], tmp_path: Path
+) -> None:
+    server, token, stack = lonely
+    api = clients(server)
+    first = stack.enter_context(agent(server.url, token, tmp_path / "first"))
+    build = await api.build(await api.project("moves"))
+    _, before = await get_endpoint(api.buildkit, build)
+    assert before.endpoint == first.endpoint
+
+    # The host dies without a word (and its daemon with it); another one comes up.
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(timeout=10)
+    _kill_orphaned_daemon(first.state_dir)
+    # A machine that missed three heartbeats (0.6 s here) is no longer handed out; one silent
+    # for the lost-after period (2 s here) is unbound, and its builds get another.
+    await asyncio.sleep(1)
+    second = stack.enter_context(agent(server.url, token, tmp_path / "second"))
+    _, after = await get_endpoint(api.buildkit, build)
+    assert after.endpoint == second.endpoint
+    assert build.build_id in await asyncio.to_thread(greet, after)
+    await api.finish(build.build_id)
+
+
+async def test_a_drained_machine_stops_when_free(
+    lonely: tuple[ServerProcess, str, ExitStack], tmp_path: Path
+) -> None:
+    server, token, stack = lonely
+    api = clients(server)
+    machine = stack.enter_context(agent(server.url, token, tmp_path / "drained"))
+    project = await api.project("drain")
+    build = await api.build(project)
+    await get_endpoint(api.buildkit, build)
+    (line,) = admin(server, "list-machines").splitlines()
+    admin(server, "drain-machine", "--machine", line.split()[0])
+    await asyncio.sleep(1.5)
+    assert machine.process.poll() is None  # it still serves its build
+    await api.finish(build.build_id)
+    # Free after the idle period: the daemon stops, then the agent exits cleanly.
+    await asyncio.to_thread(wait_for, lambda: machine.process.poll() is not None, 20, "exit")
+    assert machine.process.returncode == 0
+    assert machine.events(project) == ["started", "stopped"]
+
+
+def _kill_orphaned_daemon(state_dir: Path) -> None:
+    """The killed agent's stand-in daemon (which it started) would outlive it: stop it too."""
+    for started in state_dir.glob("cache/*/standin-started"):
+        pid = json.loads(started.read_text())["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
