@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from depot_api.store.engine import sqlite_url
 
@@ -63,13 +64,7 @@ def running_server(
             url, port, data_dir, database or sqlite_url(data_dir), org_token, process, output
         )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         if drain.is_alive():
             drain.join(timeout=5)
         if process.stdout is not None:
@@ -95,3 +90,14 @@ def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
     assert process.stdout is not None
     for line in process.stdout:
         output.append(line)
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """Stop a process this test suite started: SIGTERM, then SIGKILL after the grace period."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -9,6 +9,7 @@ from depot_api.domain.principal import Principal
 from depot_api.models import Platform, TokenKind
 
 from .conftest import InProcessAPI
+from .factories import new_project
 
 
 @dataclass
@@ -45,20 +46,9 @@ async def build_world(api: InProcessAPI) -> World:
     admin_a = Principal("x", TokenKind.ORG, frozenset({org_a.id}))
     admin_b = Principal("y", TokenKind.ORG, frozenset({org_b.id}))
 
-    async def project(admin: Principal, name: str) -> str:
-        created = await d.projects.create(
-            admin,
-            name=name,
-            region_id="us-east-1",
-            organization_id=None,
-            cache_policy=None,
-            hardware=None,
-        )
-        return created.id
-
-    project_a = await project(admin_a, "a")
-    project_a2 = await project(admin_a, "a2")
-    project_b = await project(admin_b, "b")
+    project_a = await new_project(d, admin_a, "a")
+    project_a2 = await new_project(d, admin_a, "a2")
+    project_b = await new_project(d, admin_b, "b")
     pt_a, pt_a_secret = await d.tokens.create_project_token(admin_a, project_a, "ci")
     revoked, revoked_secret = await d.tokens.create_project_token(admin_a, project_a, "old")
     await d.tokens.delete_project_token(admin_a, revoked.id)

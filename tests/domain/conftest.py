@@ -1,4 +1,5 @@
-"""Domain tests run on a real SQLite file with a clock the test moves by hand."""
+"""Domain tests run on a real database (SQLite and PostgreSQL) with a clock the test moves by
+hand."""
 
 from __future__ import annotations
 
@@ -48,16 +49,3 @@ async def domain(tmp_path: Path, database_url: str, clock: Clock) -> AsyncIterat
 async def admin(domain: Domain) -> Principal:
     org = await domain.organizations.create("acme")
     return Principal("t", TokenKind.ORG, frozenset({org.id}))
-
-
-async def new_project(domain: Domain, admin: Principal, name: str = "app") -> str:
-    """A project with default settings in the admin's organization; returns its ID."""
-    project = await domain.projects.create(
-        admin,
-        name=name,
-        region_id="us-east-1",
-        organization_id=None,
-        cache_policy=None,
-        hardware=None,
-    )
-    return project.id

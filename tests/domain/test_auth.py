@@ -8,7 +8,8 @@ from depot_api.domain.token_format import mint
 from depot_api.models import TokenKind
 from depot_api.wiring import Domain
 
-from .conftest import Clock, new_project
+from ..factories import new_project
+from .conftest import Clock
 
 
 @pytest.mark.parametrize(

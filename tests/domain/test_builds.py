@@ -10,7 +10,8 @@ from depot_api.domain.principal import Principal
 from depot_api.models import BuildStatus
 from depot_api.wiring import Domain
 
-from .conftest import Clock, new_project
+from ..factories import new_project
+from .conftest import Clock
 
 
 async def test_a_build_finishes_once(domain: Domain, admin: Principal, clock: Clock) -> None:

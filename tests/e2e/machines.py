@@ -4,7 +4,6 @@ run the stand-in BuildKit daemon, and a mutual-TLS probe with what GetEndpoint r
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -29,7 +28,7 @@ from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from tests.databases import BACKENDS, database
-from tests.helpers import BIN, ServerProcess, running_server
+from tests.helpers import BIN, ServerProcess, running_server, stop_process
 
 from .conftest import admin
 
@@ -98,13 +97,7 @@ def agent(
     try:
         yield AgentProcess(process, port, state_dir)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
@@ -198,9 +191,13 @@ class Api:
 
 @pytest.fixture
 async def api(cluster: Cluster, request: pytest.FixtureRequest) -> Api:
+    """Clients of the cluster's server, acting for a fresh organization."""
     server = cluster.server
     org_id = admin(server, "create-org", "--name", request.node.name[:100])
-    org_token = admin(server, "create-token", "--org", org_id)
+    return api_for(server, admin(server, "create-token", "--org", org_id))
+
+
+def api_for(server: ServerProcess, org_token: str) -> Api:
     http = Client()
     return Api(
         projects=ProjectServiceClient(server.url, http_client=http),

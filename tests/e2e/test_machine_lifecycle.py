@@ -13,16 +13,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from pyqwest import Client
 
-from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
-from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
-from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
-from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from tests.helpers import ServerProcess, running_server
 
 from .conftest import admin
-from .machines import QUICK, Api, agent, get_endpoint, greet, wait_for
+from .machines import QUICK, agent, api_for, get_endpoint, greet, wait_for
 
 
 @pytest.fixture
@@ -34,26 +29,11 @@ def lonely(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, ExitStack]]:
         yield server, token, stack
 
 
-def clients(server: ServerProcess) -> Api:
-    http = Client()
-    return Api(
-        projects=ProjectServiceClient(server.url, http_client=http),
-        builds=BuildServiceClient(server.url, http_client=http),
-        core_builds=CoreBuildClient(server.url, http_client=http),
-        buildkit=BuildKitServiceClient(server.url, http_client=http),
-        grpc_buildkit=BuildKitServiceClient(server.url, http_client=http),
-        json_buildkit=BuildKitServiceClient(server.url, http_client=http),
-        http=http,
-        url=server.url,
-        org={"authorization": f"Bearer {server.org_token}"},
-    )
-
-
 async def test_a_lost_machines_build_gets_another(
     lonely: tuple[ServerProcess, str, ExitStack], tmp_path: Path
 ) -> None:
     server, token, stack = lonely
-    api = clients(server)
+    api = api_for(server, server.org_token)
     first = stack.enter_context(agent(server.url, token, tmp_path / "first"))
     build = await api.build(await api.project("moves"))
     _, before = await get_endpoint(api.buildkit, build)
@@ -77,7 +57,7 @@ async def test_a_drained_machine_stops_when_free(
     lonely: tuple[ServerProcess, str, ExitStack], tmp_path: Path
 ) -> None:
     server, token, stack = lonely
-    api = clients(server)
+    api = api_for(server, server.org_token)
     machine = stack.enter_context(agent(server.url, token, tmp_path / "drained"))
     project = await api.project("drain")
     build = await api.build(project)
