@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ _GIB = 1 << 30
 _STOP_GRACE_SECONDS = 10.0
 _DISK_EVERY_SECONDS = 30.0
 _RETRY_SECONDS = 2.0
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,9 @@ class Agent:
             "--config", str(config),
         ]  # fmt: skip
         log.info("starting buildkitd for project %s (binding %s)", a.project_id, a.binding_id)
-        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         return Daemon(a.binding_id, process, self._config.listen)
 
     async def _stop_daemon(self) -> None:
@@ -233,6 +238,14 @@ class Agent:
             self._disk_measured_at = loop.time()
             self._disk_used = await asyncio.to_thread(_tree_size, self._config.state_dir / "cache")
         return self._disk_used
+
+
+def _die_with_parent() -> None:
+    """In the daemon's process, before it starts: ask Linux to end it if the agent dies, so a
+    crashed agent never leaves a daemon holding the port its successor needs."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def gc_config(keep_gb: int, keep_days: int) -> str:

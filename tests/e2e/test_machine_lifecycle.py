@@ -42,7 +42,9 @@ async def test_a_lost_machines_build_gets_another(
     # The host dies without a word (and its daemon with it); another one comes up.
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(timeout=10)
-    _kill_orphaned_daemon(first.state_dir)
+    await asyncio.to_thread(
+        wait_for, lambda: _daemons_alive(first.state_dir) == 0, 10, "its daemon to die with it"
+    )
     # A machine that missed three heartbeats (0.6 s here) is no longer handed out; one silent
     # for the lost-after period (2 s here) is unbound, and its builds get another.
     await asyncio.sleep(1)
@@ -73,9 +75,12 @@ async def test_a_drained_machine_stops_when_free(
     assert machine.events(project) == ["started", "stopped"]
 
 
-def _kill_orphaned_daemon(state_dir: Path) -> None:
-    """The killed agent's stand-in daemon (which it started) would outlive it: stop it too."""
+def _daemons_alive(state_dir: Path) -> int:
+    """How many daemons the agent started are still running."""
+    alive = 0
     for started in state_dir.glob("cache/*/standin-started"):
         pid = json.loads(started.read_text())["pid"]
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, 0)
+            alive += 1
+    return alive
