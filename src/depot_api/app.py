@@ -118,6 +118,7 @@ class DepotAPI:
         self._seed_get_endpoint = SeedGetEndpoint(domain, settings.max_message_bytes)
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
+        self._max_bytes = settings.max_message_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -125,14 +126,19 @@ class DepotAPI:
             path: str = scope["path"]
             service = self._routes.get(path.rsplit("/", 1)[0])
             if path == seed_endpoint.PATH and seed_endpoint.is_plain_json(scope):
-                await self._seed_get_endpoint(scope, receive, send)
+                body = await _read_body_first(receive, self._max_bytes)
+                await self._seed_get_endpoint(scope, _guarded(receive, body), send)
             elif service is not None:
-                await service(scope, _guarded(receive), send)
+                body = []
+                if _is_unary_connect(scope):
+                    body = await _read_body_first(receive, self._max_bytes)
+                await service(scope, _guarded(receive, body), send)
             elif path == "/healthz":
                 await _plain(send, 200, b"ok\n")
             elif path == "/readyz":
                 await self._ready(send)
             else:
+                await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
                 await _plain(send, 404, b"not found\n")
         elif kind == "lifespan":
             await self._lifespan(receive, send)
@@ -176,7 +182,38 @@ class DepotAPI:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
 
 
-def _guarded(receive: Receive) -> Receive:
+def _is_unary_connect(scope: Scope) -> bool:
+    """A Connect unary call: its body is one message (streams use application/connect+…)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            return bool(media_type in (b"application/json", b"application/proto"))
+    return False
+
+
+async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:
+    """Read a unary request's whole body (up to limit bytes) before anything answers.
+
+    A call refused before its body is read (a missing token) was answered while the body was
+    still arriving; over HTTP/2 the server then resets the stream, and curl reported the reset
+    instead of the answer about one time in ten. Reading the body first, as the handler would
+    anyway, makes every answer arrive cleanly. Beyond the limit, the rest is left to the
+    application, which refuses an oversized message.
+    """
+    buffered: list[ASGIMessage] = []
+    size = 0
+    while True:
+        message = await receive()
+        buffered.append(message)
+        size += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+        if size > limit:
+            break
+    return buffered
+
+
+def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
     """Adapt pyvoy's receive() to what connectrpc's disconnect watch expects.
 
     Two mismatches, both measured:
@@ -188,6 +225,8 @@ def _guarded(receive: Receive) -> Receive:
     - connectrpc cancels that watch when the handler ends, and pyvoy then completes the
       cancelled future anyway, logging an InvalidStateError per request. Shielding pyvoy's
       own future avoids it (only our wrapper is cancelled).
+
+    Messages in already_read (see _read_body_first) are returned first.
     """
     body_done = False
 
@@ -200,7 +239,7 @@ def _guarded(receive: Receive) -> Receive:
     async def guarded_receive() -> ASGIMessage:
         nonlocal body_done
         if not body_done:
-            message = await receive_once()
+            message = already_read.pop(0) if already_read else await receive_once()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message

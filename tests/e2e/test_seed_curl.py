@@ -74,11 +74,9 @@ class SeedClient:
     def as_token(self, token: str | None) -> SeedClient:
         return SeedClient(self.server, self.http, token)
 
-    def call(self, path: str, body: dict[str, Any] | str, *, early: bool = False) -> CurlResult:
+    def call(self, path: str, body: dict[str, Any] | str) -> CurlResult:
         text = body if isinstance(body, str) else json.dumps(body)
-        result = curl_post(
-            f"{self.server.url}{path}", text, token=self.token, flags=[self._flag], early=early
-        )
+        result = curl_post(f"{self.server.url}{path}", text, token=self.token, flags=[self._flag])
         assert result.http_version == self._version, result
         assert result.scheme == "http", result
         return result
@@ -91,8 +89,7 @@ class SeedClient:
 
     def error(self, path: str, body: dict[str, Any] | str, status: int, code: str) -> str:
         """Assert a Connect error with this HTTP status and code; return its message."""
-        # The token is checked before the body is read, so a 401 is an early response.
-        result = self.call(path, body, early=status == 401)
+        result = self.call(path, body)
         assert result.status == status, result
         assert result.content_type == "application/json", result
         error = result.json()
@@ -495,7 +492,7 @@ def test_errors(seed: SeedClient) -> None:
     other_org.error(f"{BUILDS}/GetBuild", {"buildId": build_id}, 404, "not_found")
 
     # An unknown method is a 404, not a crash.
-    result = seed.call(f"{PROJECTS}/NoSuchMethod", {}, early=True)
+    result = seed.call(f"{PROJECTS}/NoSuchMethod", {})
     assert result.status == 404, result
 
 

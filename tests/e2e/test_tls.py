@@ -136,9 +136,7 @@ def test_curl_over_tls(
     assert listed.status == 200, listed
     assert project in listed.json()["projects"]
 
-    denied = curl_post(
-        f"{base}{LIST_PROJECTS}", "{}", token=None, flags=flags, early=version == "2"
-    )
+    denied = curl_post(f"{base}{LIST_PROJECTS}", "{}", token=None, flags=flags)
     assert (denied.status, denied.json()["code"]) == (401, "unauthenticated"), denied
 
 

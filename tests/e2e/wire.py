@@ -56,8 +56,6 @@ class CurlResult:
             raise AssertionError(f"response is not JSON ({e}): {self.text!r}") from None
 
 
-_CURL_HTTP2_STREAM_ERROR = 92
-_EARLY_ATTEMPTS = 8
 _WRITE_OUT = "\n%{http_code}\n%{http_version}\n%{content_type}\n%{scheme}"
 
 
@@ -68,25 +66,13 @@ def curl_post(
     token: str | None,
     flags: Sequence[str] = (),
     content_type: str = "application/json",
-    early: bool = False,
 ) -> CurlResult:
-    """POST body with the real curl binary and return what came back (any HTTP status).
-
-    early: the server is expected to answer before reading the request body (a 401 from the
-    token check, a 404 for an unknown path). Over HTTP/2 it then sends the complete response
-    followed by RST_STREAM(NO_ERROR), as RFC 9113 section 8.1 allows, and curl 7.88 sometimes
-    drops the response and exits 92 ("Stream error in the HTTP/2 framing layer"). Only in
-    that case, and only for that exit code, the identical request is sent again.
-    """
+    """POST body with the real curl binary and return what came back (any HTTP status)."""
     args = [curl_binary(), "-sS", "-X", "POST", *flags, "-H", f"Content-Type: {content_type}"]
     if token is not None:
         args += ["-H", f"Authorization: Bearer {token}"]
     args += ["--data-binary", "@-", "-w", _WRITE_OUT, url]
-    attempts = _EARLY_ATTEMPTS if early else 1
-    for _ in range(attempts):
-        result = subprocess.run(args, input=body, capture_output=True, text=True, timeout=30)
-        if result.returncode != _CURL_HTTP2_STREAM_ERROR:
-            break
+    result = subprocess.run(args, input=body, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"curl exited with {result.returncode}: {result.stderr}"
     text, status, version, content_type_out, scheme = result.stdout.rsplit("\n", 4)
     assert "Traceback" not in text, text
