@@ -1,7 +1,7 @@
 """The interceptor in front of every RPC: authentication first, error mapping last.
 
-As the first metadata interceptor it runs before the request body is read or parsed, so a
-request without a valid token costs no parsing. The resolved Principal reaches the handler
+As the first metadata interceptor it runs before the request body is parsed, so a request
+without a valid token costs no parsing. The resolved Principal reaches the handler
 through a ContextVar, on every protocol.
 """
 
