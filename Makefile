@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NODE_E2E := tests/e2e/node
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check lint typecheck generate generate-check clean
+.PHONY: install run test test-fast check lint typecheck generate generate-check clean
 
 install: $(STAMP) $(NODE_E2E)/node_modules/.installed
 
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: install
 	$(BIN)/pytest
+
+# The in-process tests only (no server processes, agents or real clients): a quick loop.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
