@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from connectrpc.codec import proto_binary_codec
@@ -21,6 +20,7 @@ from connectrpc_grpcreflect import (
 )
 
 from depot_api.api import seed_endpoint
+from depot_api.api.asgi import ASGIApp, ASGIMessage, Receive, Scope, Send, media_type
 from depot_api.api.build_service import BuildServiceImpl
 from depot_api.api.buildkit_service import BuildKitServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
@@ -50,12 +50,6 @@ from depot_api.store.engine import create_engine
 from depot_api.store.errors import StoreUnavailable
 from depot_api.store.sql import SqlStore
 from depot_api.wiring import Domain, build_domain
-
-Scope = MutableMapping[str, Any]
-ASGIMessage = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[ASGIMessage]]
-Send = Callable[[ASGIMessage], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("depot_api")
 
@@ -184,11 +178,7 @@ class DepotAPI:
 
 def _is_unary_connect(scope: Scope) -> bool:
     """A Connect unary call: its body is one message (streams use application/connect+…)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            media_type = value.split(b";", 1)[0].strip().lower()
-            return bool(media_type in (b"application/json", b"application/proto"))
-    return False
+    return media_type(scope) in (b"application/json", b"application/proto")
 
 
 async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:

@@ -14,12 +14,12 @@ JSON errors with their HTTP status.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from depot_api.api.asgi import Receive, Scope, Send, media_type
 from depot_api.api.errors import to_connect_error
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.platforms import platform_from_wire
@@ -52,17 +52,9 @@ _HTTP_STATUS = {
     Code.UNAUTHENTICATED: 401,
 }
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
 
 def is_plain_json(scope: Scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-type":
-            media_type = value.split(b";", 1)[0].strip().lower()
-            return bool(media_type == b"application/json")
-    return False
+    return media_type(scope) == b"application/json"
 
 
 class SeedGetEndpoint:

@@ -39,10 +39,6 @@ class SqlStore(MachineQueries):
         # deadlock upgrading read locks; see depot_api.store.engine.
         self._write_engine = engine.execution_options(depot_write=True)
 
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
-
     async def close(self) -> None:
         await self._engine.dispose()
 
