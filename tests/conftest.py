@@ -16,13 +16,21 @@ from depot_api.app import DepotAPI, create_app
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
 from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClient
+from depot_api.gen.depot.cli.v1.build_connect import BuildServiceClient as CliBuildServiceClient
+from depot_api.gen.depot.cli.v1.push_connect import PushServiceClient as CliPushServiceClient
+from depot_api.gen.depot.cli.v1beta1.login_connect import (
+    LoginServiceClient as CliLoginServiceClient,
+)
+from depot_api.gen.depot.cli.v1beta1.projects_connect import (
+    ProjectsServiceClient as CliProjectsServiceClient,
+)
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
 from depot_api.startup import prepare
 
-from .databases import BACKENDS, database
+from .databases import BACKENDS, drop_reusable_databases, reusable_database
 
 PROTOCOLS = {
     "connect-json": (ProtocolType.CONNECT, "json"),
@@ -40,6 +48,10 @@ class Clients:
     organizations: OrganizationServiceClient
     buildkit: BuildKitServiceClient
     machines: MachineServiceClient
+    cli_builds: CliBuildServiceClient
+    cli_projects: CliProjectsServiceClient
+    cli_push: CliPushServiceClient
+    cli_login: CliLoginServiceClient
 
 
 @dataclass
@@ -64,6 +76,10 @@ class InProcessAPI:
             organizations=OrganizationServiceClient(base, **options),
             buildkit=BuildKitServiceClient(base, **options),
             machines=MachineServiceClient(base, **options),
+            cli_builds=CliBuildServiceClient(base, **options),
+            cli_projects=CliProjectsServiceClient(base, **options),
+            cli_push=CliPushServiceClient(base, **options),
+            cli_login=CliLoginServiceClient(base, **options),
         )
 
 
@@ -71,8 +87,14 @@ class InProcessAPI:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each test that stores anything runs once on SQLite and once on PostgreSQL."""
     (tmp_path / "data").mkdir(mode=0o700)
-    with database(request.param, tmp_path / "data") as url:
+    with reusable_database(request.param, tmp_path / "data") as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_reusable_databases() -> Iterator[None]:
+    yield
+    drop_reusable_databases()
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from depot_api.api import seed_endpoint
 from depot_api.api.asgi import ASGIApp, ASGIMessage, Receive, Scope, Send, media_type
 from depot_api.api.build_service import BuildServiceImpl
 from depot_api.api.buildkit_service import BuildKitServiceImpl
+from depot_api.api.cli_build_service import CliBuildServiceImpl
+from depot_api.api.cli_projects_service import CliProjectsServiceImpl
+from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
 from depot_api.api.guard import RequestGuard
 from depot_api.api.json_codec import LenientKeysJSONCodec
@@ -33,6 +36,10 @@ from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
+from depot_api.gen.depot.cli.v1 import build_connect as cli_build_connect
+from depot_api.gen.depot.cli.v1 import build_pb as cli_build_pb
+from depot_api.gen.depot.cli.v1 import push_connect, push_pb
+from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_connect, projects_pb
 from depot_api.gen.depot.core.v1 import (
     build_connect as core_build_connect,
 )
@@ -97,6 +104,20 @@ class DepotAPI:
                 ),
                 **machine_options,
             ),
+            cli_build_connect.BuildServiceASGIApplication(
+                CliBuildServiceImpl(
+                    domain.builds, domain.endpoints, domain.build_reports, settings.build_url
+                ),
+                **options,
+            ),
+            projects_connect.ProjectsServiceASGIApplication(
+                CliProjectsServiceImpl(domain.projects, domain.organizations), **options
+            ),
+            push_connect.PushServiceASGIApplication(CliPushServiceImpl(), **options),
+            # Login is called without a token: it must reach its handler to explain itself.
+            login_connect.LoginServiceASGIApplication(
+                CliLoginServiceImpl(), **{**options, "interceptors": []}
+            ),
         ]
         files = [
             project_pb.desc(),
@@ -105,6 +126,10 @@ class DepotAPI:
             org_pb.desc(),
             buildkit_pb.desc(),
             machine_pb.desc(),
+            cli_build_pb.desc(),
+            projects_pb.desc(),
+            push_pb.desc(),
+            login_pb.desc(),
         ]
         services.append(ServerReflectionASGIApplication(ServerReflectionService(*files)))
         services.append(ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files)))

@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default=env.log_level, help="env DEPOT_API_LOG_LEVEL (%(default)s)"
     )
     serve.add_argument(
+        "--build-url",
+        default=env.build_url,
+        metavar="TEMPLATE",
+        help="the build URL the depot CLI prints, with {project_id} and {build_id} "
+        "(env DEPOT_API_BUILD_URL; default: none)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=env.workers,
@@ -185,6 +192,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         return settings
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("depot-api: --tls-cert and --tls-key go together")
+    try:
+        args.build_url.format(project_id="p", build_id="b")
+    except (AttributeError, KeyError, IndexError, ValueError):
+        raise SystemExit(
+            "depot-api: --build-url may use {project_id} and {build_id} and no other fields"
+        ) from None
     if args.workers < 0:
         raise SystemExit("depot-api: --workers must be 0 (one per core) or more")
     return replace(
@@ -198,6 +211,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         max_message_bytes=args.max_message_bytes,
         log_level=args.log_level,
         workers=args.workers,
+        build_url=args.build_url,
     )
 
 

@@ -50,6 +50,10 @@ class Settings:
     # The key that seals private keys in the database; by default a file in the data directory.
     # Servers sharing one database must share it (DEPOT_API_SECRET_KEY).
     secret_key: str | None = None
+    # Where a build can be looked at, for the depot CLI's "Build Summary" line: a template with
+    # {project_id} and {build_id}, e.g. https://ci.example.com/depot/{project_id}/{build_id}.
+    # Empty (the default): no URL is given.
+    build_url: str = ""
 
     @property
     def database_url(self) -> str:
@@ -84,6 +88,8 @@ class Settings:
             env["DEPOT_API_DATABASE_URL"] = self.database
         if self.secret_key is not None:
             env["DEPOT_API_SECRET_KEY"] = self.secret_key
+        if self.build_url:
+            env["DEPOT_API_BUILD_URL"] = self.build_url
         for name, value in self._durations().items():
             env[f"DEPOT_API_{name}"] = str(value.total_seconds())
         if self.tls_cert is not None:
@@ -116,6 +122,7 @@ class Settings:
             max_message_bytes=int(get("MAX_MESSAGE_BYTES") or defaults.max_message_bytes),
             log_level=get("LOG_LEVEL") or defaults.log_level,
             secret_key=get("SECRET_KEY"),
+            build_url=get("BUILD_URL") or defaults.build_url,
             **{
                 field.lower(): timedelta(seconds=float(value))
                 for field in defaults._durations()

@@ -124,6 +124,16 @@ class Build:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusReport:
+    """One progress report a client sent during a build: a serialized
+    depot.cli.v1.ReportStatusStreamRequest, as it arrived."""
+
+    build_id: str
+    received_at: datetime
+    report: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a keyset-paged listing; next_page_token is empty on the last page."""
 

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from depot_api.config import Settings
 from depot_api.domain.auth import Authenticator
+from depot_api.domain.build_reports import BuildReports
 from depot_api.domain.builds import Builds
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
 from depot_api.domain.machines import Machines
@@ -29,6 +30,7 @@ class Domain:
     organizations: Organizations
     machines: Machines
     endpoints: Endpoints
+    build_reports: BuildReports
 
 
 def build_domain(
@@ -59,4 +61,5 @@ def build_domain(
         organizations=Organizations(store, tokens, now=now),
         machines=Machines(store, box, idle_release=settings.machine_idle_release, now=now),
         endpoints=Endpoints(store, builds, box, timings, now=now),
+        build_reports=BuildReports(store, builds, now=now),
     )

@@ -17,14 +17,21 @@ from typing import Any
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from protobuf import Oneof
 
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
+from depot_api.gen.depot.cli.v1 import build_connect as cli_build_connect
+from depot_api.gen.depot.cli.v1 import build_pb as cli_build_pb
+from depot_api.gen.depot.cli.v1 import push_connect, push_pb
+from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_pb
+from depot_api.gen.depot.cli.v1beta1 import projects_connect as cli_projects_connect
 from depot_api.gen.depot.core.v1 import build_connect as core_build_connect
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_connect, project_pb
 from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
+from depot_api.gen.moby.buildkit.v1 import control_pb
 
 from ..conftest import Clients, InProcessAPI
 from ..world import World, build_world
@@ -54,6 +61,7 @@ def row(
     denied: tuple[str, ...] = (),
     not_found: tuple[str, ...] = (),
     exhausted: tuple[str, ...] = (),
+    unimplemented: tuple[str, ...] = (),
     variant: str = "",
 ) -> Row:
     """Expected answers; a machine token is refused everywhere but the machine service."""
@@ -61,6 +69,7 @@ def row(
     expected["machine"] = Code.PERMISSION_DENIED
     expected.update(dict.fromkeys(ok))
     expected.update(dict.fromkeys(exhausted, Code.RESOURCE_EXHAUSTED))
+    expected.update(dict.fromkeys(unimplemented, Code.UNIMPLEMENTED))
     expected.update(dict.fromkeys(denied, Code.PERMISSION_DENIED))
     expected.update(dict.fromkeys(not_found, Code.NOT_FOUND))
     assert set(expected) == set(CALLERS), f"{rpc}: every caller needs an expectation"
@@ -351,6 +360,179 @@ TABLE += [
 ]
 
 
+CLI = "depot.cli.v1.BuildService/"
+CLI_PROJECTS = "depot.cli.v1beta1.ProjectsService/"
+CLI_PUSH = "depot.cli.v1.PushService/"
+CLI_LOGIN = "depot.cli.v1beta1.LoginService/"
+CLI_AMD64 = cli_build_pb.BuilderPlatform.AMD64
+PEOPLE = (*MANAGERS, *OUTSIDERS, *NARROW)
+
+
+def _status_frame(build_id: str) -> cli_build_pb.ReportStatusStreamRequest:
+    return cli_build_pb.ReportStatusStreamRequest(
+        build_id=build_id,
+        statuses=[control_pb.StatusResponse(vertexes=[control_pb.Vertex(digest="sha256:1")])],
+    )
+
+
+def build_scoped(
+    rpc: str, call: Callable[[Clients, str, dict[str, str]], Awaitable[Any]]
+) -> list[Row]:
+    """A build's own callers may: on build A, and (variant) on build A2 of another project."""
+    return [
+        row(
+            rpc,
+            lambda c, w, h: call(c, w.build_a, h),
+            ok=(*MANAGERS, *NARROW),
+            not_found=OUTSIDERS,
+        ),
+        row(
+            rpc,
+            lambda c, w, h: call(c, w.build_a2, h),
+            ok=MANAGERS,
+            denied=("build",),
+            not_found=(*OUTSIDERS, "project"),
+            variant="another build",
+        ),
+    ]
+
+
+def unserved(rpc: str, call: Call) -> Row:
+    return row(rpc, call, ok=(), unimplemented=PEOPLE)
+
+
+def unserved_without_token(rpc: str, call: Call) -> Row:
+    """Login takes no token: every caller, with or without one, learns it is not served."""
+    return Row(rpc, call, dict.fromkeys(CALLERS, Code.UNIMPLEMENTED))
+
+
+TABLE += [
+    row(
+        CLI + "CreateBuild",
+        lambda c, w, h: c.cli_builds.create_build(
+            cli_build_pb.CreateBuildRequest(project_id=w.project_a), headers=h
+        ),
+        ok=(*MANAGERS, "project"),
+        denied=("build",),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        CLI + "CreateBuild",
+        lambda c, w, h: c.cli_builds.create_build(
+            cli_build_pb.CreateBuildRequest(project_id=w.project_a2), headers=h
+        ),
+        ok=MANAGERS,
+        denied=NARROW,
+        not_found=OUTSIDERS,
+        variant="another project",
+    ),
+    *build_scoped(
+        CLI + "GetBuild",
+        lambda c, b, h: c.cli_builds.get_build(cli_build_pb.GetBuildRequest(build_id=b), headers=h),
+    ),
+    *build_scoped(
+        CLI + "FinishBuild",
+        lambda c, b, h: c.cli_builds.finish_build(
+            cli_build_pb.FinishBuildRequest(
+                build_id=b,
+                result=Oneof("canceled", cli_build_pb.FinishBuildRequest.BuildCanceled()),
+            ),
+            headers=h,
+        ),
+    ),
+    # No machine is ready here: getting past authorization shows as `pending`.
+    *build_scoped(
+        CLI + "GetBuildKitConnection",
+        lambda c, b, h: c.cli_builds.get_build_kit_connection(
+            cli_build_pb.GetBuildKitConnectionRequest(build_id=b, platform=CLI_AMD64), headers=h
+        ),
+    ),
+    *build_scoped(
+        CLI + "ReportBuildHealth",
+        lambda c, b, h: c.cli_builds.report_build_health(
+            cli_build_pb.ReportBuildHealthRequest(build_id=b, platform=CLI_AMD64), headers=h
+        ),
+    ),
+    *build_scoped(
+        CLI + "ReportStatusStream",
+        lambda c, b, h: c.cli_builds.report_status_stream(_one(_status_frame(b)), headers=h),
+    ),
+    *build_scoped(
+        CLI + "ReportStatus",
+        lambda c, b, h: c.cli_builds.report_status(
+            cli_build_pb.ReportStatusRequest(build_id=b), headers=h
+        ),
+    ),
+    *build_scoped(
+        CLI + "ReportTimings",
+        lambda c, b, h: c.cli_builds.report_timings(
+            cli_build_pb.ReportTimingsRequest(build_id=b), headers=h
+        ),
+    ),
+    *build_scoped(
+        CLI + "ReportBuildContext",
+        lambda c, b, h: c.cli_builds.report_build_context(
+            cli_build_pb.ReportBuildContextRequest(build_id=b), headers=h
+        ),
+    ),
+    row(
+        CLI + "ListBuilds",
+        lambda c, w, h: c.cli_builds.list_builds(
+            cli_build_pb.ListBuildsRequest(project_id=w.project_a), headers=h
+        ),
+        ok=(*MANAGERS, "project"),
+        denied=("build",),
+        not_found=OUTSIDERS,
+    ),
+    unserved(
+        CLI + "GetPullInfo",
+        lambda c, w, h: c.cli_builds.get_pull_info(
+            cli_build_pb.GetPullInfoRequest(build_id=w.build_a), headers=h
+        ),
+    ),
+    unserved(
+        CLI + "GetPullToken",
+        lambda c, w, h: c.cli_builds.get_pull_token(
+            cli_build_pb.GetPullTokenRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    unserved(
+        CLI_PUSH + "StartPush",
+        lambda c, w, h: c.cli_push.start_push(
+            push_pb.StartPushRequest(tag="t", build_id=w.build_a), headers=h
+        ),
+    ),
+    unserved(
+        CLI_PUSH + "FinishPush",
+        lambda c, w, h: c.cli_push.finish_push(
+            push_pb.FinishPushRequest(push_id="p", build_id=w.build_a), headers=h
+        ),
+    ),
+    row(
+        CLI_PROJECTS + "ListProjects",
+        lambda c, w, h: c.cli_projects.list_projects(projects_pb.ListProjectsRequest(), headers=h),
+        ok=(*MANAGERS, *OUTSIDERS, "project"),
+        denied=("build",),
+    ),
+    managed(
+        CLI_PROJECTS + "ResetProjectCache",
+        lambda c, w, h: c.cli_projects.reset_project_cache(
+            projects_pb.ResetProjectCacheRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    unserved_without_token(
+        CLI_LOGIN + "StartLogin",
+        lambda c, w, h: c.cli_login.start_login(login_pb.StartLoginRequest(), headers=h),
+    ),
+    unserved_without_token(
+        CLI_LOGIN + "FinishLogin",
+        lambda c, w, h: _drain(
+            c.cli_login.finish_login(login_pb.FinishLoginRequest(id="x"), headers=h)
+        ),
+    ),
+]
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     # GetEndpoint gives up quickly here: there are no machines to wait for.
@@ -406,6 +588,10 @@ def test_every_rpc_has_rows() -> None:
             org_connect.OrganizationService,
             buildkit_connect.BuildKitService,
             machine_connect.MachineService,
+            cli_build_connect.BuildService,
+            cli_projects_connect.ProjectsService,
+            push_connect.PushService,
+            login_connect.LoginService,
         )
         for method in service.desc().methods
     }

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from depot_api.store.engine import create_engine, migrate, sqlite_url
+from depot_api.store.engine import create_engine, head_revision, migrate, sqlite_url
 from depot_api.store.schema import metadata
+
+from ..databases import BACKENDS, database
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database never used before (the shared fixture may hand out a migrated one)."""
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -21,19 +32,19 @@ def _version(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def test_migrated_schema_matches_metadata(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == "0002"
+            assert await conn.run_sync(_version) == head_revision() == "0003"
     finally:
         await engine.dispose()
 
 
-async def test_migrating_twice_changes_nothing(database_url: str) -> None:
-    engine = create_engine(database_url)
+async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
     try:
         await migrate(engine)
         await migrate(engine)
@@ -42,6 +53,7 @@ async def test_migrating_twice_changes_nothing(database_url: str) -> None:
         assert tables == [
             "alembic_version",
             "build_endpoints",
+            "build_status_reports",
             "builds",
             "machines",
             "memberships",

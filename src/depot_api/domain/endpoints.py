@@ -36,7 +36,8 @@ _RETRY_EVERY = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    pass
+    # For polling clients: how long to wait before asking again.
+    retry_after: timedelta = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,10 @@ class EndpointTimings:
     liveness_window: timedelta
     max_build_duration: timedelta
     machine_heartbeat: timedelta = timedelta(seconds=1)
-    poll_interval: float = 0.5
+    # How often a polling client (the depot CLI) is told to ask again.
+    poll_interval: timedelta = timedelta(seconds=1)
+    # How often a waiting stream looks for a change in the machines table.
+    feed_interval: float = 0.5
 
 
 class Endpoints:
@@ -74,7 +78,7 @@ class Endpoints:
         self._box = box
         self._timings = timings
         self._now = now
-        self._feed = ChangeFeed(self._machine_stamp, interval=timings.poll_interval)
+        self._feed = ChangeFeed(self._machine_stamp, interval=timings.feed_interval)
 
     async def acquire(
         self, principal: Principal, build_id: str, platform: Platform
@@ -103,10 +107,7 @@ class Endpoints:
                     return
             moment = time.monotonic()
             if moment >= deadline:
-                raise ResourceExhausted(
-                    f"no {platform.value} BuildKit machine became ready for build {build_id} "
-                    f"within {self._timings.acquire_timeout.total_seconds():.0f}s; retry later"
-                )
+                raise self._no_machine(platform, build_id)
             if moment - last_pending >= pending_every:
                 last_pending = moment
                 yield Pending()
@@ -120,6 +121,36 @@ class Endpoints:
             )
             changed = await self._feed.wait(max(wait, 0.01))
             changed = changed or time.monotonic() - last_try >= _RETRY_EVERY
+
+    async def poll(
+        self, principal: Principal, build_id: str, platform: Platform
+    ) -> Pending | Active:
+        """One look for a polling client (the depot CLI's GetBuildKitConnection): Active once
+        the machine is ready, else Pending. The wait's deadline counts from the first poll
+        and is kept in the database, so polls may land on any server process."""
+        build = await self._running(principal, build_id)
+        now = self._now()
+        since = await self._store.note_machine_wait(build.id, now)
+        if since is None:
+            raise FailedPrecondition(f"build {build_id} has ended; it cannot get a machine")
+        ca = await self._project_ca(build.project_id)
+        machine = await self._acquire(build, platform, ca)
+        if machine is not None and self._serving(machine):
+            await self._store.mark_build_started(build.id, self._now())
+            return self._active(build, machine, ca)
+        if now - since >= self._timings.acquire_timeout:
+            raise self._no_machine(platform, build_id)
+        return Pending(retry_after=self._timings.poll_interval)
+
+    async def health(self, principal: Principal, build_id: str) -> datetime | None:
+        """A running build's sign of life. Returns None while the build runs, else when it
+        ended: a polling client drops its machine once that moment has passed."""
+        build = await self._builds.get(principal, build_id)
+        if build.status is BuildStatus.RUNNING:
+            if await self._store.touch_build_health(build.id, self._now()):
+                return None
+            build = await self._builds.get(principal, build_id)  # it ended meanwhile
+        return build.finished_at or self._now()
 
     async def report_health(self, principal: Principal, build_id: str) -> None:
         build = await self._builds.get(principal, build_id)
@@ -144,6 +175,12 @@ class Endpoints:
         """Moves when a machine changes, and when one falls silent (so its builds move on)."""
         lost_before = self._now() - self._timings.machine_lost_after
         return await self._store.machine_stamp(lost_before)
+
+    def _no_machine(self, platform: Platform, build_id: str) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"no {platform.value} BuildKit machine became ready for build {build_id} "
+            f"within {self._timings.acquire_timeout.total_seconds():.0f}s; retry later"
+        )
 
     def _serving(self, machine: Machine) -> bool:
         """Ready, and heard from lately: a machine that missed three heartbeats is not handed

@@ -17,6 +17,10 @@ def new_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(_LENGTH))
 
 
+def is_id(value: str) -> bool:
+    return _SHAPE.fullmatch(value) is not None
+
+
 def require_id(value: str, field: str) -> str:
     """Return value if it has the shape of an ID, else raise InvalidArgument naming field."""
     if not value:

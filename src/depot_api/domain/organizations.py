@@ -24,6 +24,10 @@ class Organizations:
         principal.require_manager("list organizations")
         return await self._store.get_organizations(sorted(principal.org_ids))
 
+    async def names(self, org_ids: set[str]) -> dict[str, str]:
+        """Organization names by ID, for showing alongside resources the caller may see."""
+        return {org.id: org.name for org in await self._store.get_organizations(sorted(org_ids))}
+
     # Administration: run by `depot-api admin` directly against the data directory.
 
     async def create(self, name: str) -> Organization:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,26 @@ class Projects:
         after = decode_page_token(page_token)
         rows = await self._store.list_projects(sorted(principal.org_ids), after, limit + 1)
         return page_of(rows, limit, lambda p: (to_micros(p.created_at), p.id))
+
+    async def buildable(self, principal: Principal) -> builtins.list[Project]:
+        """Every project the caller may build in, oldest first: all of its organizations'
+        for a person or organization token, its own for a project token. (The depot CLI
+        lists them in one answer: it never pages.)"""
+        if principal.kind is TokenKind.BUILD:
+            raise PermissionDenied("a build token can only drive its own build")
+        if principal.kind is TokenKind.PROJECT:
+            assert principal.project_id is not None
+            return [await self._visible(principal, principal.project_id)]
+        projects: builtins.list[Project] = []
+        after = None
+        while True:
+            rows = await self._store.list_projects(
+                sorted(principal.org_ids), after, PROJECT_PAGE_MAX
+            )
+            projects.extend(rows)
+            if len(rows) < PROJECT_PAGE_MAX:
+                return projects
+            after = (to_micros(rows[-1].created_at), rows[-1].id)
 
     async def get(self, principal: Principal, project_id: str) -> Project:
         return await self.get_managed(principal, project_id, "read projects")

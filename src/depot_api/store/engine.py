@@ -10,6 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -102,6 +103,13 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision (a no-op when it is there already)."""
     async with engine.execution_options(depot_write=True).begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+def head_revision() -> str:
+    """The newest migration's revision: the schema version `migrate` brings a database to."""
+    head = ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
 
 
 def _upgrade(connection: Connection) -> None:

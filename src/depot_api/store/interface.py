@@ -27,6 +27,7 @@ from depot_api.models import (
     Platform,
     Project,
     ProjectCA,
+    StatusReport,
     Token,
     User,
 )
@@ -194,7 +195,20 @@ class Store(Protocol):
     async def touch_build_health(self, build_id: str, now: datetime) -> bool:
         """Record a sign of life of a running build; False when it is not running."""
 
-    async def mark_build_started(self, build_id: str, at: datetime) -> None: ...
+    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
+        """Touch a running build's health and start its machine wait if none is under way;
+        returns when the wait began, or None if the build is not running."""
+
+    async def mark_build_started(self, build_id: str, at: datetime) -> None:
+        """Record the build's start (first machine) and end its machine wait."""
+
+    async def insert_status_report(
+        self, build_id: str, received_at: datetime, report: bytes, *, max_total_bytes: int
+    ) -> bool:
+        """Keep one progress report; False (and nothing kept) once the build's reports would
+        exceed max_total_bytes."""
+
+    async def list_status_reports(self, build_id: str) -> list[StatusReport]: ...
 
     async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
         """Cancel running builds whose clients reported last before silent_since."""

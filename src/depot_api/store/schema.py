@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -106,6 +107,9 @@ builds = Table(
     # Set when the build first asks for a machine or reports health; from then on a build that
     # stops reporting is canceled after the liveness window.
     Column("last_health_at", BigInteger, nullable=True),
+    # When the build's current wait for a machine began (polled GetBuildKitConnection): the
+    # wait's deadline counts from here, in whichever process answers the next poll.
+    Column("machine_wanted_since", BigInteger, nullable=True),
     # Keyset pagination walks this index newest first.
     Index("ix_builds_project_created", "project_id", "created_at", "id"),
     Index("ix_builds_running_health", "status", "last_health_at"),
@@ -162,4 +166,16 @@ build_endpoints = Table(
     Column("acquired_at", BigInteger, nullable=False),
     Column("released_at", BigInteger, nullable=True),
     Index("ix_build_endpoints_machine", "machine_id", "released_at"),
+)
+
+# Progress the depot CLI streams during a build (ReportStatusStream frames), kept as the
+# serialized frame so that nothing it carried is lost before anything reads it.
+build_status_reports = Table(
+    "build_status_reports",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("build_id", ID, ForeignKey("builds.id"), nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("report", LargeBinary, nullable=False),
+    Index("ix_build_status_reports_build", "build_id", "id"),
 )

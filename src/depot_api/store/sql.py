@@ -19,6 +19,7 @@ from depot_api.models import (
     Hardware,
     Organization,
     Project,
+    StatusReport,
     Token,
     TokenKind,
     User,
@@ -332,6 +333,34 @@ class SqlStore(MachineQueries):
             )
             r = (await conn.execute(select(b).where(b.c.id == build_id))).first()
             return None if r is None else _build(r)
+
+    async def insert_status_report(
+        self, build_id: str, received_at: datetime, report: bytes, *, max_total_bytes: int
+    ) -> bool:
+        r = t.build_status_reports
+        async with self._write() as conn:
+            kept = await conn.scalar(
+                select(func.coalesce(func.sum(func.length(r.c.report)), 0)).where(
+                    r.c.build_id == build_id
+                )
+            )
+            if int(kept or 0) + len(report) > max_total_bytes:
+                return False
+            await conn.execute(
+                r.insert().values(
+                    build_id=build_id, received_at=to_micros(received_at), report=report
+                )
+            )
+            return True
+
+    async def list_status_reports(self, build_id: str) -> list[StatusReport]:
+        r = t.build_status_reports
+        query = select(r).where(r.c.build_id == build_id).order_by(r.c.id)
+        async with self._read() as conn:
+            return [
+                StatusReport(row.build_id, from_micros(row.received_at), bytes(row.report))
+                for row in await conn.execute(query)
+            ]
 
 
 async def _insert_token(conn: AsyncConnection, token: Token) -> None:

@@ -308,12 +308,34 @@ class MachineQueries:
             )
             return bool(result.rowcount)
 
+    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
+        """A running build asks (again) for a machine: a sign of life, and the start of its
+        wait unless one is already under way. Returns when the wait began; None if the build
+        is not running."""
+        micros = to_micros(now)
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(b)
+                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
+                .values(
+                    last_health_at=micros,
+                    machine_wanted_since=func.coalesce(b.c.machine_wanted_since, micros),
+                )
+                .returning(b.c.machine_wanted_since)
+            )
+            since = result.scalar_one_or_none()
+            return None if since is None else from_micros(since)
+
     async def mark_build_started(self, build_id: str, at: datetime) -> None:
+        """The build got its machine: its wait is over (a later wait starts afresh)."""
         async with self._write() as conn:
             await conn.execute(
                 update(b)
-                .where(b.c.id == build_id, b.c.started_at.is_(None))
-                .values(started_at=to_micros(at))
+                .where(b.c.id == build_id)
+                .values(
+                    started_at=func.coalesce(b.c.started_at, to_micros(at)),
+                    machine_wanted_since=None,
+                )
             )
 
     async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
