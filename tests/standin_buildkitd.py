@@ -4,17 +4,25 @@
 It takes buildkitd's command line, so the code under test can launch it exactly as it would
 launch `buildkitd`, and it does the part of buildkitd's job those tests care about: it serves
 mutual TLS on the TCP address it is given, with the server certificate it is given, and admits
-only clients whose certificate the given CA signed. It speaks no gRPC: each admitted client
-gets one line, `standin-buildkitd ok <client certificate CN>`, and the connection is closed.
+only clients whose certificate the given CA signed. Then:
+
+- a client that negotiates HTTP/2 (ALPN "h2", as every gRPC client does) gets gRPC: BuildKit's
+  readiness probe, moby.buildkit.v1.Control/ListWorkers, is answered with one worker of this
+  host's platform; every other method is answered `unimplemented` (it cannot build);
+- any other client gets one line, `standin-buildkitd ok <client certificate CN>`, and the
+  connection is closed.
 
 What it was given and when it ran are left in its --root directory for tests to inspect:
 
     standin-started   one JSON line: {"pid", "config" (text of --config, or null), "argv"}
                       written once the listener is up, so its presence means "ready"
-    standin-events    "started" and "stopped", one line each, appended
+    standin-events    "started" and "stopped", one line each, appended; and for each gRPC
+                      call, "grpc <method path> <client certificate CN>"
 
-It uses only the standard library, and runs on whatever `python3` is first on PATH, because it
-may be launched directly by path (`--buildkitd tests/standin_buildkitd.py`).
+It runs on whatever `python3` is first on PATH, because it may be launched directly by path
+(`--buildkitd tests/standin_buildkitd.py`). Its greeting uses only the standard library; its
+gRPC view needs the `h2` package (a test dependency), so tests that use it put the project's
+environment first on PATH.
 """
 
 from __future__ import annotations
@@ -22,12 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import selectors
 import signal
 import socket
 import ssl
 import sys
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 PROGRAM = "standin-buildkitd"
@@ -86,7 +96,7 @@ def run(options: argparse.Namespace, argv: list[str]) -> int:
                 if key.fileobj is wake_reader:
                     drain(wake_reader)
                 elif not stopping.is_set():
-                    accept(listener, context, options.debug)
+                    accept(listener, context, root, options.debug)
     listener.close()
     append_event(root, "stopped")
     log("stopped")
@@ -118,7 +128,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return options
 
 
-def accept(listener: socket.socket, context: ssl.SSLContext, debug: bool) -> None:
+def accept(listener: socket.socket, context: ssl.SSLContext, root: str, debug: bool) -> None:
     try:
         conn, peer = listener.accept()
     except OSError as exc:
@@ -126,10 +136,10 @@ def accept(listener: socket.socket, context: ssl.SSLContext, debug: bool) -> Non
         return
     if debug:
         log(f"connection from {peer[0]}:{peer[1]}")
-    threading.Thread(target=serve, args=(conn, peer, context), daemon=True).start()
+    threading.Thread(target=serve, args=(conn, peer, context, root), daemon=True).start()
 
 
-def serve(conn: socket.socket, peer: tuple[str, int], context: ssl.SSLContext) -> None:
+def serve(conn: socket.socket, peer: tuple[str, int], context: ssl.SSLContext, root: str) -> None:
     conn.settimeout(HANDSHAKE_TIMEOUT)
     try:
         tls = context.wrap_socket(conn, server_side=True)
@@ -138,6 +148,9 @@ def serve(conn: socket.socket, peer: tuple[str, int], context: ssl.SSLContext) -
         conn.close()
         return
     with tls:
+        if tls.selected_alpn_protocol() == "h2":
+            serve_grpc(tls, common_name(tls), root)
+            return
         try:
             tls.sendall(f"{PROGRAM} ok {common_name(tls)}\n".encode())
             # Half-close and wait briefly for the client to close too: closing with its bytes
@@ -149,6 +162,87 @@ def serve(conn: socket.socket, peer: tuple[str, int], context: ssl.SSLContext) -
                 pass
         except OSError:
             pass
+
+
+LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
+_events_lock = threading.Lock()
+
+
+def serve_grpc(tls: ssl.SSLSocket, client: str, root: str) -> None:
+    """Answer gRPC calls on one HTTP/2 connection until the client closes it."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+    )
+    connection.initiate_connection()
+    tls.settimeout(None)  # gRPC clients keep idle connections open
+    try:
+        tls.sendall(connection.data_to_send())
+        while data := tls.recv(65536):
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    path = dict(event.headers).get(":path", "")
+                    append_event(root, f"grpc {path} {client}")
+                    answer_grpc(connection, event.stream_id, path)
+                elif isinstance(event, h2.events.DataReceived):
+                    try:
+                        connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    except h2.exceptions.StreamClosedError:
+                        pass
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return
+            tls.sendall(connection.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError) as exc:
+        log(f"gRPC connection from {client} ended: {exc!r}")
+
+
+def answer_grpc(connection: Any, stream_id: int, path: str) -> None:
+    """ListWorkers gets one worker; anything else `unimplemented` (a trailers-only answer)."""
+    if path != LIST_WORKERS:
+        connection.send_headers(
+            stream_id,
+            [
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", "12"),
+                ("grpc-message", f"{PROGRAM} cannot build: {path} is not served"),
+            ],
+            end_stream=True,
+        )
+        return
+    message = list_workers_response()
+    connection.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+    connection.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message)
+    connection.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+
+
+def list_workers_response() -> bytes:
+    """moby.buildkit.v1.ListWorkersResponse{record: [{ID, platforms: [{Architecture, OS}]}]},
+    encoded by hand: two nested length-delimited fields need no protobuf runtime."""
+    architecture = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
+    platform_message = _field(1, architecture.encode()) + _field(2, b"linux")
+    record = _field(1, PROGRAM.encode()) + _field(3, platform_message)
+    return _field(1, record)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def common_name(tls: ssl.SSLSocket) -> str:
@@ -168,7 +262,7 @@ def record_start(root: str, config: str | None, argv: list[str]) -> None:
 
 
 def append_event(root: str, event: str) -> None:
-    with open(os.path.join(root, "standin-events"), "a", encoding="utf-8") as file:
+    with _events_lock, open(os.path.join(root, "standin-events"), "a", encoding="utf-8") as file:
         file.write(event + "\n")
 
 

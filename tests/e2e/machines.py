@@ -71,7 +71,7 @@ class AgentProcess:
 
     def events(self, project_id: str) -> list[str]:
         path = self.state_dir / "cache" / project_id / "standin-events"
-        return path.read_text().split() if path.exists() else []
+        return path.read_text().splitlines() if path.exists() else []
 
 
 @contextmanager
@@ -90,7 +90,12 @@ def agent(
             "--buildkitd", str(STANDIN),
             "--state-dir", str(state_dir),
         ],
-        env={**os.environ, "DEPOT_API_AGENT_TOKEN": token},
+        # The project's environment first on PATH: the stand-in's gRPC view needs h2.
+        env={
+            **os.environ,
+            "DEPOT_API_AGENT_TOKEN": token,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
