@@ -28,6 +28,7 @@ environment first on PATH.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -189,12 +190,11 @@ def serve_grpc(tls: ssl.SSLSocket, client: str, root: str) -> None:
                     append_event(root, f"grpc {path} {client}")
                     answer_grpc(connection, event.stream_id, path)
                 elif isinstance(event, h2.events.DataReceived):
-                    try:
+                    # The client may still send on a stream this side has answered.
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
                         connection.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id
                         )
-                    except h2.exceptions.StreamClosedError:
-                        pass
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     return
             tls.sendall(connection.data_to_send())

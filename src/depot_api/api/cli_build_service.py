@@ -23,7 +23,7 @@ from depot_api.domain.build_reports import BuildReports
 from depot_api.domain.builds import Builds, Outcome
 from depot_api.domain.endpoints import Active, Endpoints, Pending
 from depot_api.domain.errors import InvalidArgument, NotFound
-from depot_api.domain.ids import is_id
+from depot_api.domain.ids import is_id, quoted
 from depot_api.gen.depot.cli.v1 import build_connect
 from depot_api.gen.depot.cli.v1 import build_pb as pb
 from depot_api.models import Build, BuildStatus
@@ -61,7 +61,7 @@ class CliBuildServiceImpl(build_connect.BuildService):
         # ID is reported as not found rather than as invalid.
         if not is_id(project_id):
             raise NotFound(
-                f'project "{project_id[:40]}" not found; pass --project or set DEPOT_PROJECT_ID'
+                f"project {quoted(project_id)} not found; pass --project or set DEPOT_PROJECT_ID"
                 if project_id
                 else "no project given; pass --project, set DEPOT_PROJECT_ID or add depot.json"
             )

@@ -27,12 +27,12 @@ def require_id(value: str, field: str) -> str:
         raise InvalidArgument(f"{field} is required")
     if not _SHAPE.fullmatch(value):
         raise InvalidArgument(
-            f"{field} {_quote(value)} is not a valid ID (expected 10 lowercase letters or digits)"
+            f"{field} {quoted(value)} is not a valid ID (expected 10 lowercase letters or digits)"
         )
     return value
 
 
-def _quote(value: str) -> str:
+def quoted(value: str) -> str:
     """Echo at most a short, printable prefix of what the caller sent."""
     shown = value[:40].encode("unicode_escape").decode("ascii")
     return f'"{shown}…"' if len(value) > 40 else f'"{shown}"'
