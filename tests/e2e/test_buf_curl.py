@@ -39,6 +39,10 @@ OUR_SERVICES = {
     "depot.core.v1.OrganizationService",
     "depot.buildkit.v1.BuildKitService",
     "depotapi.machine.v1.MachineService",
+    "depot.cli.v1.BuildService",
+    "depot.cli.v1.PushService",
+    "depot.cli.v1beta1.ProjectsService",
+    "depot.cli.v1beta1.LoginService",
 }
 REFLECTION_SERVICES = {
     "grpc.reflection.v1.ServerReflection",
