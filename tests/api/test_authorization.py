@@ -34,7 +34,7 @@ from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb
 
 from ..conftest import Clients, InProcessAPI
-from ..world import World, build_world
+from ..world import World, WorldCache
 
 UNAUTHENTICATED_CALLERS = ("none", "malformed", "unknown", "revoked")
 CALLERS = (
@@ -550,6 +550,8 @@ def _success() -> Any:
     return Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
 
 
+_worlds = WorldCache()
+
 CASES = [
     pytest.param(r, caller, id=f"{r.rpc}{'[' + r.variant + ']' if r.variant else ''}-{caller}")
     for r in TABLE
@@ -559,7 +561,7 @@ CASES = [
 
 @pytest.mark.parametrize(("entry", "caller"), CASES)
 async def test_authorization(api: InProcessAPI, entry: Row, caller: str) -> None:
-    world = await build_world(api)
+    world = await _worlds.world(api)
     expected = entry.expected[caller]
     if expected is None:
         response = await entry.call(api.clients("connect-proto"), world, world.headers(caller))
