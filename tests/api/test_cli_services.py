@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,17 @@ AMD64 = cli.BuilderPlatform.AMD64
 URL_TEMPLATE = "https://ci.example.com/depot/{project_id}/{build_id}"
 
 
+ACQUIRE_TIMEOUT = timedelta(seconds=0.5)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database=database_url, build_url=URL_TEMPLATE)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database=database_url,
+        build_url=URL_TEMPLATE,
+        acquire_timeout=ACQUIRE_TIMEOUT,
+    )
 
 
 async def _project(c: Clients, h: dict[str, str], name: str = "app") -> str:
@@ -272,3 +282,19 @@ async def test_login_and_push_explain_what_to_do_instead(api: InProcessAPI) -> N
         )
     assert raised.value.code == Code.UNIMPLEMENTED
     assert "no image registry" in raised.value.message
+
+
+async def test_the_polled_wait_ends_in_resource_exhausted(api: InProcessAPI) -> None:
+    c, h = api.clients("connect-proto"), bearer(api.org_token)
+    build = await c.cli_builds.create_build(
+        cli.CreateBuildRequest(project_id=await _project(c, h)), headers=h
+    )
+    poll = cli.GetBuildKitConnectionRequest(build_id=build.build_id, platform=AMD64)
+    first = await c.cli_builds.get_build_kit_connection(poll, headers=h)
+    assert first.connection is not None
+    assert first.connection.field == "pending"
+    await asyncio.sleep(ACQUIRE_TIMEOUT.total_seconds() + 0.1)
+    with pytest.raises(ConnectError) as raised:
+        await c.cli_builds.get_build_kit_connection(poll, headers=h)
+    assert raised.value.code == Code.RESOURCE_EXHAUSTED
+    assert "no amd64 BuildKit machine became ready" in raised.value.message
