@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -230,3 +231,127 @@ def _fields(message: bytes) -> list[tuple[int, bytes]]:
         fields.append((tag >> 3, message[2 : 2 + length]))
         message = message[2 + length :]
     return fields
+
+
+def test_refuses_another_projects_client_and_keeps_serving(launcher: Launcher, pki: PKI) -> None:
+    daemon = launcher.launch()
+    other_ca = new_project_ca("proj000002", now=pki.now)
+    with pytest.raises(ssl.SSLError, match=r"UNKNOWN_CA|unknown ca"):
+        # TLS 1.3: the refusal arrives as an alert after the client's side of the handshake.
+        daemon.greet(pki.client_context("intruder", ca=other_ca))
+    daemon.wait_for_stderr("certificate verify failed")
+    assert "ok build intruder" not in daemon.stderr()
+
+    received, _ = daemon.greet(pki.client_context("next"))
+    assert received == b"standin-buildkitd ok build next\n"
+    assert daemon.process.poll() is None
+
+
+def test_refuses_a_client_without_a_certificate(launcher: Launcher, pki: PKI) -> None:
+    daemon = launcher.launch()
+    with pytest.raises(ssl.SSLError, match=r"CERTIFICATE_REQUIRED|certificate required"):
+        daemon.greet(pki.client_context(None))
+    daemon.wait_for_stderr("peer did not return a certificate")
+    received, _ = daemon.greet(pki.client_context("after"))
+    assert received == b"standin-buildkitd ok build after\n"
+
+
+def test_a_stalled_connection_does_not_block_others(launcher: Launcher, pki: PKI) -> None:
+    daemon = launcher.launch()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10):
+        # Connected, never handshakes: the next client is still served at once.
+        received, _ = daemon.greet(pki.client_context("b"))
+        assert received == b"standin-buildkitd ok build b\n"
+
+
+def test_records_its_flags_and_config(launcher: Launcher, tmp_path: Path) -> None:
+    config = tmp_path / "buildkitd.toml"
+    config.write_text('[worker.oci]\n  gc = true\n  gckeepstorage = "10GB"\n')
+    root = tmp_path / "state" / "buildkit"
+    extra = [
+        "--config",
+        str(config),
+        "--debug",
+        "--oci-worker-no-process-sandbox",  # buildkitd flags the stand-in does not know
+        "--oci-worker-gc-keepstorage",
+        "10000",
+        "--group=1000",
+    ]
+    daemon = launcher.launch(*extra, root=root)
+    record = daemon.started()
+    assert record["pid"] == daemon.process.pid
+    assert record["config"] == config.read_text()
+    argv = record["argv"]
+    assert isinstance(argv, list)
+    assert argv[:2] == ["--addr", f"tcp://127.0.0.1:{daemon.port}"]
+    assert argv[-len(extra) :] == extra
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert daemon.events() == ["started"]
+
+
+def test_config_is_null_without_config_flag(launcher: Launcher) -> None:
+    daemon = launcher.launch()
+    assert daemon.started()["config"] is None
+
+
+def test_serves_the_first_tcp_address(launcher: Launcher, pki: PKI, tmp_path: Path) -> None:
+    port, ignored = free_port(), free_port()
+    root = tmp_path / "root"
+    flags = launcher.flags(port, root)
+    command = [sys.executable, str(STANDIN), "--addr", "unix:///run/buildkit/buildkitd.sock"]
+    command += [*flags, "--addr", f"tcp://127.0.0.1:{ignored}"]
+    daemon = launcher.start(command, port, root)
+    received, _ = daemon.greet(pki.client_context("b"))
+    assert received == b"standin-buildkitd ok build b\n"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ignored), timeout=10).close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stops_cleanly_on_signal(launcher: Launcher, pki: PKI, signum: signal.Signals) -> None:
+    daemon = launcher.launch()
+    daemon.greet(pki.client_context("b"))
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10):
+        # Even with a connection mid-handshake the daemon stops at once.
+        os.kill(daemon.process.pid, signum)
+        assert daemon.process.wait(timeout=1) == 0
+    assert daemon.events() == ["started", "stopped"]
+    assert (daemon.root / "standin-started").exists()  # kept for the test to inspect
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=10).close()
+
+
+def test_restart_appends_events(launcher: Launcher, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for _ in range(2):
+        daemon = launcher.launch(root=root)
+        os.kill(daemon.process.pid, signal.SIGTERM)
+        assert daemon.process.wait(timeout=1) == 0
+    assert daemon.events() == ["started", "stopped", "started", "stopped"]
+
+
+def test_runs_directly_by_path(launcher: Launcher, pki: PKI, tmp_path: Path) -> None:
+    assert os.access(STANDIN, os.X_OK)
+    assert STANDIN.read_text().startswith("#!/usr/bin/env python3\n")
+    port = free_port()
+    root = tmp_path / "root"
+    daemon = launcher.start([str(STANDIN), *launcher.flags(port, root)], port, root)
+    received, _ = daemon.greet(pki.client_context("b"))
+    assert received == b"standin-buildkitd ok build b\n"
+    os.kill(daemon.process.pid, signal.SIGTERM)
+    assert daemon.process.wait(timeout=5) == 0
+    assert daemon.events() == ["started", "stopped"]
+
+
+def test_refuses_to_start_without_a_tcp_address(tmp_path: Path) -> None:
+    flags = ["--tlscert", "c", "--tlskey", "k", "--tlscacert", "ca", "--root", str(tmp_path / "r")]
+    result = subprocess.run(
+        [sys.executable, str(STANDIN), "--addr", "unix:///tmp/x.sock", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no --addr tcp://HOST:PORT given" in result.stderr
+    assert not (tmp_path / "r").exists()
