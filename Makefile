@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 NODE_E2E := tests/e2e/node
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast check lint typecheck generate generate-check clean
+.PHONY: install run test test-fast check lint typecheck generate generate-check clean \
+	bench bench-smoke bench-tools
 
 install: $(STAMP) $(NODE_E2E)/node_modules/.installed
 
@@ -28,6 +29,19 @@ test: install
 # The in-process tests only (no server processes, agents or real clients): a quick loop.
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e"
+
+# Benchmarks (bench/README.md): the full run, and a short bounded one that CI runs.
+bench: install bench-tools
+	$(BIN)/python -m bench.run
+
+bench-smoke: install bench-tools
+	$(BIN)/python -m bench.run --quick
+
+# The load generators, from Debian's packages.
+bench-tools:
+	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get install -y -q nghttp2-client wrk || \
+	   (apt-get update -q && apt-get install -y -q nghttp2-client wrk))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)

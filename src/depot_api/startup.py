@@ -21,12 +21,13 @@ async def prepare(settings: Settings) -> str | None:
     """
     make_data_dir(settings.data_dir)
     engine = create_engine(settings.database_url)
+    store = SqlStore(engine)
     try:
         async with startup_lock(engine):
             await migrate(engine)
-            secret = await build_domain(SqlStore(engine), settings).organizations.bootstrap()
+            secret = await build_domain(store, settings).organizations.bootstrap()
     finally:
-        await engine.dispose()
+        await store.close()  # and the engine with it
     if secret is not None:
         fd = os.open(settings.initial_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -11,7 +11,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -67,11 +67,11 @@ def create_engine(url: str) -> AsyncEngine:
             },
         )
     engine = create_async_engine(url)
-    _configure_sqlite(engine)
+    configure_sqlite(engine.sync_engine)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def configure_sqlite(engine: Engine) -> None:
     """WAL, a busy timeout, foreign keys, and transactions that SQLAlchemy begins itself.
 
     Python's sqlite3 module would otherwise begin transactions lazily and DEFERRED, so two
@@ -83,7 +83,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     in the operating system's hands); only a power loss may drop the last transactions.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -93,7 +93,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("depot_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,1 @@
+"""Benchmarks of depot-api against a real server process; `make bench` runs them (README)."""
