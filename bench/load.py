@@ -64,11 +64,12 @@ def h2load(
     summary = completed.stdout
     rps = float(_find(r"finished in [\d.]+\w+, ([\d.]+) req/s", summary))
     done = int(_find(r"requests: \d+ total, \d+ started, (\d+) done", summary))
-    ok = int(_find(r"status codes: (\d+) 2xx", summary))
-    failed = int(_find(r"(\d+) failed", summary))
+    refused = sum(map(int, _find(r"status codes: \d+ 2xx, (\d+ 3xx, \d+ 4xx, \d+) 5xx", summary)
+                  .replace("3xx,", "").replace("4xx,", "").split()))  # fmt: skip
+    errored = int(_find(r"(\d+) errored", summary)) + int(_find(r"(\d+) timeout", summary))
     return Result(
         requests=done,
-        errors=done - ok + failed,
+        errors=refused + errored,
         rps=rps,
         p50_ms=statistics.median(latencies) if latencies else 0.0,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0,

@@ -254,28 +254,35 @@ def _post(
 
 def _prepare(server: servers.Server, database: str | None, data_dir: Path, plan: Plan) -> Fixture:
     call = _caller(server)
-    project = call("depot.core.v1.ProjectService/CreateProject",
-                   {"name": "bench", "regionId": "us-east-1"})["project"]  # fmt: skip
+
+    def new_project(name: str) -> dict[str, str]:
+        body = {"name": name, "regionId": "us-east-1"}
+        project: dict[str, str] = call("depot.core.v1.ProjectService/CreateProject", body)[
+            "project"
+        ]  # type: ignore[assignment]
+        return project
+
+    project = new_project("bench")
     org_id = project["organizationId"]
     build = call("depot.build.v1.BuildService/CreateBuild", {"projectId": project["projectId"]})
     db = database or ""
     list_projects: dict[int, str] = {}
     deep_tokens: dict[int, str] = {}
     for index, size in enumerate(plan.sizes):
-        listed = call("depot.core.v1.ProjectService/CreateProject",
-                      {"name": f"list-{size}", "regionId": "us-east-1"})["project"]["projectId"]  # fmt: skip
+        listed = new_project(f"list-{size}")["projectId"]
         rows = seed.build_rows(f"l{index}", listed, org_id, size, BuildStatus.SUCCESS)
         seed.insert(db, data_dir, rows)
         list_projects[size] = listed
         middle = rows[size // 2]  # newest first: about half the builds come after it
         deep_tokens[size] = encode_page_token((int(str(middle[4])), str(middle[0])))
-    finish_project = call("depot.core.v1.ProjectService/CreateProject",
-                          {"name": "finish", "regionId": "us-east-1"})["project"]["projectId"]  # fmt: skip
+    finish_project = new_project("finish")["projectId"]
     running = seed.build_rows("f", finish_project, org_id, plan.finishable, BuildStatus.RUNNING)
     seed.insert(db, data_dir, running)
     finish_ids = data_dir / "finish-ids"
     finish_ids.write_text("".join(f"{r[0]}\n" for r in running))
-    return Fixture(project["projectId"], build["buildId"], list_projects, deep_tokens, finish_ids)
+    return Fixture(
+        project["projectId"], str(build["buildId"]), list_projects, deep_tokens, finish_ids
+    )
 
 
 def _caller(server: servers.Server) -> Callable[[str, dict[str, object]], dict[str, object]]:

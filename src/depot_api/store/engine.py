@@ -95,8 +95,10 @@ def configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("depot_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("depot_single_statement", False):
+            return  # one statement is its own transaction in SQLite's autocommit mode
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("depot_write", False) else "BEGIN")
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -44,6 +44,8 @@ class SqlStore(MachineQueries):
         # Writes ask SQLite for the write lock up front (BEGIN IMMEDIATE), so two writers never
         # deadlock upgrading read locks; see depot_api.store.engine.
         self._write_engine = self._engine.execution_options(depot_write=True)
+        # Every read here is a single SELECT: on SQLite it needs no BEGIN and ROLLBACK around it.
+        self._read_engine = self._engine.execution_options(depot_single_statement=True)
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -56,7 +58,7 @@ class SqlStore(MachineQueries):
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with _translated(), self._engine.connect() as conn:
+        async with _translated(), self._read_engine.connect() as conn:
             yield conn
 
     @asynccontextmanager
