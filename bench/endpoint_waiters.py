@@ -34,16 +34,20 @@ WAIT_WINDOW_SECONDS = 10.0
 class Waiting:
     streams: int
     waiting_cores: float
-    served_seconds: float
     served: int
+    # From the agent's start, and from the first `active` answer (the machine was ready), to
+    # the last stream's `active` answer.
+    served_after_agent_start: float
+    served_after_machine_ready: float
     rss_mb: float
 
     def describe(self) -> str:
         return (
             f"GetEndpoint: {self.streams} streams waiting for a machine used "
-            f"{self.waiting_cores * 100:.1f}% of one core over {WAIT_WINDOW_SECONDS:g} s; "
-            f"{self.served} of them were served {self.served_seconds:.2f} s after the agent "
-            f"started; peak RSS {self.rss_mb:.0f} MB per process"
+            f"{self.waiting_cores * 100:.1f}% of one core over {WAIT_WINDOW_SECONDS:g} s.\n"
+            f"{self.served} of them were served: the last {self.served_after_agent_start:.2f} s "
+            f"after the agent started, {self.served_after_machine_ready:.2f} s after the first "
+            f"(when the machine was ready). Peak RSS {self.rss_mb:.0f} MB per process."
         )
 
 
@@ -79,10 +83,13 @@ async def waiting_streams(count: int) -> Waiting:
             finally:
                 agent.terminate()
                 agent.wait(15)
-            last = max(served_at, default=started) - started
+            last = max(served_at, default=started)
+            first = min(served_at, default=started)
             for task in tasks:
                 task.cancel()
-            return Waiting(count, usage.cores, last, len(served_at), usage.max_rss_mb)
+            return Waiting(
+                count, usage.cores, len(served_at), last - started, last - first, usage.max_rss_mb
+            )
 
 
 async def _wait(

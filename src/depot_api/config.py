@@ -43,7 +43,7 @@ class Settings:
     machine_lost_after: timedelta = timedelta(seconds=15)
     machine_idle_release: timedelta = timedelta(seconds=300)
     acquire_timeout: timedelta = timedelta(seconds=300)
-    pending_interval: timedelta = timedelta(seconds=2)
+    pending_interval: timedelta = timedelta(seconds=10)
     liveness_window: timedelta = timedelta(seconds=180)
     # Client certificates expire this long after their build was created.
     max_build_duration: timedelta = timedelta(hours=24)

@@ -21,9 +21,19 @@ class ChangeFeed:
         self._waiters = 0
         self._poller: asyncio.Task[None] | None = None
         self._stamp: Hashable | None = None
+        # Counts the moves seen: a waiter that was busy (not waiting) when the stamp moved
+        # still learns of it, by comparing with the generation it saw before its work.
+        self._generation = 0
 
-    async def wait(self, seconds: float) -> bool:
-        """Wait until the stamp moves (True) or the seconds pass (False)."""
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    async def wait(self, seconds: float, seen: int) -> bool:
+        """Wait until the stamp has moved since generation `seen` (True), or the seconds pass
+        (False). Returns at once if it already has."""
+        if self._generation != seen:
+            return True
         self._waiters += 1
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
@@ -53,6 +63,7 @@ class ChangeFeed:
                 first = self._stamp is None
                 self._stamp = stamp
                 if not first:
+                    self._generation += 1
                     self._changed.set()
                     self._changed = asyncio.Event()
             await asyncio.sleep(self._interval)

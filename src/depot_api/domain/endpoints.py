@@ -31,7 +31,7 @@ SERVER_CERT_LIFETIME = timedelta(days=90)
 # times per liveness window.
 _WAITING_IS_ALIVE_EVERY = 30.0
 # A waiting build tries again at least this often, even when nothing seemed to change.
-_RETRY_EVERY = 10.0
+_RETRY_EVERY = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +96,10 @@ class Endpoints:
         last_pending = last_alive = started - pending_every
         last_try = started
         changed = True
+        seen = self._feed.generation
         while True:
             if changed:
+                seen = self._feed.generation
                 last_try = time.monotonic()
                 build = await self._running(principal, build_id)
                 machine = await self._acquire(build, platform, ca)
@@ -119,7 +121,7 @@ class Endpoints:
                 alive_every - (moment - last_alive),
                 deadline - moment,
             )
-            changed = await self._feed.wait(max(wait, 0.01))
+            changed = await self._feed.wait(max(wait, 0.01), seen)
             changed = changed or time.monotonic() - last_try >= _RETRY_EVERY
 
     async def poll(

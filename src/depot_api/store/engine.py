@@ -52,13 +52,14 @@ def normalize_url(url: str) -> str:
 def create_engine(url: str) -> AsyncEngine:
     url = normalize_url(url)
     if url.startswith("postgresql"):
-        # pre_ping replaces connections that died while idle (a PostgreSQL restart), so the
-        # service recovers by itself; the pool is per process.
+        # No pre-ping: it cost a round trip before every transaction. A connection that died
+        # while idle (PostgreSQL restarted) fails its statement instead; SQLAlchemy then drops
+        # it and every pooled connection older than it, the caller gets `unavailable`, and the
+        # next call opens a fresh one. The pool is per process.
         return create_async_engine(
             url,
             pool_size=10,
             max_overflow=20,
-            pool_pre_ping=True,
             pool_timeout=POSTGRES_POOL_TIMEOUT_S,
             # Bounded waits: an unreachable database makes callers wait seconds, not minutes.
             connect_args={

@@ -44,8 +44,14 @@ class SqlStore(MachineQueries):
         # Writes ask SQLite for the write lock up front (BEGIN IMMEDIATE), so two writers never
         # deadlock upgrading read locks; see depot_api.store.engine.
         self._write_engine = self._engine.execution_options(depot_write=True)
-        # Every read here is a single SELECT: on SQLite it needs no BEGIN and ROLLBACK around it.
-        self._read_engine = self._engine.execution_options(depot_single_statement=True)
+        # Every read here is a single SELECT, which needs no BEGIN and ROLLBACK around it: on
+        # SQLite the statement is its own transaction, on PostgreSQL autocommit makes it one
+        # round trip instead of three.
+        self._read_engine = (
+            self._engine.execution_options(depot_single_statement=True)
+            if isinstance(self._engine, InlineEngine)
+            else self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     async def close(self) -> None:
         await self._engine.dispose()
