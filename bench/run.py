@@ -85,8 +85,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short, bounded run")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), action="append")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument(
+        "--waiters-only", action="store_true", help="only the waiting GetEndpoint streams"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.waiters_only:
+        print(asyncio.run(waiting_streams(plan.waiters)).describe())
+        return
     backends = tuple(args.backend) if args.backend else plan.backends
 
     cores = os.cpu_count() or 1

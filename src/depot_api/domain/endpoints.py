@@ -173,10 +173,17 @@ class Endpoints:
     async def close(self) -> None:
         await self._feed.close()
 
-    async def _machine_stamp(self) -> tuple[int, int]:
-        """Moves when a machine changes, and when one falls silent (so its builds move on)."""
-        lost_before = self._now() - self._timings.machine_lost_after
-        return await self._store.machine_stamp(lost_before)
+    async def _machine_stamp(self) -> tuple[int, int, int]:
+        """Moves when a machine changes, when one falls silent (so its builds move on), and
+        when one that missed heartbeats is heard from again (so it may be handed out: under
+        load, a burst of hand-outs can delay heartbeats past the freshness bound)."""
+        now = self._now()
+        return await self._store.machine_stamp(
+            now - self._timings.machine_lost_after, self._fresh_since(now)
+        )
+
+    def _fresh_since(self, now: datetime) -> datetime:
+        return now - 3 * self._timings.machine_heartbeat
 
     def _no_machine(self, platform: Platform, build_id: str) -> ResourceExhausted:
         return ResourceExhausted(
@@ -187,8 +194,7 @@ class Endpoints:
     def _serving(self, machine: Machine) -> bool:
         """Ready, and heard from lately: a machine that missed three heartbeats is not handed
         out, even before it is declared lost."""
-        fresh_since = self._now() - 3 * self._timings.machine_heartbeat
-        return machine.ready and machine.last_heartbeat_at >= fresh_since
+        return machine.ready and machine.last_heartbeat_at >= self._fresh_since(self._now())
 
     async def _running(self, principal: Principal, build_id: str) -> Build:
         build = await self._builds.get(principal, build_id)

@@ -139,8 +139,11 @@ class Store(Protocol):
 
     async def list_machines(self) -> list[Machine]: ...
 
-    async def machine_stamp(self, lost_before: datetime) -> tuple[int, int]:
-        """(last change of any machine, machines silent since lost_before)."""
+    async def machine_stamp(
+        self, lost_before: datetime, stale_before: datetime
+    ) -> tuple[int, int, int]:
+        """(last change of any machine, machines silent since lost_before, machines silent
+        since stale_before)."""
 
     async def record_heartbeat(
         self,

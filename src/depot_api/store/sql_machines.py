@@ -75,16 +75,20 @@ class MachineQueries:
         async with self._read() as conn:
             return [_machine(r) for r in await conn.execute(select(m).order_by(m.c.registered_at))]
 
-    async def machine_stamp(self, lost_before: datetime) -> tuple[int, int]:
-        """(last change, machines silent since lost_before): moves when a waiting build may
-        proceed."""
-        silent = and_(
-            m.c.state != MachineState.GONE.value, m.c.last_heartbeat_at < to_micros(lost_before)
+    async def machine_stamp(
+        self, lost_before: datetime, stale_before: datetime
+    ) -> tuple[int, int, int]:
+        """(last change, machines silent since lost_before, since stale_before): moves when a
+        waiting build may proceed."""
+        live = m.c.state != MachineState.GONE.value
+        lost = and_(live, m.c.last_heartbeat_at < to_micros(lost_before))
+        stale = and_(live, m.c.last_heartbeat_at < to_micros(stale_before))
+        query = select(
+            func.max(m.c.changed_at), func.count().filter(lost), func.count().filter(stale)
         )
-        query = select(func.max(m.c.changed_at), func.count().filter(silent))
         async with self._read() as conn:
-            changed, lost = (await conn.execute(query)).one()
-            return int(changed or 0), int(lost or 0)
+            changed, lost_count, stale_count = (await conn.execute(query)).one()
+            return int(changed or 0), int(lost_count or 0), int(stale_count or 0)
 
     async def record_heartbeat(
         self,
