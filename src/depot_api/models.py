@@ -126,7 +126,8 @@ class Build:
 @dataclass(frozen=True, slots=True)
 class StatusReport:
     """One progress report a client sent during a build: a serialized
-    depot.cli.v1.ReportStatusStreamRequest, as it arrived."""
+    depot.cli.v1.ReportStatusStreamRequest, as it arrived (the unary ReportStatusRequest of
+    older CLIs has the same fields and numbers, so its bytes read the same way)."""
 
     build_id: str
     received_at: datetime

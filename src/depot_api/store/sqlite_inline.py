@@ -33,6 +33,7 @@ class InlineEngine:
 
     @classmethod
     def for_url(cls, url: str | URL) -> InlineEngine:
+        # Imported here: depot_api.store.engine imports the store, which imports this module.
         from depot_api.store.engine import configure_sqlite
 
         sync_url = make_url(url).set(drivername="sqlite+pysqlite")
