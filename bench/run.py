@@ -172,8 +172,7 @@ def _scenarios(
                 project_pb.ListProjectsRequest(page_size=100),
             ),
         )
-        sizes = plan.sizes if protocol == "connect-json" else plan.sizes[:1]
-        for size in sizes:
+        for size in plan.sizes:
             project = fixture.list_projects[size]
             yield (
                 f"ListBuilds first page, {size:,}",
