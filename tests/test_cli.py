@@ -111,3 +111,13 @@ def test_defaults_without_environment() -> None:
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.data_dir == Path("depot-api-data")
+
+
+@pytest.mark.parametrize("template", ["{build}", "{project_id", "{build_id.x}", "{0}"])
+def test_serve_refuses_a_build_url_with_unknown_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], template: str
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["serve", "--data-dir", str(tmp_path), "--build-url", template])
+    assert "--build-url may use {project_id} and {build_id}" in str(raised.value.code)
+    assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything

@@ -155,9 +155,9 @@ class Endpoints:
         return build.finished_at or self._now()
 
     async def report_health(self, principal: Principal, build_id: str) -> None:
-        build = await self._builds.get(principal, build_id)
-        if not await self._store.touch_build_health(build.id, self._now()):
-            raise FailedPrecondition(f"build {build_id} has ended ({build.status.value})")
+        """A streaming client's sign of life; an ended build is failed_precondition."""
+        if await self.health(principal, build_id) is not None:
+            raise FailedPrecondition(f"build {build_id} has ended")
 
     async def release(self, principal: Principal, build_id: str, platform: Platform) -> None:
         build = await self._builds.get(principal, build_id)
