@@ -1,0 +1,1 @@
+"""Long-running campaigns against real server processes (campaigns/README.md)."""
