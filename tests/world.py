@@ -3,11 +3,12 @@ directly through the domain of an in-process app, for tests that need many calle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Table, select
 
+from depot_api.domain.builds import Outcome
 from depot_api.domain.principal import Principal
 from depot_api.models import Platform, TokenKind
 from depot_api.store.engine import create_engine
@@ -60,6 +61,12 @@ async def build_world(api: InProcessAPI) -> World:
     build_a, build_a_token = await d.builds.create(admin_a, project_a)
     build_a2, _ = await d.builds.create(admin_a, project_a2)
     build_b, _ = await d.builds.create(admin_b, project_b)
+    # An organization token past its expiry, and the token of a build that has ended (the
+    # matrix runs with no grace period after a build ends).
+    expired, expired_secret = d.tokens.new_token(TokenKind.ORG, "old", org_id=org_a.id)
+    await d.store.insert_token(replace(expired, expires_at=expired.created_at))
+    ended, ended_build_token = await d.builds.create(admin_a, project_a)
+    await d.builds.finish(admin_a, ended.id, Outcome.success())
     machine_token, machine_secret = await d.tokens.create_machine_token("agents")
     machine = await d.machines.register(
         Principal(machine_token.id, TokenKind.MACHINE, frozenset()),
@@ -83,6 +90,8 @@ async def build_world(api: InProcessAPI) -> World:
             "malformed": "dpo_not-a-real-token",
             "unknown": _unknown_but_well_formed(),
             "revoked": revoked_secret,
+            "expired": expired_secret,
+            "ended_build": ended_build_token,
             "org": org_a_token,
             "other_org": org_b_token,
             "member": member_token,

@@ -1,4 +1,5 @@
-"""The ASGI application: every Connect service, gRPC reflection, /healthz and /readyz.
+"""The ASGI application: every Connect service, gRPC reflection, /healthz, /readyz and
+/openapi.yaml.
 
 Routing is one dictionary lookup on the service prefix of the path. Starlette's Mount did the
 same job at a measured cost of about 15% of throughput on this hot path (docs/decisions.md).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from importlib import resources
 from typing import Any
 
 from connectrpc.codec import proto_binary_codec
@@ -27,8 +29,10 @@ from depot_api.api.cli_build_service import CliBuildServiceImpl
 from depot_api.api.cli_projects_service import CliProjectsServiceImpl
 from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
+from depot_api.api.errors import ErrorMapping
 from depot_api.api.guard import RequestGuard
 from depot_api.api.json_codec import LenientKeysJSONCodec
+from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
 from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
@@ -64,6 +68,9 @@ _SWEEP_EVERY_SECONDS = 5.0
 # How soon a client that went away mid-call is noticed (see _guarded). Each waiting stream
 # polls this often: 1 000 waiting GetEndpoint streams cost 1 000 wake-ups a second at 1 s.
 _DISCONNECT_POLL_SECONDS = 5.0
+# The HTTP/JSON view's OpenAPI document (package data; tests/test_openapi.py keeps it true),
+# read once: it is served as is.
+_OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -76,14 +83,18 @@ def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
 class DepotAPI:
     def __init__(self, domain: Domain, settings: Settings) -> None:
         self.domain = domain
+        self.limits = limits = Limits(
+            RateLimiter(settings.rate_limit, settings.rate_burst),
+            StreamLimiter(settings.max_streams_per_token),
+        )
         options: dict[str, Any] = {
-            "interceptors": [RequestGuard(domain.authenticator)],
+            "interceptors": [RequestGuard(domain.authenticator, limits)],
             "read_max_bytes": settings.max_message_bytes,
             "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
         }
         machine_options = {
             **options,
-            "interceptors": [RequestGuard(domain.authenticator, machines=True)],
+            "interceptors": [RequestGuard(domain.authenticator, limits, machines=True)],
         }
         services: list[Any] = [
             project_connect.ProjectServiceASGIApplication(
@@ -117,7 +128,7 @@ class DepotAPI:
             push_connect.PushServiceASGIApplication(CliPushServiceImpl(), **options),
             # Login is called without a token: it must reach its handler to explain itself.
             login_connect.LoginServiceASGIApplication(
-                CliLoginServiceImpl(), **{**options, "interceptors": []}
+                CliLoginServiceImpl(), **{**options, "interceptors": [ErrorMapping()]}
             ),
         ]
         files = [
@@ -132,10 +143,19 @@ class DepotAPI:
             push_pb.desc(),
             login_pb.desc(),
         ]
-        services.append(ServerReflectionASGIApplication(ServerReflectionService(*files)))
-        services.append(ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files)))
+        # Reflection takes no token; its requests are held to the same size limit.
+        reflection: dict[str, Any] = {
+            "interceptors": [ErrorMapping()],
+            "read_max_bytes": settings.max_message_bytes,
+        }
+        services.append(
+            ServerReflectionASGIApplication(ServerReflectionService(*files), **reflection)
+        )
+        services.append(
+            ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files), **reflection)
+        )
         self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
-        self._seed_get_endpoint = SeedGetEndpoint(domain, settings.max_message_bytes)
+        self._seed_get_endpoint = SeedGetEndpoint(domain, limits, settings.max_message_bytes)
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
         self._max_bytes = settings.max_message_bytes
@@ -145,18 +165,26 @@ class DepotAPI:
         if kind == "http":
             path: str = scope["path"]
             service = self._routes.get(path.rsplit("/", 1)[0])
-            if path == seed_endpoint.PATH and seed_endpoint.is_plain_json(scope):
+            # Only a POST is the seed's view; any other method goes on to connectrpc, which
+            # answers 405 as for every RPC (the fuzzing found a 501 here).
+            if (
+                path == seed_endpoint.PATH
+                and scope["method"] == "POST"
+                and seed_endpoint.is_plain_json(scope)
+            ):
                 body = await _read_body_first(receive, self._max_bytes)
                 await self._seed_get_endpoint(scope, _guarded(receive, body), send)
             elif service is not None:
                 body = []
                 if _is_unary_connect(scope):
                     body = await _read_body_first(receive, self._max_bytes)
-                await service(scope, _guarded(receive, body), send)
+                await service(_utf8_headers(scope), _guarded(receive, body), send)
             elif path == "/healthz":
                 await _plain(send, 200, b"ok\n")
             elif path == "/readyz":
                 await self._ready(send)
+            elif path == "/openapi.yaml":
+                await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
             else:
                 await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
                 await _plain(send, 404, b"not found\n")
@@ -229,6 +257,28 @@ async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:
     return buffered
 
 
+def _utf8_headers(scope: Scope) -> Scope:
+    """The scope with every header name and value valid UTF-8, as connectrpc needs them.
+
+    connectrpc decodes headers as UTF-8 and, on a byte sequence that is not (HTTP allows any
+    byte from 0x80 up in a value), fails with an exception: HTTP 500, `unknown`. Such a header
+    is read as Latin-1 instead, HTTP's historical charset, so a garbled token or content type
+    is refused like any other bad one. Plain ASCII, the usual case, is checked cheaply.
+    """
+    headers = scope["headers"]
+    if all(name.isascii() and value.isascii() for name, value in headers):
+        return scope
+    return {**scope, "headers": [(_utf8(name), _utf8(value)) for name, value in headers]}
+
+
+def _utf8(raw: bytes) -> bytes:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").encode()
+    return raw
+
+
 def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
     """Adapt pyvoy's receive() to what connectrpc's disconnect watch expects.
 
@@ -268,12 +318,14 @@ def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
     return guarded_receive
 
 
-async def _plain(send: Send, status: int, body: bytes) -> None:
+async def _plain(
+    send: Send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            "headers": [(b"content-type", content_type)],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -9,14 +9,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from connectrpc.errors import ConnectError
 
 from depot_api.agent import Agent, AgentConfig
 from depot_api.config import Settings
-from depot_api.domain.errors import DomainError
+from depot_api.domain.errors import DomainError, InvalidArgument
+from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
 from depot_api.server import Supervisor
 from depot_api.startup import make_data_dir, prepare
@@ -93,6 +94,30 @@ def _parser() -> argparse.ArgumentParser:
         help="largest request message accepted (env DEPOT_API_MAX_MESSAGE_BYTES; %(default)s)",
     )
     serve.add_argument(
+        "--rate-limit",
+        type=float,
+        default=env.rate_limit,
+        metavar="CALLS",
+        help="calls a second per token and process, sustained; 0 = no limit "
+        "(env DEPOT_API_RATE_LIMIT; %(default)s)",
+    )
+    serve.add_argument(
+        "--rate-burst",
+        type=int,
+        default=env.rate_burst,
+        metavar="CALLS",
+        help="calls a token may make at once above the rate (env DEPOT_API_RATE_BURST; "
+        "%(default)s)",
+    )
+    serve.add_argument(
+        "--max-streams-per-token",
+        type=int,
+        default=env.max_streams_per_token,
+        metavar="N",
+        help="streams one token may hold open per process; 0 = no limit "
+        "(env DEPOT_API_MAX_STREAMS_PER_TOKEN; %(default)s)",
+    )
+    serve.add_argument(
         "--log-level", default=env.log_level, help="env DEPOT_API_LOG_LEVEL (%(default)s)"
     )
     serve.add_argument(
@@ -117,10 +142,17 @@ def _parser() -> argparse.ArgumentParser:
 
     admin = commands.add_parser("admin", help="administer the data directory directly")
     actions = admin.add_subparsers(dest="action", required=True)
+    lifetime = argparse.ArgumentParser(add_help=False)
+    lifetime.add_argument(
+        "--expires-in-days",
+        type=int,
+        metavar="DAYS",
+        help="the token stops working this many days from now (default: it never expires)",
+    )
     org = actions.add_parser("create-org", parents=[data_dir], help="create an organization")
     org.add_argument("--name", required=True)
     token = actions.add_parser(
-        "create-token", parents=[data_dir], help="create an organization token"
+        "create-token", parents=[data_dir, lifetime], help="create an organization token"
     )
     token.add_argument("--org", required=True)
     token.add_argument("--description", default="")
@@ -132,16 +164,25 @@ def _parser() -> argparse.ArgumentParser:
     member.add_argument("--user", required=True)
     member.add_argument("--org", required=True)
     user_token = actions.add_parser(
-        "create-user-token", parents=[data_dir], help="create a token for a user"
+        "create-user-token", parents=[data_dir, lifetime], help="create a token for a user"
     )
     user_token.add_argument("--user", required=True)
     user_token.add_argument("--description", default="")
     machine_token = actions.add_parser(
         "create-machine-token",
-        parents=[data_dir],
+        parents=[data_dir, lifetime],
         help="create a token for the agents on BuildKit hosts (machine service only)",
     )
     machine_token.add_argument("--description", default="")
+    actions.add_parser(
+        "list-tokens",
+        parents=[data_dir],
+        help="list the organization, user, machine and project tokens: kind, expiry, last use",
+    )
+    revoke = actions.add_parser(
+        "revoke-token", parents=[data_dir], help="revoke a token of any kind, at once"
+    )
+    revoke.add_argument("--token", required=True, metavar="TOKEN_ID")
     actions.add_parser("list-machines", parents=[data_dir], help="list BuildKit machines")
     drain = actions.add_parser(
         "drain-machine",
@@ -200,6 +241,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         ) from None
     if args.workers < 0:
         raise SystemExit("depot-api: --workers must be 0 (one per core) or more")
+    if args.max_message_bytes < 1:
+        raise SystemExit("depot-api: --max-message-bytes must be at least 1")
+    if not args.rate_limit >= 0 or args.rate_burst < 1 or args.max_streams_per_token < 0:
+        raise SystemExit(
+            "depot-api: --rate-limit and --max-streams-per-token must be 0 (off) or more, "
+            "and --rate-burst at least 1"
+        )
     return replace(
         settings,
         host=args.host,
@@ -209,6 +257,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         build_token_grace=timedelta(seconds=args.build_token_grace),
         regions=tuple(r.strip() for r in args.regions.split(",") if r.strip()),
         max_message_bytes=args.max_message_bytes,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_streams_per_token=args.max_streams_per_token,
         log_level=args.log_level,
         workers=args.workers,
         build_url=args.build_url,
@@ -233,7 +284,9 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 org = await domain.organizations.create(args.name)
                 print(f"organization {org.name!r} created\n{org.id}")
             case "create-token":
-                created, secret = await domain.tokens.create_org_token(args.org, args.description)
+                created, secret = await domain.tokens.create_org_token(
+                    args.org, args.description, _lifetime(args)
+                )
                 print(f"organization token {created.id} created; the secret is shown once:")
                 print(secret)
             case "create-user":
@@ -243,13 +296,30 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 await domain.organizations.add_member(args.user, args.org)
                 print(f"user {args.user} is now a member of organization {args.org}")
             case "create-user-token":
-                created, secret = await domain.tokens.create_user_token(args.user, args.description)
+                created, secret = await domain.tokens.create_user_token(
+                    args.user, args.description, _lifetime(args)
+                )
                 print(f"user token {created.id} created; the secret is shown once:")
                 print(secret)
             case "create-machine-token":
-                created, secret = await domain.tokens.create_machine_token(args.description)
+                created, secret = await domain.tokens.create_machine_token(
+                    args.description, _lifetime(args)
+                )
                 print(f"machine token {created.id} created; the secret is shown once:")
                 print(secret)
+            case "list-tokens":
+                for listed in await domain.tokens.list_standing():
+                    print(
+                        f"{listed.id} {listed.kind.value} "
+                        f"created={listed.created_at.isoformat()} "
+                        f"expires={_when(listed.expires_at)} "
+                        f"last-used={_when(listed.last_used_at)} "
+                        f"scope={listed.project_id or listed.org_id or listed.user_id or '-'} "
+                        f"{listed.description!r}"
+                    )
+            case "revoke-token":
+                await domain.tokens.revoke(args.token)
+                print(f"token {args.token} is revoked")
             case "list-machines":
                 for machine in await domain.machines.list():
                     print(
@@ -266,6 +336,19 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.close()
     return 0
+
+
+def _lifetime(args: argparse.Namespace) -> timedelta | None:
+    days: int | None = args.expires_in_days
+    if days is None:
+        return None
+    if days <= 0:
+        raise InvalidArgument("--expires-in-days must be a positive number of days")
+    return lifetime_of(days * 86_400, "--expires-in-days")
+
+
+def _when(at: datetime | None) -> str:
+    return "never" if at is None else at.isoformat()
 
 
 async def _serve(settings: Settings) -> int:

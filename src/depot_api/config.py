@@ -33,6 +33,11 @@ class Settings:
     regions: tuple[str, ...] = DEFAULT_REGIONS
     # The largest request message accepted, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    # Abuse limits, per token and per server process: calls a second (sustained; bursts of
+    # rate_burst), and streams open at once. 0 turns a limit off.
+    rate_limit: float = 200.0
+    rate_burst: int = 400
+    max_streams_per_token: int = 200
     log_level: str = "info"
     # BuildKit machines. Agents heartbeat every machine_heartbeat; one silent for
     # machine_lost_after is lost; a project gives its machine back after machine_idle_release
@@ -81,6 +86,9 @@ class Settings:
             "DEPOT_API_BUILD_TOKEN_GRACE": str(self.build_token_grace.total_seconds()),
             "DEPOT_API_REGIONS": ",".join(self.regions),
             "DEPOT_API_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
+            "DEPOT_API_RATE_LIMIT": str(self.rate_limit),
+            "DEPOT_API_RATE_BURST": str(self.rate_burst),
+            "DEPOT_API_MAX_STREAMS_PER_TOKEN": str(self.max_streams_per_token),
             "DEPOT_API_LOG_LEVEL": self.log_level,
             "DEPOT_API_WORKERS": str(self.workers),
         }
@@ -120,6 +128,11 @@ class Settings:
             ),
             regions=tuple(r for r in (get("REGIONS") or "").split(",") if r) or defaults.regions,
             max_message_bytes=int(get("MAX_MESSAGE_BYTES") or defaults.max_message_bytes),
+            rate_limit=float(get("RATE_LIMIT") or defaults.rate_limit),
+            rate_burst=int(get("RATE_BURST") or defaults.rate_burst),
+            max_streams_per_token=int(
+                get("MAX_STREAMS_PER_TOKEN") or defaults.max_streams_per_token
+            ),
             log_level=get("LOG_LEVEL") or defaults.log_level,
             secret_key=get("SECRET_KEY"),
             build_url=get("BUILD_URL") or defaults.build_url,

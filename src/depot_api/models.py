@@ -109,6 +109,7 @@ class Token:
     build_id: str | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

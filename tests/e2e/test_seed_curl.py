@@ -296,11 +296,16 @@ def test_project_tokens(seed: SeedClient) -> None:
 
     listed = seed.ok(f"{PROJECTS}/ListProjectTokens", {"projectId": project_id})
     assert set(listed) == {"tokens"}, listed
-    # An empty description is omitted; the secret never appears in a listing.
+    # The seed's fields, as the seed gives them: an empty description is omitted. Beyond the
+    # seed, each token shows when it was made (neither was used yet, nor given an expiry).
+    for token in listed["tokens"]:
+        assert set(token) - {"tokenId", "description"} == {"createdAt"}, token
+        assert token.pop("createdAt").endswith("Z"), token
     assert sorted(listed["tokens"], key=lambda t: t["tokenId"]) == sorted(
         [{"tokenId": token_id, "description": "ci"}, {"tokenId": bare["tokenId"]}],
         key=lambda t: t["tokenId"],
     )
+    # The secret never appears in a listing.
     assert secret not in json.dumps(listed)
 
     # The secret is a Bearer token for builds of its own project.
@@ -327,9 +332,8 @@ def test_project_tokens(seed: SeedClient) -> None:
     )
     assert "revoked" in message
     as_project.error(f"{BUILDS}/GetBuild", {"buildId": build_id}, 401, "unauthenticated")
-    assert seed.ok(f"{PROJECTS}/ListProjectTokens", {"projectId": project_id}) == {
-        "tokens": [{"tokenId": bare["tokenId"]}]
-    }
+    remaining = seed.ok(f"{PROJECTS}/ListProjectTokens", {"projectId": project_id})["tokens"]
+    assert [t["tokenId"] for t in remaining] == [bare["tokenId"]]
     # Deleting it again, or naming the wrong project, finds nothing.
     seed.error(
         f"{PROJECTS}/DeleteProjectToken",

@@ -1,4 +1,5 @@
-"""The interceptor in front of every RPC: authentication first, error mapping last.
+"""The interceptor in front of every RPC: authentication and abuse limits first, error
+mapping last.
 
 As the first metadata interceptor it runs before the request body is parsed, so a request
 without a valid token costs no parsing. The resolved Principal reaches the handler
@@ -8,11 +9,14 @@ through a ContextVar, on every protocol.
 from __future__ import annotations
 
 import contextvars
+from dataclasses import dataclass
 from typing import Any
 
+from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
 
 from depot_api.api.errors import to_connect_error
+from depot_api.api.limits import Limits
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.errors import PermissionDenied
 from depot_api.domain.principal import Principal
@@ -34,15 +38,26 @@ def current_principal() -> Principal:
     return principal
 
 
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """What on_end needs to undo: the principal's context, and the stream it counted."""
+
+    principal: contextvars.Token[Principal | None]
+    stream_of: str | None
+
+
 class RequestGuard:
     """machines=True guards the machine service (machine tokens only); otherwise machine
     tokens are refused: they work on the machine service and nowhere else."""
 
-    def __init__(self, authenticator: Authenticator, *, machines: bool = False) -> None:
+    def __init__(
+        self, authenticator: Authenticator, limits: Limits, *, machines: bool = False
+    ) -> None:
         self._authenticator = authenticator
+        self._limits = limits
         self._machines = machines
 
-    async def on_start(self, ctx: Context) -> contextvars.Token[Principal | None]:
+    async def on_start(self, ctx: Context) -> _Admitted:
         try:
             principal = await self._authenticator.authenticate(
                 ctx.request_headers.get("authorization")
@@ -56,15 +71,17 @@ class RequestGuard:
         except Exception as e:
             # on_end does not run for an interceptor whose on_start raised: map here.
             raise to_connect_error(e, _procedure(ctx)) from None
-        return _principal.set(principal)
+        self._limits.check_rate(principal.token_id, ctx.response_headers)
+        stream_of = None
+        if ctx.method.stream_type is not StreamType.UNARY:
+            self._limits.open_stream(principal.token_id)
+            stream_of = principal.token_id
+        return _Admitted(_principal.set(principal), stream_of)
 
-    async def on_end(
-        self,
-        token: contextvars.Token[Principal | None],
-        ctx: Context,
-        error: Exception | None,
-    ) -> None:
-        _principal.reset(token)
+    async def on_end(self, admitted: _Admitted, ctx: Context, error: Exception | None) -> None:
+        _principal.reset(admitted.principal)
+        if admitted.stream_of is not None:
+            self._limits.close_stream(admitted.stream_of)
         if error is not None:
             raise to_connect_error(error, _procedure(ctx)) from None
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from depot_api.api.convert import timestamp
+from depot_api.api.convert import optional_timestamp, timestamp
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.projects import CachePolicyInput, Projects
-from depot_api.domain.tokens import Tokens
+from depot_api.domain.tokens import Tokens, lifetime_of
 from depot_api.gen.depot.core.v1 import project_connect
 from depot_api.gen.depot.core.v1 import project_pb as pb
 from depot_api.models import Project, Token
@@ -83,9 +83,14 @@ class ProjectServiceImpl(project_connect.ProjectService):
         self, request: pb.CreateTokenRequest, ctx: Context
     ) -> pb.CreateTokenResponse:
         token, secret = await self._tokens.create_project_token(
-            current_principal(), request.project_id, request.description
+            current_principal(),
+            request.project_id,
+            request.description,
+            lifetime_of(request.expires_in_seconds, "expires_in_seconds"),
         )
-        return pb.CreateTokenResponse(token_id=token.id, secret=secret)
+        return pb.CreateTokenResponse(
+            token_id=token.id, secret=secret, expires_at=optional_timestamp(token.expires_at)
+        )
 
     async def update_token(
         self, request: pb.UpdateTokenRequest, ctx: Context
@@ -152,4 +157,10 @@ def _policy_input(policy: pb.CachePolicy | None) -> CachePolicyInput | None:
 
 
 def _token_message(token: Token) -> pb.ListTokensResponse.Token:
-    return pb.ListTokensResponse.Token(token_id=token.id, description=token.description)
+    return pb.ListTokensResponse.Token(
+        token_id=token.id,
+        description=token.description,
+        created_at=timestamp(token.created_at),
+        expires_at=optional_timestamp(token.expires_at),
+        last_used_at=optional_timestamp(token.last_used_at),
+    )

@@ -22,9 +22,11 @@ from connectrpc.errors import ConnectError
 from depot_api.api.asgi import Receive, Scope, Send, media_type
 from depot_api.api.errors import to_connect_error
 from depot_api.api.json_codec import LenientKeysJSONCodec
+from depot_api.api.limits import Limits
 from depot_api.api.platforms import platform_from_wire
 from depot_api.domain.endpoints import Active
 from depot_api.domain.errors import PermissionDenied
+from depot_api.domain.principal import Principal
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb as pb
 from depot_api.models import TokenKind
 from depot_api.wiring import Domain
@@ -58,28 +60,41 @@ def is_plain_json(scope: Scope) -> bool:
 
 
 class SeedGetEndpoint:
-    def __init__(self, domain: Domain, max_message_bytes: int) -> None:
+    def __init__(self, domain: Domain, limits: Limits, max_message_bytes: int) -> None:
         self._domain = domain
+        self._limits = limits
         self._max_bytes = max_message_bytes
         self._codec = LenientKeysJSONCodec()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response_headers: dict[str, str] = {}
         try:
-            answer = await self._answer(scope, receive)
+            answer = await self._answer(scope, receive, response_headers)
         except Exception as e:
             error = to_connect_error(e, _PROCEDURE)
             body = {"code": error.code.value, "message": error.message}
-            await _respond(send, _HTTP_STATUS.get(error.code, 500), body)
+            await _respond(send, _HTTP_STATUS.get(error.code, 500), body, response_headers)
             return
-        await _respond(send, 200, answer)
+        await _respond(send, 200, answer, response_headers)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+    async def _answer(
+        self, scope: Scope, receive: Receive, response_headers: dict[str, str]
+    ) -> dict[str, Any]:
         if scope["method"] != "POST":
             raise ConnectError(Code.UNIMPLEMENTED, "GetEndpoint takes POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         principal = await self._domain.authenticator.authenticate(headers.get("authorization"))
         if principal.kind is TokenKind.MACHINE:
             raise PermissionDenied("a machine token is valid for the machine service only")
+        self._limits.check_rate(principal.token_id, response_headers)
+        # It waits like the streaming view does, so it counts as one of the token's streams.
+        self._limits.open_stream(principal.token_id)
+        try:
+            return await self._wait_for_endpoint(principal, receive)
+        finally:
+            self._limits.close_stream(principal.token_id)
+
+    async def _wait_for_endpoint(self, principal: Principal, receive: Receive) -> dict[str, Any]:
         body = await self._read_body(receive)
         try:
             request = self._codec.decode(body, pb.GetEndpointRequest)
@@ -115,12 +130,15 @@ class SeedGetEndpoint:
                 return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _respond(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})

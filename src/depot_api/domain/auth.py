@@ -15,6 +15,10 @@ from depot_api.domain.token_format import hash_secret, kind_of
 from depot_api.models import BuildStatus, Token, TokenKind
 from depot_api.store.interface import Store
 
+# A token's last use is recorded to this resolution: a busy token costs one write a minute,
+# not one per call, and "last used" is still precise enough to spot a stale credential.
+LAST_USE_RESOLUTION = timedelta(minutes=1)
+
 
 class Authenticator:
     def __init__(
@@ -39,7 +43,11 @@ class Authenticator:
             raise Unauthenticated("token has been revoked")
         if token.expires_at is not None and now >= token.expires_at:
             raise Unauthenticated("token has expired")
-        return await self._principal(token, now)
+        principal = await self._principal(token, now)
+        stale_since = now - LAST_USE_RESOLUTION
+        if token.last_used_at is None or token.last_used_at < stale_since:
+            await self._store.record_token_use(token.id, now, stale_since)
+        return principal
 
     async def _principal(self, token: Token, now: datetime) -> Principal:
         match token.kind:

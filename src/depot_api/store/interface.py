@@ -74,8 +74,15 @@ class Store(Protocol):
     async def list_project_tokens(self, project_id: str) -> list[Token]:
         """The project's live (unrevoked) project tokens, oldest first."""
 
+    async def list_standing_tokens(self) -> list[Token]:
+        """Every unrevoked token that is not a build token, oldest first."""
+
     async def set_token_description(self, token_id: str, description: str) -> bool:
         """False when the token does not exist or is revoked."""
+
+    async def record_token_use(self, token_id: str, at: datetime, unless_since: datetime) -> None:
+        """Set the token's last use to at, unless it was already recorded at or after
+        unless_since (so a busy token costs one write per interval, not one per call)."""
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """False when the token does not exist or was already revoked."""

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select, tuple_, update
+from sqlalchemy import Row, and_, func, or_, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -175,6 +175,18 @@ class SqlStore(MachineQueries):
             )
             return [_token(r) for r in rows]
 
+    async def list_standing_tokens(self) -> list[Token]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(t.tokens)
+                .where(
+                    t.tokens.c.kind != TokenKind.BUILD.value,
+                    t.tokens.c.revoked_at.is_(None),
+                )
+                .order_by(t.tokens.c.created_at, t.tokens.c.id)
+            )
+            return [_token(r) for r in rows]
+
     async def set_token_description(self, token_id: str, description: str) -> bool:
         async with self._write() as conn:
             result = await conn.execute(
@@ -183,6 +195,19 @@ class SqlStore(MachineQueries):
                 .values(description=description)
             )
             return bool(result.rowcount)
+
+    async def record_token_use(self, token_id: str, at: datetime, unless_since: datetime) -> None:
+        last_used = t.tokens.c.last_used_at
+        async with self._write() as conn:
+            await conn.execute(
+                update(t.tokens)
+                .where(
+                    t.tokens.c.id == token_id,
+                    # Conditional, so that concurrent calls write once, and never backwards.
+                    or_(last_used.is_(None), last_used < to_micros(unless_since)),
+                )
+                .values(last_used_at=to_micros(at))
+            )
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         async with self._write() as conn:
@@ -464,6 +489,7 @@ def _token(r: Row[Any]) -> Token:
         build_id=r.build_id,
         expires_at=_at_or_none(r.expires_at),
         revoked_at=_at_or_none(r.revoked_at),
+        last_used_at=_at_or_none(r.last_used_at),
     )
 
 

@@ -594,7 +594,7 @@ class ListTokensResponse(Message[_ListTokensResponseFields]):
 
         tokens: list[ListTokensResponse.Token]
 
-    _TokenFields: TypeAlias = Literal["token_id", "description"]
+    _TokenFields: TypeAlias = Literal["token_id", "description", "created_at", "expires_at", "last_used_at"]
 
     class Token(Message[_TokenFields]):
         """
@@ -611,9 +611,24 @@ class ListTokensResponse(Message[_ListTokensResponseFields]):
                 ```proto
                 string description = 2;
                 ```
+            created_at:
+                Ours: when the token was made, when it stops working (unset: never), and when it was
+                last used (to a minute's resolution; unset: never used).
+
+                ```proto
+                optional google.protobuf.Timestamp created_at = 100;
+                ```
+            expires_at:
+                ```proto
+                optional google.protobuf.Timestamp expires_at = 101;
+                ```
+            last_used_at:
+                ```proto
+                optional google.protobuf.Timestamp last_used_at = 102;
+                ```
         """
 
-        __slots__ = ("token_id", "description")
+        __slots__ = ("token_id", "description", "created_at", "expires_at", "last_used_at")
 
         if TYPE_CHECKING:
 
@@ -622,13 +637,19 @@ class ListTokensResponse(Message[_ListTokensResponseFields]):
                 *,
                 token_id: str = "",
                 description: str = "",
+                created_at: Timestamp | None = None,
+                expires_at: Timestamp | None = None,
+                last_used_at: Timestamp | None = None,
             ) -> None:
                 pass
 
             token_id: str
             description: str
+            created_at: Timestamp | None
+            expires_at: Timestamp | None
+            last_used_at: Timestamp | None
 
-_CreateTokenRequestFields: TypeAlias = Literal["project_id", "description"]
+_CreateTokenRequestFields: TypeAlias = Literal["project_id", "description", "expires_in_seconds"]
 
 class CreateTokenRequest(Message[_CreateTokenRequestFields]):
     """
@@ -645,9 +666,15 @@ class CreateTokenRequest(Message[_CreateTokenRequestFields]):
             ```proto
             string description = 2;
             ```
+        expires_in_seconds:
+            Ours: the token stops working this many seconds after it is made (unset or 0: never).
+
+            ```proto
+            int64 expires_in_seconds = 100;
+            ```
     """
 
-    __slots__ = ("project_id", "description")
+    __slots__ = ("project_id", "description", "expires_in_seconds")
 
     if TYPE_CHECKING:
 
@@ -656,13 +683,15 @@ class CreateTokenRequest(Message[_CreateTokenRequestFields]):
             *,
             project_id: str = "",
             description: str = "",
+            expires_in_seconds: int = 0,
         ) -> None:
             pass
 
         project_id: str
         description: str
+        expires_in_seconds: int
 
-_CreateTokenResponseFields: TypeAlias = Literal["token_id", "secret"]
+_CreateTokenResponseFields: TypeAlias = Literal["token_id", "secret", "expires_at"]
 
 class CreateTokenResponse(Message[_CreateTokenResponseFields]):
     """
@@ -679,9 +708,15 @@ class CreateTokenResponse(Message[_CreateTokenResponseFields]):
             ```proto
             string secret = 2;
             ```
+        expires_at:
+            Ours: when the token stops working (unset: never).
+
+            ```proto
+            optional google.protobuf.Timestamp expires_at = 100;
+            ```
     """
 
-    __slots__ = ("token_id", "secret")
+    __slots__ = ("token_id", "secret", "expires_at")
 
     if TYPE_CHECKING:
 
@@ -690,11 +725,13 @@ class CreateTokenResponse(Message[_CreateTokenResponseFields]):
             *,
             token_id: str = "",
             secret: str = "",
+            expires_at: Timestamp | None = None,
         ) -> None:
             pass
 
         token_id: str
         secret: str
+        expires_at: Timestamp | None
 
 _UpdateTokenRequestFields: TypeAlias = Literal["token_id", "description"]
 
@@ -861,7 +898,7 @@ class Hardware(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"x\n\x13ListProjectsRequest\x12 \n\tpage_size\x18d \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18e \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"r\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12&\n\x0fnext_page_token\x18d \x01(\tR\rnextPageToken"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x9b\x01\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1aD\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"U\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"H\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"N\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x1d\n\nproject_id\x18d \x01(\tR\tprojectId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\xf0\t\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponse\x12\\\n\x11ResetProjectCache\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12X\n\x11ListProjectTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12[\n\x12CreateProjectToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12[\n\x12DeleteProjectToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
+    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"x\n\x13ListProjectsRequest\x12 \n\tpage_size\x18d \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18e \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"r\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12&\n\x0fnext_page_token\x18d \x01(\tR\rnextPageToken"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\xd0\x02\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1a\xf8\x01\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x129\n\ncreated_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nexpires_at\x18e \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18f \x01(\x0b2\x1a.google.protobuf.TimestampR\nlastUsedAt"\x83\x01\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x12,\n\x12expires_in_seconds\x18d \x01(\x03R\x10expiresInSeconds"\x83\x01\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x129\n\nexpires_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"N\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x1d\n\nproject_id\x18d \x01(\tR\tprojectId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\xf0\t\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponse\x12\\\n\x11ResetProjectCache\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12X\n\x11ListProjectTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12[\n\x12CreateProjectToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12[\n\x12DeleteProjectToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
