@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from connectrpc.codec import proto_binary_codec
@@ -29,6 +31,7 @@ from depot_api.api.cli_build_service import CliBuildServiceImpl
 from depot_api.api.cli_projects_service import CliProjectsServiceImpl
 from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
+from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain, DrainInterceptor
 from depot_api.api.errors import ErrorMapping
 from depot_api.api.guard import RequestGuard
 from depot_api.api.json_codec import LenientKeysJSONCodec
@@ -65,6 +68,8 @@ from depot_api.wiring import Domain, build_domain
 log = logging.getLogger("depot_api")
 
 _SWEEP_EVERY_SECONDS = 5.0
+# How often a worker looks for the supervisor's request to drain (see _watch_for_drain).
+_DRAIN_POLL_SECONDS = 0.2
 # How soon a client that went away mid-call is noticed (see _guarded). Each waiting stream
 # polls this often: 1 000 waiting GetEndpoint streams cost 1 000 wake-ups a second at 1 s.
 _DISCONNECT_POLL_SECONDS = 5.0
@@ -87,14 +92,22 @@ class DepotAPI:
             RateLimiter(settings.rate_limit, settings.rate_burst),
             StreamLimiter(settings.max_streams_per_token),
         )
+        self.drain = Drain()
+        # The guard first: the drain runs calls in tasks that must see the caller it found.
         options: dict[str, Any] = {
-            "interceptors": [RequestGuard(domain.authenticator, limits)],
+            "interceptors": [
+                RequestGuard(domain.authenticator, limits),
+                DrainInterceptor(self.drain),
+            ],
             "read_max_bytes": settings.max_message_bytes,
             "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
         }
         machine_options = {
             **options,
-            "interceptors": [RequestGuard(domain.authenticator, limits, machines=True)],
+            "interceptors": [
+                RequestGuard(domain.authenticator, limits, machines=True),
+                DrainInterceptor(self.drain),
+            ],
         }
         services: list[Any] = [
             project_connect.ProjectServiceASGIApplication(
@@ -155,7 +168,12 @@ class DepotAPI:
             ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files), **reflection)
         )
         self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
-        self._seed_get_endpoint = SeedGetEndpoint(domain, limits, settings.max_message_bytes)
+        self._seed_get_endpoint = SeedGetEndpoint(
+            domain, limits, self.drain, settings.max_message_bytes
+        )
+        self._drain_dir = settings.drain_dir
+        self._drain_watch: asyncio.Task[None] | None = None
+        self._in_flight = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
         self._max_bytes = settings.max_message_bytes
@@ -163,35 +181,46 @@ class DepotAPI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path: str = scope["path"]
-            service = self._routes.get(path.rsplit("/", 1)[0])
-            # Only a POST is the seed's view; any other method goes on to connectrpc, which
-            # answers 405 as for every RPC (the fuzzing found a 501 here).
-            if (
-                path == seed_endpoint.PATH
-                and scope["method"] == "POST"
-                and seed_endpoint.is_plain_json(scope)
-            ):
-                body = await _read_body_first(receive, self._max_bytes)
-                await self._seed_get_endpoint(scope, _guarded(receive, body), send)
-            elif service is not None:
-                body = []
-                if _is_unary_connect(scope):
-                    body = await _read_body_first(receive, self._max_bytes)
-                await service(_utf8_headers(scope), _guarded(receive, body), send)
-            elif path == "/healthz":
-                await _plain(send, 200, b"ok\n")
-            elif path == "/readyz":
-                await self._ready(send)
-            elif path == "/openapi.yaml":
-                await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
-            else:
-                await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
-                await _plain(send, 404, b"not found\n")
+            # Counted so that a draining process knows when its last call has ended.
+            self._in_flight += 1
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._in_flight -= 1
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        service = self._routes.get(path.rsplit("/", 1)[0])
+        # Only a POST is the seed's view; any other method goes on to connectrpc, which
+        # answers 405 as for every RPC (the fuzzing found a 501 here).
+        if (
+            path == seed_endpoint.PATH
+            and scope["method"] == "POST"
+            and seed_endpoint.is_plain_json(scope)
+        ):
+            body = await _read_body_first(receive, self._max_bytes)
+            await self._seed_get_endpoint(scope, _guarded(receive, body), send)
+        elif service is not None:
+            body = []
+            if _is_unary_connect(scope):
+                body = await _read_body_first(receive, self._max_bytes)
+            await service(_utf8_headers(scope), _guarded(receive, body), send)
+        elif path == "/healthz":
+            await _plain(send, 200, b"ok\n")
+        elif path == "/readyz":
+            await self._ready(send)
+        elif path == "/openapi.yaml":
+            await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
+        else:
+            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            await _plain(send, 404, b"not found\n")
+
     async def _ready(self, send: Send) -> None:
+        if self.drain.draining:  # so that a load balancer sends new calls elsewhere
+            await _plain(send, 503, b"shutting down\n")
+            return
         try:
             await self.domain.store.ping()
         except StoreUnavailable:
@@ -204,16 +233,37 @@ class DepotAPI:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._sweeper = asyncio.create_task(self._sweep_silent_builds())
+                if self._drain_dir is not None:
+                    self._drain_watch = asyncio.create_task(self._watch_for_drain(self._drain_dir))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._sweeper is not None:
-                    self._sweeper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._sweeper
+                for task in (self._sweeper, self._drain_watch):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 await self.domain.endpoints.close()
                 await self.domain.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _watch_for_drain(self, directory: Path) -> None:
+        """Drain when the supervisor asks, then tell it when no call is left in flight.
+
+        Both ways go through files in a directory the supervisor made for this run: a worker
+        runs inside an Envoy process, whose signals are Envoy's own (SIGTERM stops it at once,
+        breaking every open stream).
+        """
+        request = directory / DRAIN_REQUEST
+        # Polled: a file cannot wake an Event, and a stat five times a second costs nothing.
+        while not request.exists():  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        self.drain.start()
+        log.info("shutting down: draining %d call(s) in flight", self._in_flight)
+        while self._in_flight:  # noqa: ASYNC110 (as above: a short poll, once, at the end)
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        (directory / f"{DRAINED_PREFIX}{os.getpid()}").touch()
+        log.info("drained: no call in flight")
 
     async def _sweep_silent_builds(self) -> None:
         """Cancel builds whose clients went silent. Every process sweeps; the cancel is a

@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         "(env DEPOT_API_MAX_STREAMS_PER_TOKEN; %(default)s)",
     )
     serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=env.shutdown_grace.total_seconds(),
+        metavar="SECONDS",
+        help="on SIGTERM, how long calls in flight may take to finish "
+        "(env DEPOT_API_SHUTDOWN_GRACE; %(default)s)",
+    )
+    serve.add_argument(
         "--log-level", default=env.log_level, help="env DEPOT_API_LOG_LEVEL (%(default)s)"
     )
     serve.add_argument(
@@ -241,6 +249,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         ) from None
     if args.workers < 0:
         raise SystemExit("depot-api: --workers must be 0 (one per core) or more")
+    if not 0 <= args.shutdown_grace <= 3600:
+        raise SystemExit("depot-api: --shutdown-grace must be between 0 and 3600 seconds")
     if args.max_message_bytes < 1:
         raise SystemExit("depot-api: --max-message-bytes must be at least 1")
     if not args.rate_limit >= 0 or args.rate_burst < 1 or args.max_streams_per_token < 0:
@@ -260,6 +270,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         max_streams_per_token=args.max_streams_per_token,
+        shutdown_grace=timedelta(seconds=args.shutdown_grace),
         log_level=args.log_level,
         workers=args.workers,
         build_url=args.build_url,

@@ -39,6 +39,10 @@ class Settings:
     rate_burst: int = 400
     max_streams_per_token: int = 200
     log_level: str = "info"
+    # On SIGTERM, how long calls in flight may take to finish before the server stops anyway.
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    # Set by the supervisor for its workers only: where it asks them to drain (server.py).
+    drain_dir: Path | None = None
     # BuildKit machines. Agents heartbeat every machine_heartbeat; one silent for
     # machine_lost_after is lost; a project gives its machine back after machine_idle_release
     # without builds. GetEndpoint waits at most acquire_timeout, sending `pending` every
@@ -91,7 +95,10 @@ class Settings:
             "DEPOT_API_MAX_STREAMS_PER_TOKEN": str(self.max_streams_per_token),
             "DEPOT_API_LOG_LEVEL": self.log_level,
             "DEPOT_API_WORKERS": str(self.workers),
+            "DEPOT_API_SHUTDOWN_GRACE": str(self.shutdown_grace.total_seconds()),
         }
+        if self.drain_dir is not None:
+            env["DEPOT_API_DRAIN_DIR"] = str(self.drain_dir)
         if self.database is not None:
             env["DEPOT_API_DATABASE_URL"] = self.database
         if self.secret_key is not None:
@@ -134,6 +141,10 @@ class Settings:
                 get("MAX_STREAMS_PER_TOKEN") or defaults.max_streams_per_token
             ),
             log_level=get("LOG_LEVEL") or defaults.log_level,
+            shutdown_grace=timedelta(
+                seconds=float(get("SHUTDOWN_GRACE") or defaults.shutdown_grace.total_seconds())
+            ),
+            drain_dir=_path(get("DRAIN_DIR")),
             secret_key=get("SECRET_KEY"),
             build_url=get("BUILD_URL") or defaults.build_url,
             **{

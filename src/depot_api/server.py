@@ -3,65 +3,103 @@
 Each process is an Envoy with the application loaded in its own Python interpreter; the
 kernel spreads connections across them (SO_REUSEPORT). No state that matters lives in a
 process, so any of them may answer any request.
+
+Stopping is graceful (api/drain.py): on SIGTERM or SIGINT the workers drain, finishing the
+calls in flight and ending streams with `unavailable`, for at most the shutdown grace period;
+then they are stopped. A second signal stops them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from pyvoy import PyvoyServer
 
+from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX
 from depot_api.config import Settings
 
 log = logging.getLogger("depot_api.server")
 
 # How long a crashed worker waits before it is started again.
 _RESTART_DELAY_SECONDS = 1.0
+# How often the supervisor looks for its workers' answers while they drain.
+_DRAIN_POLL_SECONDS = 0.1
 
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+        self._drain_dir = Path(tempfile.mkdtemp(prefix="depot-api-drain-"))
+        self._settings = replace(settings, drain_dir=self._drain_dir)
         self._port = settings.port
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._servers: list[PyvoyServer] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stopping.set)
-        first = await self._start()
-        # Workers after the first bind the port the first one got (which matters for port 0).
-        self._port = first.listener_port
-        servers = [first] + [await self._start() for _ in range(self._settings.worker_count - 1)]
-        scheme = "https" if self._settings.tls_cert is not None else "http"
-        print(
-            f"depot-api listening on {scheme}://{first.listener_address}:{self._port} "
-            f"({len(servers)} worker{'s' if len(servers) > 1 else ''})",
-            flush=True,
-        )
+            loop.add_signal_handler(sig, self._signalled)
         try:
-            await asyncio.gather(*(self._keep_alive(i, s) for i, s in enumerate(servers)))
+            first = await self._start()
+            self._servers.append(first)
+            # Workers after the first bind the port the first one got (which matters for port 0).
+            self._port = first.listener_port
+            for _ in range(self._settings.worker_count - 1):
+                self._servers.append(await self._start())
+            scheme = "https" if self._settings.tls_cert is not None else "http"
+            count = len(self._servers)
+            print(
+                f"depot-api listening on {scheme}://{first.listener_address}:{self._port} "
+                f"({count} worker{'s' if count > 1 else ''})",
+                flush=True,
+            )
+            await asyncio.gather(*(self._keep_alive(i) for i in range(count)))
+            await self._drain()
         finally:
-            await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
+            await asyncio.gather(*(s.stop() for s in self._servers), return_exceptions=True)
+            shutil.rmtree(self._drain_dir, ignore_errors=True)
         return 0
 
-    async def _keep_alive(self, index: int, server: PyvoyServer) -> None:
+    def _signalled(self) -> None:
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+
+    async def _keep_alive(self, index: int) -> None:
         """Wait for stop; restart this worker if it dies on its own."""
         while True:
+            server = self._servers[index]
             exited = asyncio.ensure_future(server.wait())
             stopping = asyncio.ensure_future(self._stopping.wait())
             await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
                 exited.cancel()
-                await server.stop()
                 return
             stopping.cancel()
             log.error("worker %d exited with status %s; restarting it", index, exited.result())
             await asyncio.sleep(_RESTART_DELAY_SECONDS)
-            server = await self._start()
+            self._servers[index] = await self._start()
+
+    async def _drain(self) -> None:
+        """Ask every worker to drain and wait until all have, for at most the grace period."""
+        (self._drain_dir / DRAIN_REQUEST).touch()
+        grace = self._settings.shutdown_grace.total_seconds()
+        deadline = time.monotonic() + grace
+        while not self._hurry.is_set():
+            drained = sum(1 for _ in self._drain_dir.glob(DRAINED_PREFIX + "*"))
+            if drained >= len(self._servers):
+                return
+            if time.monotonic() >= deadline:
+                log.warning("calls still in flight after %.0fs: stopping anyway", grace)
+                return
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
 
     async def _start(self) -> PyvoyServer:
         settings = self._settings

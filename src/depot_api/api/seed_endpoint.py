@@ -20,6 +20,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from depot_api.api.asgi import Receive, Scope, Send, media_type
+from depot_api.api.drain import Drain
 from depot_api.api.errors import to_connect_error
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits
@@ -60,9 +61,12 @@ def is_plain_json(scope: Scope) -> bool:
 
 
 class SeedGetEndpoint:
-    def __init__(self, domain: Domain, limits: Limits, max_message_bytes: int) -> None:
+    def __init__(
+        self, domain: Domain, limits: Limits, drain: Drain, max_message_bytes: int
+    ) -> None:
         self._domain = domain
         self._limits = limits
+        self._drain = drain
         self._max_bytes = max_message_bytes
         self._codec = LenientKeysJSONCodec()
 
@@ -86,11 +90,12 @@ class SeedGetEndpoint:
         principal = await self._domain.authenticator.authenticate(headers.get("authorization"))
         if principal.kind is TokenKind.MACHINE:
             raise PermissionDenied("a machine token is valid for the machine service only")
+        self._drain.refuse_if_draining()
         self._limits.check_rate(principal.token_id, response_headers)
         # It waits like the streaming view does, so it counts as one of the token's streams.
         self._limits.open_stream(principal.token_id)
         try:
-            return await self._wait_for_endpoint(principal, receive)
+            return await self._drain.race(self._wait_for_endpoint(principal, receive))
         finally:
             self._limits.close_stream(principal.token_id)
 
