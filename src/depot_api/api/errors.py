@@ -7,9 +7,11 @@ or an outage: the caller gets a generic `internal` message and the log gets the 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
 
 from depot_api.domain import errors as domain
 from depot_api.domain.secretbox import SecretBoxError
@@ -29,8 +31,16 @@ _CODES: dict[type[domain.DomainError], Code] = {
 }
 
 
+# connectrpc answers a request message flagged as compressed when no compression was
+# negotiated with `internal` (as grpc-go does). It is the caller's malformed framing, which
+# connectrpc reports as `invalid_argument` in every other case; `internal` here means a bug.
+_COMPRESSED_WITHOUT_COMPRESSION = "sent compressed message without compression support"
+
+
 def to_connect_error(error: Exception, procedure: str) -> ConnectError:
     if isinstance(error, ConnectError):
+        if error.code is Code.INTERNAL and _COMPRESSED_WITHOUT_COMPRESSION in error.message:
+            return ConnectError(Code.INVALID_ARGUMENT, error.message)
         return error
     if isinstance(error, domain.DomainError):
         return ConnectError(_CODES.get(type(error), Code.INTERNAL), error.message)
@@ -47,3 +57,18 @@ def to_connect_error(error: Exception, procedure: str) -> ConnectError:
         return ConnectError(Code.UNAVAILABLE, "the database is busy or unreachable; retry shortly")
     log.error("%s: unexpected error", procedure, exc_info=error)
     return ConnectError(Code.INTERNAL, "internal error")
+
+
+class ErrorMapping:
+    """The guard's error mapping without its token check, for the services called without a
+    token (the depot CLI's login, gRPC reflection): their errors are mapped the same way."""
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
+        return None
+
+    async def on_end(
+        self, token: None, ctx: RequestContext[Any, Any], error: Exception | None
+    ) -> None:
+        if error is not None:
+            procedure = f"{ctx.method.service_name}/{ctx.method.name}"
+            raise to_connect_error(error, procedure) from None

@@ -5,11 +5,16 @@ leniently, though, also turns an unknown enum name (a typo such as "HARDWARE_8x8
 zero value without a word. This codec parses strictly first; only when that fails does it
 drop the keys the schema does not know and parse strictly again, so every remaining problem,
 unknown enum names included, is reported to the caller as invalid_argument.
+
+It also refuses an object naming two members of one oneof (`"success": {}` and `"error": {…}`),
+as ProtoJSON requires; protobuf-py would keep the last one named.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from protobuf import (
@@ -32,12 +37,65 @@ class LenientKeysJSONCodec:
         return message.to_json().encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        document = json.loads(data)  # invalid JSON raises here, with the parser's message
+        desc = message_class.desc()
+        _refuse_two_of_a_oneof(document, desc)
         try:
-            return message_class.from_json(data)
+            return message_from_json_value(message_class, document)
         except (ValueError, TypeError):
-            document = json.loads(data)  # invalid JSON raises here, with the parser's message
-            known = _without_unknown_keys(document, message_class().desc())
-            return message_from_json_value(message_class, known)
+            return message_from_json_value(message_class, _without_unknown_keys(document, desc))
+
+
+def _refuse_two_of_a_oneof(value: Any, desc: DescMessage) -> None:
+    if not isinstance(value, dict) or not _has_oneofs(desc):
+        return  # most messages: nothing to look at
+    for oneof in desc.oneofs:
+        named = [
+            field.json_name
+            for field in oneof.fields
+            if value.get(field.json_name, value.get(field.name)) is not None
+        ]
+        if len(named) > 1:
+            raise ValueError(f"{oneof} takes one of its fields, not {' and '.join(named)}")
+    for field in desc.fields:
+        item = value.get(field.json_name, value.get(field.name))
+        kind = field.value
+        if isinstance(kind, DescFieldValueMessage):
+            _refuse_two_of_a_oneof(item, kind.message)
+        elif isinstance(kind, DescFieldValueList) and isinstance(kind.element, DescMessage):
+            for entry in item if isinstance(item, list) else ():
+                _refuse_two_of_a_oneof(entry, kind.element)
+        elif isinstance(kind, DescFieldValueMap) and isinstance(kind.value, DescMessage):
+            for entry in item.values() if isinstance(item, dict) else ():
+                _refuse_two_of_a_oneof(entry, kind.value)
+
+
+@functools.cache
+def _has_oneofs(desc: DescMessage) -> bool:
+    """Whether desc or a message below it declares a oneof (well-known types excepted: they
+    have their own JSON forms)."""
+    seen: set[str] = set()
+    stack = [desc]
+    while stack:
+        current = stack.pop()
+        if current.type_name in seen or current.type_name.startswith("google.protobuf."):
+            continue
+        seen.add(current.type_name)
+        if current.oneofs:
+            return True
+        stack.extend(_field_messages(current))
+    return False
+
+
+def _field_messages(desc: DescMessage) -> Iterator[DescMessage]:
+    for field in desc.fields:
+        kind = field.value
+        if isinstance(kind, DescFieldValueMessage):
+            yield kind.message
+        elif isinstance(kind, DescFieldValueList) and isinstance(kind.element, DescMessage):
+            yield kind.element
+        elif isinstance(kind, DescFieldValueMap) and isinstance(kind.value, DescMessage):
+            yield kind.value
 
 
 def _without_unknown_keys(value: Any, desc: DescMessage) -> Any:
