@@ -83,5 +83,11 @@ check: lint typecheck generate-check test
 fuzz-contract: $(STAMP)
 	$(BIN)/python -m campaigns.contract_fuzz --requests 1000
 
+# Protocol fuzzing (tests/api/test_protocol_fuzz.py) with its campaign profile: 3 000 random
+# malformed requests per property over every protocol, a few minutes.
+.PHONY: fuzz-protocol
+fuzz-protocol: $(STAMP)
+	HYPOTHESIS_PROFILE=campaign $(BIN)/pytest tests/api/test_protocol_fuzz.py -p no:cacheprovider
+
 clean:
 	rm -rf $(VENV) $(NODE_E2E)/node_modules .mypy_cache .ruff_cache .pytest_cache

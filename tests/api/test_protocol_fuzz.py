@@ -73,6 +73,7 @@ settings.register_profile(
     parent=settings.get_profile("protocol-fuzz"),
     max_examples=3000,
     derandomize=False,
+    print_blob=True,  # a failure found at random comes with the @reproduce_failure to replay it
 )
 FUZZ = settings.get_profile(
     "protocol-fuzz-campaign"
@@ -356,9 +357,9 @@ def payloads(draw: st.DrawFn, target: Target, codec: str) -> bytes:
 
 
 @st.composite
-def enveloped(draw: st.DrawFn, payload: bytes, protocol: str) -> tuple[bytes, bool]:
-    """The payload in 5-byte envelopes, framed well or broken in one of the ways a peer can.
-    Returns the body and whether its first envelope claims compression."""
+def enveloped(draw: st.DrawFn, payload: bytes, protocol: str) -> bytes:
+    """The payload in 5-byte envelopes, framed well or broken in one of the ways a peer can
+    (a compressed flag is sent with and without a negotiated compression: see cases())."""
     frame = draw(
         st.sampled_from(
             [
@@ -376,27 +377,27 @@ def enveloped(draw: st.DrawFn, payload: bytes, protocol: str) -> tuple[bytes, bo
         )
     )
     if frame == "ok":
-        return envelope(payload), False
+        return envelope(payload)
     if frame == "longer":
-        return envelope(payload, length=len(payload) + draw(st.integers(1, 1000))), False
+        return envelope(payload, length=len(payload) + draw(st.integers(1, 1000)))
     if frame == "huge":
         length = draw(st.sampled_from([2**32 - 1, 2**31, FUZZ_LIMIT + 1, FUZZ_LIMIT]))
-        return envelope(payload, length=length), False
+        return envelope(payload, length=length)
     if frame == "compressed":
-        return envelope(payload, flags=1), True
+        return envelope(payload, flags=1)
     if frame == "flags":
         flags = draw(st.integers(2, 255))
-        return envelope(payload, flags=flags), bool(flags & 1)
+        return envelope(payload, flags=flags)
     if frame == "header-only":
-        return envelope(payload)[: draw(st.integers(1, 4))], False
+        return envelope(payload)[: draw(st.integers(1, 4))]
     if frame == "two":
-        return envelope(payload) + envelope(draw(st.binary(max_size=8))), False
+        return envelope(payload) + envelope(draw(st.binary(max_size=8)))
     if frame == "junk":
-        return envelope(payload) + draw(st.binary(min_size=1, max_size=8)), False
+        return envelope(payload) + draw(st.binary(min_size=1, max_size=8))
     if frame == "end-flag":  # the response-only end markers, sent by a client
         marker = WEB_TRAILERS if protocol.startswith("grpc-web") else END_STREAM
-        return envelope(payload) + envelope(b"{}", flags=marker), False
-    return b"", False
+        return envelope(payload) + envelope(b"{}", flags=marker)
+    return b""
 
 
 @st.composite
@@ -445,9 +446,8 @@ def cases(
     payload = draw(payloads(target, codec))
     headers: list[tuple[bytes, bytes]] = []
 
-    compressed = False
     if protocol in ENVELOPED:
-        body, compressed = draw(enveloped(payload, protocol))
+        body = draw(enveloped(payload, protocol))
         if protocol == "grpc-web-text" and draw(st.booleans()):
             body = grpc_web_text(body)
     else:
@@ -498,7 +498,6 @@ def cases(
     encoding = draw(header_values([b"gzip", b"identity"], [b"br", b"zstd", b"gzip, br"]))
     if encoding is not None and protocol in ENVELOPED:
         headers.append((encoding_header, encoding))
-    del compressed  # a claim of compression is fuzzed with and without a negotiated encoding
 
     auth = draw(st.sampled_from(auths))
     if auth == "garbage":
@@ -525,8 +524,11 @@ def cases(
 
 
 @asynccontextmanager
-async def in_process(settings: Settings) -> AsyncIterator[InProcessAPI]:
-    """An app over its own database, started and stopped through its lifespan."""
+async def in_process(data_dir: Path, **changes: Any) -> AsyncIterator[InProcessAPI]:
+    """An app over its own database (SQLite in data_dir unless changes name one), started and
+    stopped through its lifespan. The fuzzer calls far faster than a token may: the rate
+    limit is off (tests/api/test_limits.py tests it)."""
+    settings = Settings(data_dir=data_dir, rate_limit=0, **changes)
     org_token = await prepare(settings)
     assert org_token is not None
     app = create_app(settings)
@@ -536,12 +538,11 @@ async def in_process(settings: Settings) -> AsyncIterator[InProcessAPI]:
 
 @pytest.fixture
 async def fuzz_api(tmp_path: Path) -> AsyncIterator[InProcessAPI]:
-    settings = Settings(
-        data_dir=tmp_path / "data",
+    async with in_process(
+        tmp_path / "data",
         max_message_bytes=FUZZ_LIMIT,
         acquire_timeout=timedelta(seconds=2),  # no builds here; a bound if one appears
-    )
-    async with in_process(settings) as api:
+    ) as api:
         yield api
 
 
@@ -681,31 +682,40 @@ async def test_compressed_flag_without_compression(
     assert "compressed" in outcome.message
 
 
-async def test_two_members_of_a_oneof(api: InProcessAPI) -> None:
+@pytest.fixture
+async def backend_api(tmp_path: Path, database_url: str) -> AsyncIterator[InProcessAPI]:
+    """An app on each database backend (conftest's database_url), for what touches storage."""
+    async with in_process(tmp_path / "data", database=database_url) as api:
+        yield api
+
+
+async def test_two_members_of_a_oneof(backend_api: InProcessAPI) -> None:
     """Found by fuzzing: `"success": {}` and `"error": {…}` together finished the build with
     whichever came last. ProtoJSON refuses two members of one oneof; so does the server."""
-    h = {"content-type": "application/json", **bearer(api.org_token)}
+    h = {"content-type": "application/json", **bearer(backend_api.org_token)}
     _, _, content = await raw_post(
-        api,
+        backend_api,
         "/depot.core.v1.ProjectService/CreateProject",
         b'{"name": "a", "regionId": "us-east-1"}',
         h,
     )
     project_id = json.loads(content)["project"]["projectId"]
-    _, _, content = await raw_post(api, B + "CreateBuild", _dump({"projectId": project_id}), h)
+    _, _, content = await raw_post(
+        backend_api, B + "CreateBuild", _dump({"projectId": project_id}), h
+    )
     build_id = json.loads(content)["buildId"]
     for body in (
         {"buildId": build_id, "success": {}, "error": {"error": "boom"}},
         {"buildId": build_id, "result": {"error": {"error": "boom"}, "success": {}}},
     ):
-        status, _, content = await raw_post(api, B + "FinishBuild", _dump(body), h)
+        status, _, content = await raw_post(backend_api, B + "FinishBuild", _dump(body), h)
         assert status == 400, content
         assert "not success and error" in json.loads(content)["message"], content
     # A null member is absent, as ProtoJSON has it.
     body = {"buildId": build_id, "success": {}, "error": None}
-    status, _, content = await raw_post(api, B + "FinishBuild", _dump(body), h)
+    status, _, content = await raw_post(backend_api, B + "FinishBuild", _dump(body), h)
     assert status == 200, content
-    _, _, content = await raw_post(api, B + "GetBuild", _dump({"buildId": build_id}), h)
+    _, _, content = await raw_post(backend_api, B + "GetBuild", _dump({"buildId": build_id}), h)
     assert json.loads(content)["status"] == "BUILD_STATUS_FINISHED"
 
 
@@ -714,13 +724,13 @@ async def limited_api(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[InProcessAPI]:
     limit = request.param or Settings().max_message_bytes
-    async with in_process(Settings(data_dir=tmp_path / "data", max_message_bytes=limit)) as api:
+    async with in_process(tmp_path / "data", max_message_bytes=limit) as api:
         yield api
 
 
 @pytest.fixture
 async def default_api(tmp_path: Path) -> AsyncIterator[InProcessAPI]:
-    async with in_process(Settings(data_dir=tmp_path / "data")) as api:
+    async with in_process(tmp_path / "data") as api:
         yield api
 
 
@@ -922,16 +932,20 @@ async def _read_stored(api: InProcessAPI, project_id: str) -> tuple[bytes, bytes
 
 
 @pytest.fixture
-async def stored(api: InProcessAPI) -> Stored:
+async def stored(backend_api: InProcessAPI) -> Stored:
     """A project with one running build, on each database backend."""
-    h = {"content-type": "application/json", **bearer(api.org_token)}
+    h = {"content-type": "application/json", **bearer(backend_api.org_token)}
     body = b'{"name": "app", "regionId": "us-east-1"}'
-    status, _, content = await raw_post(api, "/depot.core.v1.ProjectService/CreateProject", body, h)
+    status, _, content = await raw_post(
+        backend_api, "/depot.core.v1.ProjectService/CreateProject", body, h
+    )
     assert status == 200, content
     project_id = json.loads(content)["project"]["projectId"]
-    status, _, content = await raw_post(api, B + "CreateBuild", _dump({"projectId": project_id}), h)
+    status, _, content = await raw_post(
+        backend_api, B + "CreateBuild", _dump({"projectId": project_id}), h
+    )
     assert status == 200, content
-    listing = await _read_stored(api, project_id)
+    listing = await _read_stored(backend_api, project_id)
     assert json.loads(listing[0])["builds"][0]["status"] == "BUILD_STATUS_RUNNING"
     return Stored(project_id, json.loads(content)["buildId"], listing)
 
@@ -939,12 +953,12 @@ async def stored(api: InProcessAPI) -> Stored:
 @FUZZ
 @given(data=st.data())
 async def test_refused_finish_changes_nothing(
-    api: InProcessAPI, stored: Stored, data: st.DataObject
+    backend_api: InProcessAPI, stored: Stored, data: st.DataObject
 ) -> None:
     """A FinishBuild for the running build, refused for its framing or its content, leaves
     the build running and everything else stored as it was."""
     protocol, request = data.draw(broken_finishes(stored.build_id))
     case = Case(TARGETS[3], protocol, "valid", request, False, False)
-    outcome = check(case, await call(api.app, with_auth(case, api.org_token)))
+    outcome = check(case, await call(backend_api.app, with_auth(case, backend_api.org_token)))
     assert outcome.code is not None or outcome.form == "http", "a broken FinishBuild was accepted"
-    assert await _read_stored(api, stored.project_id) == stored.listing
+    assert await _read_stored(backend_api, stored.project_id) == stored.listing

@@ -14,7 +14,7 @@ import json
 import struct
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from connectrpc.code import Code
@@ -68,7 +68,6 @@ class Request:
     chunks: Sequence[bytes] = (b"",)
     method: str = "POST"
     http_version: str = "2"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:
