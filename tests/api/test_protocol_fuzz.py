@@ -610,6 +610,7 @@ def _check_refusal(case: Case, status: int) -> None:
 async def test_malformed_requests_get_wellformed_errors(
     fuzz_api: InProcessAPI, data: st.DataObject
 ) -> None:
+    """Any request, on any protocol, with or without a token: a well-formed answer in time."""
     case = data.draw(cases())
     answer = await call(fuzz_api.app, with_auth(case, fuzz_api.org_token))
     outcome = check(case, answer)
