@@ -1,9 +1,13 @@
-"""No token secret ever reaches the database file (or its write-ahead log) in clear."""
+"""No token secret or private key ever reaches the database (its files, its write-ahead log)
+in clear, nor the logs, nor an error message."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+from connectrpc.errors import ConnectError
 from sqlalchemy import inspect
 
 from depot_api.domain.token_format import hash_secret
@@ -44,6 +48,71 @@ async def test_database_files_never_contain_a_secret(api: InProcessAPI) -> None:
         assert secret[4:].encode() not in contents
     # The hashes are what is kept: at least the newest one is on disk somewhere.
     assert hash_secret(secrets[-1]).encode() in contents
+
+
+async def test_ca_private_keys_are_sealed_in_the_database(api: InProcessAPI) -> None:
+    c = api.clients("connect-proto")
+    h = bearer(api.org_token)
+    project = await c.projects.create_project(
+        project_pb.CreateProjectRequest(name="p", region_id="us-east-1"), headers=h
+    )
+    pid = project.project.project_id
+    ca = await api.app.domain.endpoints._project_ca(pid)  # made on first use, then stored
+    assert "PRIVATE KEY" in ca.key_pem
+    contents = await stored_bytes(api)
+    # The certificate is public and is stored as is (PostgreSQL's text dump escapes newlines).
+    assert ca.cert_pem.splitlines()[1].encode() in contents
+    assert b"PRIVATE KEY" not in contents
+    for line in ca.key_pem.splitlines()[1:-1]:
+        assert line.encode() not in contents
+
+
+async def test_no_secret_reaches_the_logs_or_an_error_message(
+    api: InProcessAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="depot_api")
+    c = api.clients("connect-json")
+    h = bearer(api.org_token)
+    project = await c.projects.create_project(
+        project_pb.CreateProjectRequest(name="p", region_id="us-east-1"), headers=h
+    )
+    pid = project.project.project_id
+    token = await c.projects.create_token(
+        project_pb.CreateTokenRequest(project_id=pid, description="ci"), headers=h
+    )
+    build = await c.builds.create_build(
+        build_pb.CreateBuildRequest(project_id=pid), headers=bearer(token.secret)
+    )
+    secrets = [api.org_token, token.secret, build.build_token]
+    ca = await api.app.domain.endpoints._project_ca(pid)
+
+    # Calls that fail in every way a credential can: each message must not echo the secret.
+    await c.projects.delete_token(project_pb.DeleteTokenRequest(token_id=token.token_id), headers=h)
+    messages = []
+    for header in (
+        bearer(token.secret),  # revoked
+        bearer(token.secret + "x"),  # malformed
+        bearer(token.secret[:-1]),  # truncated
+        {"authorization": token.secret},  # no scheme
+        bearer(build.build_token),  # wrong kind for the call
+    ):
+        try:
+            await c.projects.list_projects(project_pb.ListProjectsRequest(), headers=header)
+        except ConnectError as e:
+            messages.append(e.message)
+        else:
+            raise AssertionError(f"{header} was accepted")
+    # A call that fails inside the domain, with a secret where an ID belongs.
+    with pytest.raises(ConnectError) as not_an_id:
+        await c.builds.get_build(build_pb.GetBuildRequest(build_id=build.build_token), headers=h)
+    messages.append(not_an_id.value.message)
+    everything = "\n".join([*messages, caplog.text])
+    for secret in secrets:
+        assert secret not in everything
+        assert secret[4:-6] not in everything  # nor the random body alone
+    for line in ca.key_pem.splitlines()[1:-1]:
+        assert line not in everything
+    assert "PRIVATE KEY" not in everything
 
 
 async def stored_bytes(api: InProcessAPI) -> bytes:

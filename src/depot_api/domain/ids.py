@@ -6,6 +6,7 @@ import re
 import secrets
 
 from depot_api.domain.errors import InvalidArgument
+from depot_api.domain.token_format import PREFIXES
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _LENGTH = 10
@@ -33,6 +34,10 @@ def require_id(value: str, field: str) -> str:
 
 
 def quoted(value: str) -> str:
-    """Echo at most a short, printable prefix of what the caller sent."""
+    """Echo at most a short, printable prefix of what the caller sent, but never a token
+    secret pasted where an ID belongs: error messages end up in CI logs, so only its kind's
+    prefix is shown."""
+    if value.startswith(tuple(PREFIXES.values())):
+        return f'"{value[:4]}…" (a token secret, not repeated here)'
     shown = value[:40].encode("unicode_escape").decode("ascii")
     return f'"{shown}…"' if len(value) > 40 else f'"{shown}"'
