@@ -84,8 +84,7 @@ class SeedGetEndpoint:
     async def _answer(
         self, scope: Scope, receive: Receive, response_headers: dict[str, str]
     ) -> dict[str, Any]:
-        if scope["method"] != "POST":
-            raise ConnectError(Code.UNIMPLEMENTED, "GetEndpoint takes POST")
+        # Only a POST reaches this view (app.py); other methods get connectrpc's 405.
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         principal = await self._domain.authenticator.authenticate(headers.get("authorization"))
         if principal.kind is TokenKind.MACHINE:

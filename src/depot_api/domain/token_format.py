@@ -11,6 +11,7 @@ so a plain fast hash is enough and a lookup by hash leaks nothing about the secr
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import zlib
 
@@ -49,8 +50,9 @@ def kind_of(secret: str) -> TokenKind | None:
     payload, checksum = secret[:-_CHECKSUM_LENGTH], secret[-_CHECKSUM_LENGTH:]
     if any(c not in _BASE62 for c in secret[_PREFIX_LENGTH:]):
         return None
-    # Not secret-dependent in a useful way: the checksum is public information about the body.
-    if _checksum(payload) != checksum:
+    # The checksum is public information about the body, so its comparison leaks nothing
+    # useful; compare_digest all the same, so that no comparison of a secret's parts is timed.
+    if not hmac.compare_digest(_checksum(payload), checksum):
         return None
     return kind
 
