@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +35,7 @@ _DRAIN_POLL_SECONDS = 0.1
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
-        self._drain_dir = Path(tempfile.mkdtemp(prefix="depot-api-drain-"))
+        self._drain_dir = _new_drain_dir(settings.data_dir)
         self._settings = replace(settings, drain_dir=self._drain_dir)
         self._port = settings.port
         self._stopping = asyncio.Event()
@@ -117,6 +117,33 @@ class Supervisor:
         )
         await server.start()
         return server
+
+
+def _new_drain_dir(data_dir: Path) -> Path:
+    """This run's drain directory, in the data directory: `run/drain-<supervisor PID>`.
+
+    A supervisor killed outright leaves its directory behind; the next start removes the ones
+    whose supervisor is gone."""
+    runs = data_dir / "run"
+    runs.mkdir(mode=0o700, exist_ok=True)
+    for stale in runs.glob("drain-*"):
+        pid = stale.name.removeprefix("drain-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    mine = runs / f"drain-{os.getpid()}"
+    shutil.rmtree(mine, ignore_errors=True)  # a dead supervisor's, whose PID we reuse
+    mine.mkdir(mode=0o700)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _resolved(path: Path | None) -> Path | None:

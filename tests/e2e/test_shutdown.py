@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,3 +69,16 @@ async def test_sigterm_drains_and_ends_streams_with_unavailable(
     output = "".join(server.output)
     assert output.count("drained: no call in flight") == workers, output
     assert "Traceback" not in output and "error occurred" not in output, output
+
+
+def test_a_killed_supervisors_drain_directory_is_cleaned_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = data / "run" / f"drain-{gone.pid}"  # as a supervisor killed outright leaves it
+    stale.mkdir(parents=True)
+    with running_server(data) as server:
+        assert not stale.exists()
+        [mine] = (data / "run").iterdir()
+        assert mine.name == f"drain-{server.process.pid}"
+    assert list((data / "run").iterdir()) == []  # a clean stop removes its own
