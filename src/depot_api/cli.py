@@ -366,9 +366,11 @@ async def _serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     secret = await prepare(settings)
     if secret is not None:
+        # The secret itself is not printed: standard output usually ends up in a log.
         print(
-            "Created an organization and its first token. It is shown once here and kept in "
-            f"{settings.initial_token_path} (mode 0600):\n{secret}",
+            "Created an organization and its first token. The token is in "
+            f"{settings.initial_token_path} (mode 0600) and nowhere else: store it where "
+            "your secrets go, then delete the file.",
             flush=True,
         )
     return await Supervisor(settings).run()

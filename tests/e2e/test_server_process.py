@@ -37,6 +37,13 @@ def curl(server: ServerProcess, path: str, body: str, token: str, *flags: str) -
     return int(status), text
 
 
+def test_the_initial_token_is_in_its_file_and_not_in_the_output(server: ServerProcess) -> None:
+    output = "".join(server.output)
+    assert str(server.data_dir / "initial-org-token") in output
+    assert server.org_token and server.org_token not in output
+    assert server.org_token[4:-6] not in output
+
+
 def test_initial_org_token_works(server: ServerProcess) -> None:
     status, text = curl(
         server, "/depot.core.v1.OrganizationService/ListOrganizations", "{}", server.org_token
