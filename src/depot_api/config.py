@@ -98,7 +98,7 @@ class Settings:
             "DEPOT_API_SHUTDOWN_GRACE": str(self.shutdown_grace.total_seconds()),
         }
         if self.drain_dir is not None:
-            env["DEPOT_API_DRAIN_DIR"] = str(self.drain_dir)
+            env["DEPOT_API_DRAIN_DIR"] = str(self.drain_dir.resolve())
         if self.database is not None:
             env["DEPOT_API_DATABASE_URL"] = self.database
         if self.secret_key is not None:
