@@ -33,12 +33,9 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -47,9 +44,9 @@ from typing import Any
 import yaml
 
 from campaigns.contract_fuzz_hooks import IDS_ENV
+from campaigns.server import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 CHECKS = [
     "not_a_server_error",
@@ -82,9 +79,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="contract-fuzz-") as tmp:
         work = Path(tmp)
-        server = Server(work / "data")
+        # A GetEndpoint with no machine must give up quickly (see ACQUIRE_TIMEOUT_SECONDS).
+        env = {"DEPOT_API_ACQUIRE_TIMEOUT": str(ACQUIRE_TIMEOUT_SECONDS)}
+        server = ServerProcess(work / "data", env=env)
         try:
-            url, token = server.start()
+            server.start()
+            url, token = server.url, server.org_token()
             ids = make_fixtures(url, token)
             operations = document_operations(url)
             har = (args.har or work / "requests.har").resolve()
@@ -92,58 +92,6 @@ def main() -> int:
         finally:
             server.stop()
         return report(code, har, operations, args.requests, server.output)
-
-
-class Server:
-    """`depot-api serve` on 127.0.0.1; stopped by its own PID."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.output: list[str] = []
-        self._process: subprocess.Popen[str] | None = None
-
-    def start(self) -> tuple[str, str]:
-        env = {**os.environ, "DEPOT_API_ACQUIRE_TIMEOUT": str(ACQUIRE_TIMEOUT_SECONDS)}
-        command = [str(BIN / "depot-api"), "serve", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--data-dir", str(self.data_dir), "--workers", "1"]
-        self._process = process = subprocess.Popen(  # noqa: S603 (our own command line)
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            if match:
-                # Keep reading its output, so a full pipe never blocks the server.
-                threading.Thread(target=self._drain, daemon=True).start()
-                token = (self.data_dir / "initial-org-token").read_text().strip()
-                return match.group(1), token
-        raise RuntimeError("the server did not start:\n" + "".join(self.output))
-
-    def _drain(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self.output.append(line)
-
-    def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def call(url: str, token: str, rpc: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,9 @@ import http.client
 import json
 import os
 import random
-import re
 import secrets
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 
-BIN = Path(sys.executable).parent
+from campaigns.server import HOST, START_TIMEOUT_S, ServerProcess
+
 POSTGRES = os.environ.get("CRASH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-HOST = "127.0.0.1"
 
 CREATE_PROJECT = "/depot.core.v1.ProjectService/CreateProject"
 CREATE_BUILD = "/depot.build.v1.BuildService/CreateBuild"
@@ -66,8 +62,6 @@ RETRYABLE = {"unavailable", "internal", "unknown", "deadline_exceeded", "resourc
 # How often a client sends one FinishBuild before it gives up (it stays unknown).
 FINISH_ATTEMPTS = 5
 CALL_TIMEOUT_S = 15.0
-START_TIMEOUT_S = 60.0
-_LISTENING = re.compile(r"listening on http://[\d.]+:(\d+)")
 
 
 # --- What the clients were told, and the check ------------------------------------------------
@@ -195,90 +189,13 @@ def ready(port: int) -> bool:
 # --- The server --------------------------------------------------------------------------------
 
 
-class Server:
-    """`depot-api serve` on one data directory (and database), started again after each kill.
-
-    Each start is a new session, so the server's process group holds exactly the supervisor
-    this campaign started and its pyvoy worker: a kill sends SIGKILL to that group, and the
-    worker (where requests run and transactions commit) dies at the same instant as the
-    supervisor, with no chance to shut down.
-    """
-
-    def __init__(self, data_dir: Path, database: str | None) -> None:
-        self.data_dir = data_dir
-        self.database = database
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
-        self.output: list[str] = []
-
-    def start(self) -> None:
-        args = [str(BIN / "depot-api"), "serve", "--host", HOST, "--port", "0"]
-        args += ["--data-dir", str(self.data_dir), "--workers", "1", "--log-level", "warning"]
-        if self.database:
-            args += ["--database", self.database]
-        process = subprocess.Popen(  # noqa: S603 (our own server, our own arguments)
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.process = process
-        assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        if not self.port:
-            self.kill()
-            raise RuntimeError("the server did not start:\n" + "".join(self.output[-30:]))
-        # Keep reading its output so a full pipe can never block it.
-        threading.Thread(target=self._drain, args=(process,), daemon=True).start()
-
-    def wait_ready(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if ready(self.port):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def kill(self) -> None:
-        """SIGKILL the server's process group (the process this campaign started, and its
-        children), then make sure each of them is gone."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        children = psutil.Process(process.pid).children(recursive=True)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        # A child that had left the group would still be running: kill it by its PID.
-        _, alive = psutil.wait_procs(children, timeout=10)
-        for child in alive:
-            child.kill()
-        self.port = 0
-
-    def stop(self) -> None:
-        """A clean stop (SIGTERM), then SIGKILL if it does not come."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def _drain(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.output.append(line)
+def wait_ready(server: ServerProcess) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if ready(server.port):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 class Endpoint:
@@ -380,9 +297,11 @@ def run(backend: str, kills: int, between: float, workers: int, seed: int) -> in
     figures = Figures()
     try:
         with postgres_database(backend == "postgresql") as database:
-            server = Server(data_dir, database)
+            server = ServerProcess(
+                data_dir, "--log-level", "warning", *(("--database", database) if database else ())
+            )
             try:
-                campaign(server, ledger, figures, rng, kills, between, workers)
+                campaign(server, ledger, figures, rng, kills, between, workers, sqlite=not database)
             except RuntimeError as error:
                 # A server that does not come back, or an API that stopped answering: fail.
                 ledger.violations.append(str(error))
@@ -399,17 +318,19 @@ def run(backend: str, kills: int, between: float, workers: int, seed: int) -> in
 
 
 def campaign(
-    server: Server,
+    server: ServerProcess,
     ledger: Ledger,
     figures: Figures,
     rng: random.Random,
     kills: int,
     between: float,
     workers: int,
+    *,
+    sqlite: bool,
 ) -> None:
     server.start()
-    org_token = (server.data_dir / "initial-org-token").read_text().strip()
-    if not server.wait_ready():
+    org_token = server.org_token()
+    if not wait_ready(server):
         raise RuntimeError("the first server never became ready")
     answer = call(
         server.port,
@@ -443,10 +364,10 @@ def campaign(
             if number == kills:
                 # The last kill, too, comes under load; no call is made after it.
                 endpoint.stop.set()
-            if server.database is None:
+            if sqlite:
                 integrity(server.data_dir, ledger, f"after kill {number}")
             server.start()
-            if not server.wait_ready():
+            if not wait_ready(server):
                 raise RuntimeError(f"the server restarted after kill {number} never became ready")
             figures.restart_seconds.append(time.monotonic() - killed)
             endpoint.port = server.port

@@ -91,6 +91,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
+@pytest.fixture
+def sqlite_database_url(tmp_path: Path) -> Iterator[str]:
+    """For a module whose tests are about process state, not storage: it overrides
+    database_url with this, and runs on SQLite only."""
+    (tmp_path / "data").mkdir(mode=0o700)
+    with reusable_database("sqlite", tmp_path / "data") as url:
+        yield url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_reusable_databases() -> Iterator[None]:
     yield

@@ -17,3 +17,10 @@ async def new_project(domain: Domain, admin: Principal, name: str = "app") -> st
         hardware=None,
     )
     return project.id
+
+
+async def new_build(domain: Domain, org_token: str) -> tuple[str, str]:
+    """A running build in a new project of the token's organization; returns its ID and token."""
+    admin = await domain.authenticator.authenticate(f"Bearer {org_token}")
+    build, secret = await domain.builds.create(admin, await new_project(domain, admin))
+    return build.id, secret

@@ -8,7 +8,7 @@ SIGTERM path (the supervisor asking its workers) is in tests/e2e/test_shutdown.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,12 @@ from depot_api.gen.depot.buildkit.v1 import buildkit_pb
 from depot_api.gen.depot.core.v1 import project_pb
 
 from ..conftest import InProcessAPI, bearer, raw_post
-from ..databases import reusable_database
-from ..factories import new_project
+from ..factories import new_build
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "data").mkdir(mode=0o700)
-    with reusable_database("sqlite", tmp_path / "data") as url:
-        yield url
+def database_url(sqlite_database_url: str) -> str:
+    return sqlite_database_url
 
 
 @pytest.fixture
@@ -40,13 +37,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "data", database=database_url, acquire_timeout=timedelta(seconds=60)
     )
-
-
-async def _build(api: InProcessAPI) -> tuple[str, str]:
-    admin = await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-    project = await new_project(api.app.domain, admin)
-    build, secret = await api.app.domain.builds.create(admin, project)
-    return build.id, secret
 
 
 async def test_new_calls_are_refused_with_unavailable(api: InProcessAPI) -> None:
@@ -72,7 +62,7 @@ async def test_readiness_fails_while_draining(api: InProcessAPI) -> None:
 
 @pytest.mark.parametrize("protocol", ["connect-proto", "grpc", "grpc-web"])
 async def test_a_waiting_stream_ends_with_unavailable(api: InProcessAPI, protocol: str) -> None:
-    build_id, build_token = await _build(api)
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
     stream = api.clients(protocol).buildkit.get_endpoint(
         buildkit_pb.GetEndpointRequest(build_id=build_id, platform=buildkit_pb.Platform.AMD64),
         headers=bearer(build_token),
@@ -87,7 +77,7 @@ async def test_a_waiting_stream_ends_with_unavailable(api: InProcessAPI, protoco
 
 
 async def test_a_client_stream_ends_with_unavailable(api: InProcessAPI) -> None:
-    build_id, build_token = await _build(api)
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
     started = asyncio.Event()
 
     async def health() -> AsyncIterator[buildkit_pb.ReportHealthRequest]:
@@ -109,7 +99,7 @@ async def test_a_client_stream_ends_with_unavailable(api: InProcessAPI) -> None:
 
 
 async def test_the_plain_json_get_endpoint_ends_with_503(api: InProcessAPI) -> None:
-    build_id, build_token = await _build(api)
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
 
     async def drain_soon() -> None:
         await asyncio.sleep(0.3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,16 +18,13 @@ from connectrpc.errors import ConnectError
 
 from depot_api.api.limits import RateLimiter, StreamLimiter
 from depot_api.config import Settings
-from depot_api.domain.principal import Principal
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.google.rpc.error_details_pb import RetryInfo
-from depot_api.models import TokenKind
 
 from ..conftest import PROTOCOLS, InProcessAPI, bearer, raw_post
-from ..databases import reusable_database
-from ..factories import new_project
+from ..factories import new_build
 
 
 class FakeClock:
@@ -89,10 +85,8 @@ def test_stream_limiter_counts_and_releases() -> None:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "data").mkdir(mode=0o700)
-    with reusable_database("sqlite", tmp_path / "data") as url:
-        yield url
+def database_url(sqlite_database_url: str) -> str:
+    return sqlite_database_url
 
 
 @pytest.fixture
@@ -167,17 +161,8 @@ async def test_unauthenticated_calls_are_not_rate_limited_by_a_token(api: InProc
         assert status == 401, body
 
 
-async def _build(api: InProcessAPI) -> tuple[str, str]:
-    admin = await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-    project = await new_project(
-        api.app.domain, Principal(admin.token_id, TokenKind.ORG, admin.org_ids)
-    )
-    build, secret = await api.app.domain.builds.create(admin, project)
-    return build.id, secret
-
-
-async def _drain_endpoint(api: InProcessAPI, build_id: str, token: str) -> Code:
-    """Wait on GetEndpoint until it ends: there are no machines, so resource_exhausted."""
+async def _end_of_endpoint(api: InProcessAPI, build_id: str, token: str) -> ConnectError:
+    """Wait on GetEndpoint until it ends: there are no machines, so it ends with an error."""
     stream = api.clients("connect-proto").buildkit.get_endpoint(
         buildkit_pb.GetEndpointRequest(build_id=build_id, platform=buildkit_pb.Platform.AMD64),
         headers=bearer(token),
@@ -186,7 +171,7 @@ async def _drain_endpoint(api: InProcessAPI, build_id: str, token: str) -> Code:
         async for _ in stream:
             pass
     except ConnectError as e:
-        return e.code
+        return e
     raise AssertionError("GetEndpoint ended without an error, but there are no machines")
 
 
@@ -195,41 +180,37 @@ async def _open_streams(api: InProcessAPI, token: str) -> int:
     return api.app.limits.streams.open_count(principal.token_id)
 
 
-async def test_a_token_holds_at_most_its_streams(api: InProcessAPI) -> None:
-    build_id, build_token = await _build(api)
-    first = asyncio.create_task(_drain_endpoint(api, build_id, build_token))
+async def _one_stream_waiting(
+    api: InProcessAPI, build_id: str, token: str
+) -> asyncio.Task[ConnectError]:
+    """A GetEndpoint stream, open and counted, in a task."""
+    waiting = asyncio.create_task(_end_of_endpoint(api, build_id, token))
     for _ in range(200):
-        if await _open_streams(api, build_token) == 1:
+        if await _open_streams(api, token) == 1:
             break
         await asyncio.sleep(0.01)
-    assert await _open_streams(api, build_token) == 1
+    assert await _open_streams(api, token) == 1
+    return waiting
 
-    with pytest.raises(ConnectError) as refused:
-        await asyncio.wait_for(_drain_endpoint_raising(api, build_id, build_token), 5)
-    assert refused.value.code == Code.RESOURCE_EXHAUSTED
-    assert "streams open" in refused.value.message
+
+async def test_a_token_holds_at_most_its_streams(api: InProcessAPI) -> None:
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
+    first = await _one_stream_waiting(api, build_id, build_token)
+
+    refused = await asyncio.wait_for(_end_of_endpoint(api, build_id, build_token), 5)
+    assert refused.code == Code.RESOURCE_EXHAUSTED
+    assert "streams open" in refused.message
 
     # The first stream ends on its own (no machine came); its place is given back.
-    assert await asyncio.wait_for(first, 10) == Code.RESOURCE_EXHAUSTED
+    ended = await asyncio.wait_for(first, 10)
+    assert ended.code == Code.RESOURCE_EXHAUSTED
+    assert "no amd64 BuildKit machine" in ended.message
     assert await _open_streams(api, build_token) == 0
 
 
-async def _drain_endpoint_raising(api: InProcessAPI, build_id: str, token: str) -> None:
-    stream = api.clients("connect-proto").buildkit.get_endpoint(
-        buildkit_pb.GetEndpointRequest(build_id=build_id, platform=buildkit_pb.Platform.AMD64),
-        headers=bearer(token),
-    )
-    async for _ in stream:
-        pass
-
-
 async def test_the_plain_json_get_endpoint_counts_as_a_stream(api: InProcessAPI) -> None:
-    build_id, build_token = await _build(api)
-    first = asyncio.create_task(_drain_endpoint(api, build_id, build_token))
-    for _ in range(200):
-        if await _open_streams(api, build_token) == 1:
-            break
-        await asyncio.sleep(0.01)
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
+    first = await _one_stream_waiting(api, build_id, build_token)
     status, _, body = await raw_post(
         api,
         "/depot.buildkit.v1.BuildKitService/GetEndpoint",
@@ -241,8 +222,31 @@ async def test_the_plain_json_get_endpoint_counts_as_a_stream(api: InProcessAPI)
     await asyncio.wait_for(first, 10)
 
 
+async def test_the_plain_json_get_endpoint_gives_the_retry_hint_too(api: InProcessAPI) -> None:
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
+    builds = api.clients("connect-proto").builds
+    for _ in range(2):  # the burst
+        await builds.get_build(
+            build_pb.GetBuildRequest(build_id=build_id), headers=bearer(build_token)
+        )
+    status, headers, body = await raw_post(
+        api,
+        "/depot.buildkit.v1.BuildKitService/GetEndpoint",
+        json.dumps({"buildId": build_id, "platform": "PLATFORM_AMD64"}).encode(),
+        {**JSON, **bearer(build_token)},
+    )
+    assert status == 429, body
+    error = json.loads(body)
+    assert "rate limit" in error["message"]
+    assert headers["retry-after"] == "1"
+    [detail] = error["details"]
+    assert detail["type"] == "google.rpc.RetryInfo"
+    hint = RetryInfo.from_binary(base64.b64decode(detail["value"] + "=="))
+    assert hint.retry_delay is not None
+
+
 async def test_unary_calls_do_not_count_as_streams(api: InProcessAPI) -> None:
-    build_id, build_token = await _build(api)
+    build_id, build_token = await new_build(api.app.domain, api.org_token)
     builds = api.clients("connect-proto").builds
     await builds.get_build(build_pb.GetBuildRequest(build_id=build_id), headers=bearer(build_token))
     assert await _open_streams(api, build_token) == 0

@@ -13,11 +13,9 @@ from pyqwest import Client
 from pyqwest.testing import ASGITransport
 
 from depot_api.app import create_app
-from depot_api.domain.principal import Principal
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
-from depot_api.models import TokenKind
 
 from ..conftest import InProcessAPI, bearer, raw_post
 from ..factories import new_project
@@ -25,9 +23,7 @@ from ..factories import new_project
 
 async def _project(api: InProcessAPI) -> str:
     admin = await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-    return await new_project(
-        api.app.domain, Principal(admin.token_id, TokenKind.ORG, admin.org_ids)
-    )
+    return await new_project(api.app.domain, admin)
 
 
 async def test_a_project_token_with_an_expiry(api: InProcessAPI) -> None:

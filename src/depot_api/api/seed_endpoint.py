@@ -13,6 +13,7 @@ JSON errors with their HTTP status.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -76,8 +77,8 @@ class SeedGetEndpoint:
             answer = await self._answer(scope, receive, response_headers)
         except Exception as e:
             error = to_connect_error(e, _PROCEDURE)
-            body = {"code": error.code.value, "message": error.message}
-            await _respond(send, _HTTP_STATUS.get(error.code, 500), body, response_headers)
+            status = _HTTP_STATUS.get(error.code, 500)
+            await _respond(send, status, _error_body(error), response_headers)
             return
         await _respond(send, 200, answer, response_headers)
 
@@ -132,6 +133,18 @@ class SeedGetEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _error_body(error: ConnectError) -> dict[str, Any]:
+    """The Connect protocol's error JSON, details (such as a retry hint) included."""
+    body: dict[str, Any] = {"code": error.code.value, "message": error.message}
+    if error.details:
+        body["details"] = [
+            # Connect's JSON carries each detail as unpadded base64 of its message.
+            {"type": d.type_name, "value": base64.b64encode(d.message_bytes).decode().rstrip("=")}
+            for d in error.details
+        ]
+    return body
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
