@@ -65,6 +65,9 @@ def test_admin_commands_print_what_they_made(
         (("create-token", "--org", "BAD"), "org"),
         (("create-org", "--name", ""), "name is required"),
         (("add-member", "--user", "0123456789", "--org", "0123456789"), "user 0123456789"),
+        (("create-machine-token", "--expires-in-days", "0"), "must be a positive number"),
+        (("create-machine-token", "--expires-in-days", "3651"), "is too long"),
+        (("revoke-token", "--token", "0123456789"), "token 0123456789 not found"),
     ],
 )
 def test_admin_errors_are_clear(
@@ -120,4 +123,40 @@ def test_serve_refuses_a_build_url_with_unknown_fields(
     with pytest.raises(SystemExit) as raised:
         main(["serve", "--data-dir", str(tmp_path), "--build-url", template])
     assert "--build-url may use {project_id} and {build_id}" in str(raised.value.code)
+    assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything
+
+
+def test_admin_tokens_expire_list_and_revoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--data-dir", str(tmp_path)]
+    _, out, _ = run(capsys, "admin", "create-machine-token", "--expires-in-days", "7", *d)
+    token_id = out.split()[2]  # "machine token <id> created; …"
+    secret = last_line(out)
+    code, out, _ = run(capsys, "admin", "list-tokens", *d)
+    [line] = [row for row in out.splitlines() if row.startswith(token_id)]
+    assert code == 0 and " machine " in line and "expires=never" not in line
+    assert "last-used=never" in line and secret not in out
+    code, out, _ = run(capsys, "admin", "revoke-token", "--token", token_id, *d)
+    assert code == 0 and f"token {token_id} is revoked" in out
+    _, out, _ = run(capsys, "admin", "list-tokens", *d)
+    assert token_id not in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--rate-limit", "-1"),
+        ("--rate-limit", "nan"),
+        ("--rate-burst", "0"),
+        ("--max-streams-per-token", "-1"),
+        ("--shutdown-grace", "-1"),
+        ("--shutdown-grace", "3601"),
+        ("--max-message-bytes", "0"),
+    ],
+)
+def test_serve_refuses_limits_out_of_range(tmp_path: Path, flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["serve", "--data-dir", str(tmp_path), flag, value])
+    assert flag in str(raised.value.code)
     assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything
