@@ -98,9 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="depot-api",
         description="A self-hostable control plane that speaks Depot's API.",
-        epilog="Each command's --help lists its settings, with their environment variables and "
-        "defaults; the settings only in the environment (DEPOT_API_SECRET_KEY above all) are "
-        "at its end.",
+        epilog="`depot-api serve --help` (and migrate's and admin's) lists the settings, with "
+        "their environment variables and defaults; those only in the environment "
+        "(DEPOT_API_SECRET_KEY above all) and the log levels are at its end.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('depot-api')}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -139,7 +139,7 @@ class Setting:
     default_text: str | None = None
     # The commands that read it.
     commands: frozenset[str] = frozenset({SERVE})
-    # Never shown: not in messages, not in help.
+    # Its value is never shown, in messages or anywhere else.
     secret: bool = False
 
     @property
@@ -301,7 +301,7 @@ class Given:
 class SettingError(Exception):
     """A setting's value is wrong as written: a usage error."""
 
-    def __init__(self, given: Given | str, problem: str) -> None:
+    def __init__(self, given: Given, problem: str) -> None:
         super().__init__(f"{given}: {problem}")
 
 
@@ -310,7 +310,7 @@ class Resolved:
     """Settings, and for each one where its value came from."""
 
     settings: Settings
-    given: Mapping[str, Given] = field(default_factory=dict)
+    given: Mapping[str, Given]
 
     def describe(self, field_name: str) -> str:
         """The setting of this Settings field as the user gave it, for messages."""
@@ -329,17 +329,7 @@ def resolve(
     values: dict[str, object] = {}
     given: dict[str, Given] = {}
     for setting in SETTINGS:
-        flag_text = flags.get(setting.field)
-        env_text = environ.get(setting.env) or None
-        if command is not None and command not in setting.commands:
-            given[setting.field] = Given(setting, "default")
-        elif flag_text is not None:
-            given[setting.field] = Given(setting, "flag", flag_text)
-        elif env_text is not None:
-            given[setting.field] = Given(setting, "environment", env_text)
-        else:
-            given[setting.field] = Given(setting, "default")
-        source = given[setting.field]
+        source = given[setting.field] = _source(setting, command, flags, environ)
         if source.origin == "default":
             continue
         try:
@@ -354,3 +344,20 @@ def resolve(
         needed = given[missing].setting
         raise SettingError(given[present], f"needs {needed.flag} (or {needed.env}) too")
     return Resolved(settings, given)
+
+
+def _source(
+    setting: Setting,
+    command: str | None,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+) -> Given:
+    if command is not None and command not in setting.commands:
+        return Given(setting, "default")
+    flag_text = flags.get(setting.field) if setting.flag else None
+    if flag_text is not None:
+        return Given(setting, "flag", flag_text)
+    env_text = environ.get(setting.env)
+    if env_text:
+        return Given(setting, "environment", env_text)
+    return Given(setting, "default")

@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Any
 
-# How to make a key for DEPOT_API_SECRET_KEY, quoted in its help and in its error.
+# How to make a key for DEPOT_API_SECRET_KEY, quoted in its error.
 FERNET_KEY_RECIPE = (
     'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
 )
