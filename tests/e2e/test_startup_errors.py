@@ -181,9 +181,8 @@ def busy_port() -> Iterator[int]:
 def test_serve_fails_with_one_clear_line(tmp_path: Path, busy_port: int, name: str) -> None:
     case = CASES[name]
     (tmp_path / "data").mkdir(mode=0o700)
-    (tmp_path / "data" / "depot-api.sqlite3").write_text(
-        "not a database" if name == "sqlite-file-not-a-database" else ""
-    )
+    if name == "sqlite-file-not-a-database":
+        (tmp_path / "data" / "depot-api.sqlite3").write_text("not a database")
     (tmp_path / "a-file").write_text("")
     args = case.args(tmp_path, busy_port)
     # A free port, one worker and a fresh data directory, unless the case sets them.
