@@ -1,21 +1,34 @@
-"""The depot-api command: admin commands on a data directory, and settings from env."""
+"""The depot-api command: admin commands on a data directory, migrate, help, and settings from
+flags and the environment."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import re
 import stat
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic
+from alembic.config import Config
+from sqlalchemy import Connection
 
-from depot_api.cli import main
+import depot_api.store
+from depot_api.cli import _parser, main
 from depot_api.config import Settings
 from depot_api.domain.token_format import kind_of
 from depot_api.models import TokenKind
 from depot_api.startup import prepare
-from depot_api.store.engine import open_store, sqlite_url
+from depot_api.store.engine import create_engine, head_revision, open_store, sqlite_url
 from depot_api.wiring import build_domain
+
+from .databases import BACKENDS, database
+
+MIGRATIONS = Path(depot_api.store.__file__).parent / "migrations"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -120,9 +133,9 @@ def test_defaults_without_environment() -> None:
 def test_serve_refuses_a_build_url_with_unknown_fields(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], template: str
 ) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["serve", "--data-dir", str(tmp_path), "--build-url", template])
-    assert "--build-url may use {project_id} and {build_id}" in str(raised.value.code)
+    code, _, err = run(capsys, "serve", "--data-dir", str(tmp_path), "--build-url", template)
+    assert code == 2
+    assert "--build-url" in err and "{project_id} and {build_id}" in err
     assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything
 
 
@@ -155,8 +168,217 @@ def test_admin_tokens_expire_list_and_revoke(
         ("--max-message-bytes", "0"),
     ],
 )
-def test_serve_refuses_limits_out_of_range(tmp_path: Path, flag: str, value: str) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["serve", "--data-dir", str(tmp_path), flag, value])
-    assert flag in str(raised.value.code)
+def test_serve_refuses_limits_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    code, _, err = run(capsys, "serve", "--data-dir", str(tmp_path), flag, value)
+    assert code == 2
+    assert err.startswith(f"depot-api: {flag} {value}: must be ")
     assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"depot-api {version('depot-api')}"
+
+
+def test_serve_help_lists_environment_only_settings_log_levels_and_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    # argparse wraps lines; compare the words only.
+    help_text = " ".join(capsys.readouterr().out.split())
+    env_only = [
+        "DEPOT_API_SECRET_KEY",
+        "DEPOT_API_MACHINE_HEARTBEAT (default: 1)",
+        "DEPOT_API_MACHINE_LOST_AFTER",
+        "DEPOT_API_MACHINE_IDLE_RELEASE",
+        "DEPOT_API_ACQUIRE_TIMEOUT",
+        "DEPOT_API_PENDING_INTERVAL",
+        "DEPOT_API_LIVENESS_WINDOW",
+        "DEPOT_API_MAX_BUILD_DURATION",
+    ]
+    for name in env_only:
+        assert name.split()[0] in help_text
+    assert "seconds between agent heartbeats (default: 1)" in help_text
+    assert "the key that seals private keys" in help_text
+    assert "debug, info, warning, error" in help_text
+    # Defaults as people write them.
+    assert "DEPOT_API_BUILD_TOKEN_GRACE; default: 120)" in help_text
+    assert "DEPOT_API_SHUTDOWN_GRACE; default: 30)" in help_text
+    assert "DEPOT_API_RATE_LIMIT; default: 200)" in help_text
+    assert "(default: 86400)" in help_text
+    assert ".0)" not in help_text and ".0;" not in help_text
+
+
+SERVE_FLAGS = {
+    "--data-dir": "DATA_DIR",
+    "--database": "DATABASE_URL",
+    "--host": "HOST",
+    "--port": "PORT",
+    "--workers": "WORKERS",
+    "--tls-cert": "TLS_CERT",
+    "--tls-key": "TLS_KEY",
+    "--build-token-grace": "BUILD_TOKEN_GRACE",
+    "--regions": "REGIONS",
+    "--max-message-bytes": "MAX_MESSAGE_BYTES",
+    "--rate-limit": "RATE_LIMIT",
+    "--rate-burst": "RATE_BURST",
+    "--max-streams-per-token": "MAX_STREAMS_PER_TOKEN",
+    "--shutdown-grace": "SHUTDOWN_GRACE",
+    "--log-level": "LOG_LEVEL",
+    "--build-url": "BUILD_URL",
+}
+
+
+@pytest.mark.parametrize("args", [["serve"], ["migrate"], ["admin", "create-org"]])
+def test_every_setting_flag_names_its_environment_variable(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([*args, "--help"])
+    help_text = capsys.readouterr().out
+    flags = (
+        SERVE_FLAGS
+        if args == ["serve"]
+        else {"--data-dir": "DATA_DIR", "--database": "DATABASE_URL"}
+    )
+    for flag, env in flags.items():
+        # The flag's own help: from its line to the next option's or the end of the list.
+        match = re.search(rf"^  {flag} .*?(?=^  -|\n\n)", help_text, re.MULTILINE | re.DOTALL)
+        assert match is not None, flag
+        own = " ".join(match.group(0).split())
+        assert f"(env DEPOT_API_{env}; default: " in own, flag
+
+
+def test_every_option_of_admin_has_a_help_line() -> None:
+    admin = _subcommands(_parser())["admin"]
+    actions = _subcommands(admin)
+    assert "list-orgs" in actions
+    for name, action in actions.items():
+        for option in action._actions:
+            assert option.help, f"admin {name} {option.option_strings} has no help"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    [subparsers] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(subparsers.choices)
+
+
+def test_admin_list_orgs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = ["--data-dir", str(tmp_path)]
+    code, out, err = run(capsys, "admin", "list-orgs", *d)
+    assert (code, out) == (0, "")
+    assert err.strip() == "no organizations yet: create one with `depot-api admin create-org`"
+
+    ids = [
+        last_line(run(capsys, "admin", "create-org", "--name", name, *d)[1])
+        for name in ("a", "b c")
+    ]
+    code, out, err = run(capsys, "admin", "list-orgs", *d)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ids
+    assert lines[0].endswith(" 'a'") and lines[1].endswith(" 'b c'")
+    assert "created=" in lines[0]
+
+
+def test_admin_list_machines_says_when_there_are_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "admin", "list-machines", "--data-dir", str(tmp_path))
+    assert (code, out) == (0, "")  # standard output stays one line per machine
+    assert err.startswith("no machines: none has registered")
+
+
+def test_a_setting_a_command_does_not_use_cannot_break_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin commands read the data directory, the database and the sealing key; a bad
+    server setting in the environment is none of their business."""
+    monkeypatch.setenv("DEPOT_API_PORT", "abc")
+    monkeypatch.setenv("DEPOT_API_ACQUIRE_TIMEOUT", "5m")
+    code, _, err = run(capsys, "admin", "create-org", "--name", "acme", "--data-dir", str(tmp_path))
+    assert (code, err) == (0, "")
+
+
+def test_a_flag_wins_over_a_bad_environment_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPOT_API_DATABASE_URL", "mysql://nowhere/x")
+    monkeypatch.setenv("DEPOT_API_DATA_DIR", str(tmp_path / "not-this-one"))
+    code, out, err = run(
+        capsys, "migrate", "--data-dir", str(tmp_path), "--database", sqlite_url(tmp_path)
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("created the schema")
+    assert not (tmp_path / "not-this-one").exists()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database(request.param, tmp_path) as url:
+        yield url
+
+
+def test_migrate_says_what_it_did(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_database: str
+) -> None:
+    head = head_revision()
+    migrate = ("migrate", "--data-dir", str(tmp_path), "--database", empty_database)
+    assert run(capsys, *migrate) == (0, f"created the schema at revision {head}\n", "")
+    assert run(capsys, *migrate) == (
+        0,
+        f"the schema is already at revision {head}; nothing to do\n",
+        "",
+    )
+
+
+def test_migrate_says_from_which_revision_it_upgraded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_database: str
+) -> None:
+    asyncio.run(_on_database(empty_database, lambda c: _alembic_upgrade(c, "0002")))
+    migrate = ("migrate", "--data-dir", str(tmp_path), "--database", empty_database)
+    assert run(capsys, *migrate) == (
+        0,
+        f"upgraded the schema from revision 0002 to {head_revision()}\n",
+        "",
+    )
+
+
+def test_migrate_refuses_a_schema_from_a_newer_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], empty_database: str
+) -> None:
+    migrate = ("migrate", "--data-dir", str(tmp_path), "--database", empty_database)
+    assert run(capsys, *migrate)[0] == 0
+    asyncio.run(
+        _on_database(
+            empty_database,
+            lambda c: c.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'"),
+        )
+    )
+    code, out, err = run(capsys, *migrate)
+    assert (code, out) == (1, "")
+    [line] = err.splitlines()
+    assert line.startswith("depot-api: --database ")
+    assert "revision 9999, which this version of depot-api does not know" in line
+
+
+async def _on_database(url: str, work: Callable[[Connection], object]) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+def _alembic_upgrade(connection: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    alembic.upgrade(config, revision)

@@ -1,4 +1,11 @@
-"""The `depot-api` command: serve, and admin commands that work on the data directory."""
+"""The `depot-api` command: serve, migrate, admin commands that work on the data directory,
+and the agent.
+
+Settings come from config.py's table, which gives the flags, their help and their checks. A
+misstep ends with one line on standard error that names the setting as it was given, and exit
+status 2 when a value is wrong as written (usage) or 1 when what it names is missing or
+unusable (environment: a file, the database).
+"""
 
 from __future__ import annotations
 
@@ -7,197 +14,179 @@ import asyncio
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from connectrpc.errors import ConnectError
 
 from depot_api.agent import Agent, AgentConfig
-from depot_api.config import Settings
+from depot_api.config import (
+    ADMIN,
+    MIGRATE,
+    SERVE,
+    SETTINGS,
+    Resolved,
+    SettingError,
+    Settings,
+    resolve,
+    settings_of,
+)
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
 from depot_api.server import Supervisor
-from depot_api.startup import make_data_dir, prepare
-from depot_api.store.engine import open_store
-from depot_api.wiring import build_domain
+from depot_api.setting_kinds import LOG_LEVELS
+from depot_api.startup import (
+    EnvironmentProblem,
+    check_tls_files,
+    database_problems,
+    migrate_database,
+    open_database,
+    prepare,
+)
+from depot_api.wiring import Domain, build_domain
+
+USAGE_ERROR = 2
+ENVIRONMENT_ERROR = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = _settings(args)
+    try:
+        if args.command == "agent":
+            return asyncio.run(_agent(args))
+        flags = {s.field: getattr(args, s.field, None) for s in SETTINGS if s.flag}
+        return _run(args, resolve(args.command, flags, os.environ))
+    except SettingError as e:
+        return _failed(str(e), USAGE_ERROR)
+    except DomainError as e:
+        return _failed(e.message, USAGE_ERROR)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, resolved: Resolved) -> int:
+    settings = resolved.settings
     try:
         if args.command == "serve":
             return asyncio.run(_serve(settings))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
-        if args.command == "agent":
-            return asyncio.run(_agent(args))
         return asyncio.run(_admin(args, settings))
-    except DomainError as e:
-        print(f"depot-api: {e.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except EnvironmentProblem as e:
+        return _failed(f"{resolved.describe(e.field)}: {e.problem}", ENVIRONMENT_ERROR)
+
+
+def _failed(message: str, status: int) -> int:
+    print(f"depot-api: {message}", file=sys.stderr)
+    return status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line, not the usage and a line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    env = Settings.from_env()
-    parser = argparse.ArgumentParser(
-        prog="depot-api", description="A self-hostable control plane that speaks Depot's API."
+    parser = _Parser(
+        prog="depot-api",
+        description="A self-hostable control plane that speaks Depot's API.",
+        epilog="`depot-api serve --help` (and migrate's and admin's) lists the settings, with "
+        "their environment variables and defaults; those only in the environment "
+        "(DEPOT_API_SECRET_KEY above all) and the log levels are at its end.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('depot-api')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data_dir = argparse.ArgumentParser(add_help=False)
-    data_dir.add_argument(
-        "--data-dir",
-        type=Path,
-        default=env.data_dir,
-        help="local state, and the SQLite database unless --database is given "
-        "(env DEPOT_API_DATA_DIR; default %(default)s)",
+    serve = commands.add_parser(
+        "serve",
+        help="run the API server",
+        description="Run the API server: migrate the database, then serve on one port.",
+        epilog=_environment_only(SERVE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data_dir.add_argument(
-        "--database",
-        default=env.database,
-        metavar="URL",
-        help="a PostgreSQL URL such as postgresql://user@host/db "
-        "(env DEPOT_API_DATABASE_URL; default: SQLite in the data directory)",
-    )
+    _add_setting_flags(serve, SERVE)
 
-    serve = commands.add_parser("serve", parents=[data_dir], help="run the API server")
-    serve.add_argument("--host", default=env.host, help="env DEPOT_API_HOST (%(default)s)")
-    serve.add_argument(
-        "--port", type=int, default=env.port, help="env DEPOT_API_PORT (%(default)s); 0 = any"
-    )
-    serve.add_argument("--tls-cert", type=Path, default=env.tls_cert, help="env DEPOT_API_TLS_CERT")
-    serve.add_argument("--tls-key", type=Path, default=env.tls_key, help="env DEPOT_API_TLS_KEY")
-    serve.add_argument(
-        "--build-token-grace",
-        type=float,
-        default=env.build_token_grace.total_seconds(),
-        metavar="SECONDS",
-        help="how long a build token works after its build ends "
-        "(env DEPOT_API_BUILD_TOKEN_GRACE; %(default)s)",
-    )
-    serve.add_argument(
-        "--regions",
-        default=",".join(env.regions),
-        help="comma-separated region IDs projects may use (env DEPOT_API_REGIONS; %(default)s)",
-    )
-    serve.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=env.max_message_bytes,
-        help="largest request message accepted (env DEPOT_API_MAX_MESSAGE_BYTES; %(default)s)",
-    )
-    serve.add_argument(
-        "--rate-limit",
-        type=float,
-        default=env.rate_limit,
-        metavar="CALLS",
-        help="calls a second per token and process, sustained; 0 = no limit "
-        "(env DEPOT_API_RATE_LIMIT; %(default)s)",
-    )
-    serve.add_argument(
-        "--rate-burst",
-        type=int,
-        default=env.rate_burst,
-        metavar="CALLS",
-        help="calls a token may make at once above the rate (env DEPOT_API_RATE_BURST; "
-        "%(default)s)",
-    )
-    serve.add_argument(
-        "--max-streams-per-token",
-        type=int,
-        default=env.max_streams_per_token,
-        metavar="N",
-        help="streams one token may hold open per process; 0 = no limit "
-        "(env DEPOT_API_MAX_STREAMS_PER_TOKEN; %(default)s)",
-    )
-    serve.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=env.shutdown_grace.total_seconds(),
-        metavar="SECONDS",
-        help="on SIGTERM, how long calls in flight may take to finish "
-        "(env DEPOT_API_SHUTDOWN_GRACE; %(default)s)",
-    )
-    serve.add_argument(
-        "--log-level", default=env.log_level, help="env DEPOT_API_LOG_LEVEL (%(default)s)"
-    )
-    serve.add_argument(
-        "--build-url",
-        default=env.build_url,
-        metavar="TEMPLATE",
-        help="the build URL the depot CLI prints, with {project_id} and {build_id} "
-        "(env DEPOT_API_BUILD_URL; default: none)",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=env.workers,
-        help="server processes sharing the port (env DEPOT_API_WORKERS; 0 = one per core)",
-    )
-
-    commands.add_parser(
+    migrate = commands.add_parser(
         "migrate",
-        parents=[data_dir],
         help="apply the database migrations and exit (the server also applies them at start)",
+        epilog=_environment_only(MIGRATE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_setting_flags(migrate, MIGRATE)
 
-    admin = commands.add_parser("admin", help="administer the data directory directly")
+    admin_epilog = _environment_only(ADMIN)
+    admin = commands.add_parser(
+        "admin",
+        help="administer the data directory directly",
+        epilog=admin_epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = admin.add_subparsers(dest="action", required=True)
-    lifetime = argparse.ArgumentParser(add_help=False)
+    data_dir = _Parser(add_help=False)
+    _add_setting_flags(data_dir, ADMIN)
+    lifetime = _Parser(add_help=False)
     lifetime.add_argument(
         "--expires-in-days",
         type=int,
         metavar="DAYS",
         help="the token stops working this many days from now (default: it never expires)",
     )
-    org = actions.add_parser("create-org", parents=[data_dir], help="create an organization")
-    org.add_argument("--name", required=True)
-    token = actions.add_parser(
-        "create-token", parents=[data_dir, lifetime], help="create an organization token"
+
+    def action(name: str, help: str, *, expires: bool = False) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            parents=[data_dir, lifetime] if expires else [data_dir],
+            help=help,
+            epilog=admin_epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    org = action("create-org", "create an organization")
+    org.add_argument("--name", required=True, help="the organization's name")
+    action("list-orgs", "list the organizations: ID, creation time, name")
+    token = action("create-token", "create an organization token", expires=True)
+    token.add_argument("--org", required=True, metavar="ORG_ID", help="the organization")
+    token.add_argument("--description", default="", help="what the token is for (default: none)")
+    user = action("create-user", "create a user")
+    user.add_argument("--name", required=True, help="the user's name")
+    member = action("add-member", "add a user to an organization")
+    member.add_argument("--user", required=True, metavar="USER_ID", help="the user")
+    member.add_argument("--org", required=True, metavar="ORG_ID", help="the organization")
+    user_token = action("create-user-token", "create a token for a user", expires=True)
+    user_token.add_argument("--user", required=True, metavar="USER_ID", help="the user")
+    user_token.add_argument(
+        "--description", default="", help="what the token is for (default: none)"
     )
-    token.add_argument("--org", required=True)
-    token.add_argument("--description", default="")
-    user = actions.add_parser("create-user", parents=[data_dir], help="create a user")
-    user.add_argument("--name", required=True)
-    member = actions.add_parser(
-        "add-member", parents=[data_dir], help="add a user to an organization"
-    )
-    member.add_argument("--user", required=True)
-    member.add_argument("--org", required=True)
-    user_token = actions.add_parser(
-        "create-user-token", parents=[data_dir, lifetime], help="create a token for a user"
-    )
-    user_token.add_argument("--user", required=True)
-    user_token.add_argument("--description", default="")
-    machine_token = actions.add_parser(
+    machine_token = action(
         "create-machine-token",
-        parents=[data_dir, lifetime],
-        help="create a token for the agents on BuildKit hosts (machine service only)",
+        "create a token for the agents on BuildKit hosts (machine service only)",
+        expires=True,
     )
-    machine_token.add_argument("--description", default="")
-    actions.add_parser(
+    machine_token.add_argument(
+        "--description", default="", help="what the token is for (default: none)"
+    )
+    action(
         "list-tokens",
-        parents=[data_dir],
-        help="list the organization, user, machine and project tokens: kind, expiry, last use",
+        "list the organization, user, machine and project tokens: kind, expiry, last use",
     )
-    revoke = actions.add_parser(
-        "revoke-token", parents=[data_dir], help="revoke a token of any kind, at once"
+    revoke = action("revoke-token", "revoke a token of any kind, at once")
+    revoke.add_argument(
+        "--token", required=True, metavar="TOKEN_ID", help="the token's ID (not its secret)"
     )
-    revoke.add_argument("--token", required=True, metavar="TOKEN_ID")
-    actions.add_parser("list-machines", parents=[data_dir], help="list BuildKit machines")
-    drain = actions.add_parser(
+    action("list-machines", "list BuildKit machines")
+    drain = action(
         "drain-machine",
-        parents=[data_dir],
-        help="take no new project on a machine; its agent stops once the machine is free",
+        "take no new project on a machine; its agent stops once the machine is free",
     )
-    drain.add_argument("--machine", required=True)
+    drain.add_argument("--machine", required=True, metavar="MACHINE_ID", help="the machine")
 
     agent = commands.add_parser("agent", help="run on a BuildKit host: serve builds with it")
     agent.add_argument("--server", required=True, help="the depot-api URL, e.g. http://api:8080")
@@ -233,120 +222,131 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    if args.command == "agent":
-        return Settings.from_env()
-    settings = replace(Settings.from_env(), data_dir=args.data_dir, database=args.database)
-    if args.command != "serve":
-        return settings
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("depot-api: --tls-cert and --tls-key go together")
-    try:
-        args.build_url.format(project_id="p", build_id="b")
-    except (AttributeError, KeyError, IndexError, ValueError):
-        raise SystemExit(
-            "depot-api: --build-url may use {project_id} and {build_id} and no other fields"
-        ) from None
-    if args.workers < 0:
-        raise SystemExit("depot-api: --workers must be 0 (one per core) or more")
-    if not 0 <= args.shutdown_grace <= 3600:
-        raise SystemExit("depot-api: --shutdown-grace must be between 0 and 3600 seconds")
-    if args.max_message_bytes < 1:
-        raise SystemExit("depot-api: --max-message-bytes must be at least 1")
-    if not args.rate_limit >= 0 or args.rate_burst < 1 or args.max_streams_per_token < 0:
-        raise SystemExit(
-            "depot-api: --rate-limit and --max-streams-per-token must be 0 (off) or more, "
-            "and --rate-burst at least 1"
+def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """A flag for each setting of the command that has one, its help from the table.
+
+    Every flag is read as text and left None when not given: resolve() then takes the value
+    from the flag, the environment or the default, and checks it, the same way for each."""
+    for setting in settings_of(command):
+        if setting.flag is None:
+            continue
+        help = f"{setting.help} (env {setting.env}; default: {setting.describe_default()})"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.field,
+            metavar=setting.metavar,
+            help=help.replace("%", "%%"),  # argparse formats help with %
         )
-    return replace(
-        settings,
-        host=args.host,
-        port=args.port,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        build_token_grace=timedelta(seconds=args.build_token_grace),
-        regions=tuple(r.strip() for r in args.regions.split(",") if r.strip()),
-        max_message_bytes=args.max_message_bytes,
-        rate_limit=args.rate_limit,
-        rate_burst=args.rate_burst,
-        max_streams_per_token=args.max_streams_per_token,
-        shutdown_grace=timedelta(seconds=args.shutdown_grace),
-        log_level=args.log_level,
-        workers=args.workers,
-        build_url=args.build_url,
-    )
+
+
+def _environment_only(command: str) -> str:
+    """The help's epilog: the settings that have no flag, with their defaults, and the rest
+    of what a user needs to write values."""
+    lines = []
+    only_env = [s for s in settings_of(command) if s.flag is None]
+    if only_env:
+        lines.append("settings only in the environment:")
+        for setting in only_env:
+            lines.append(f"  {setting.env}")
+            text = f"{setting.help} (default: {setting.describe_default()})"
+            lines.append(textwrap.fill(text, width=78, initial_indent=" " * 6,
+                                       subsequent_indent=" " * 6))  # fmt: skip
+        lines.append("")
+    if command == SERVE:
+        lines.append(f"log levels: {', '.join(LOG_LEVELS)}")
+        lines.append("durations are numbers of seconds, such as 120 or 0.5")
+    lines.append("a flag wins over its environment variable; an empty variable counts as unset")
+    return "\n".join(lines)
 
 
 async def _migrate(settings: Settings) -> int:
-    make_data_dir(settings.data_dir)
-    store = await open_store(settings.database_url)
-    await store.close()
-    print("the database schema is up to date")
+    done = await migrate_database(settings)
+    if done.before is None:
+        print(f"created the schema at revision {done.after}")
+    elif done.before == done.after:
+        print(f"the schema is already at revision {done.after}; nothing to do")
+    else:
+        print(f"upgraded the schema from revision {done.before} to {done.after}")
     return 0
 
 
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
-    make_data_dir(settings.data_dir)
-    store = await open_store(settings.database_url)
+    store = await open_database(settings)
     domain = build_domain(store, settings)
     try:
-        match args.action:
-            case "create-org":
-                org = await domain.organizations.create(args.name)
-                print(f"organization {org.name!r} created\n{org.id}")
-            case "create-token":
-                created, secret = await domain.tokens.create_org_token(
-                    args.org, args.description, _lifetime(args)
-                )
-                print(f"organization token {created.id} created; the secret is shown once:")
-                print(secret)
-            case "create-user":
-                user = await domain.organizations.create_user(args.name)
-                print(f"user {user.name!r} created\n{user.id}")
-            case "add-member":
-                await domain.organizations.add_member(args.user, args.org)
-                print(f"user {args.user} is now a member of organization {args.org}")
-            case "create-user-token":
-                created, secret = await domain.tokens.create_user_token(
-                    args.user, args.description, _lifetime(args)
-                )
-                print(f"user token {created.id} created; the secret is shown once:")
-                print(secret)
-            case "create-machine-token":
-                created, secret = await domain.tokens.create_machine_token(
-                    args.description, _lifetime(args)
-                )
-                print(f"machine token {created.id} created; the secret is shown once:")
-                print(secret)
-            case "list-tokens":
-                for listed in await domain.tokens.list_standing():
-                    print(
-                        f"{listed.id} {listed.kind.value} "
-                        f"created={listed.created_at.isoformat()} "
-                        f"expires={_when(listed.expires_at)} "
-                        f"last-used={_when(listed.last_used_at)} "
-                        f"scope={listed.project_id or listed.org_id or listed.user_id or '-'} "
-                        f"{listed.description!r}"
-                    )
-            case "revoke-token":
-                await domain.tokens.revoke(args.token)
-                print(f"token {args.token} is revoked")
-            case "list-machines":
-                for machine in await domain.machines.list():
-                    print(
-                        f"{machine.id} {machine.platform.value} {machine.endpoint} "
-                        f"{machine.state.value} project={machine.project_id or '-'} "
-                        f"ready={'yes' if machine.ready else 'no'} "
-                        f"last-heartbeat={machine.last_heartbeat_at.isoformat()} "
-                        f"disk-used={machine.disk_used_bytes} "
-                        f"error={machine.buildkit_error or '-'!r}"
-                    )
-            case "drain-machine":
-                await domain.machines.drain(args.machine)
-                print(f"machine {args.machine} is draining")
+        async with database_problems(settings):
+            await _administer(args, domain)
     finally:
         await store.close()
     return 0
+
+
+async def _administer(args: argparse.Namespace, domain: Domain) -> None:
+    match args.action:
+        case "create-org":
+            org = await domain.organizations.create(args.name)
+            print(f"organization {org.name!r} created\n{org.id}")
+        case "list-orgs":
+            orgs = await domain.organizations.all()
+            for org in orgs:
+                print(f"{org.id} created={org.created_at.isoformat()} {org.name!r}")
+            if not orgs:
+                _none("no organizations yet: create one with `depot-api admin create-org`")
+        case "create-token":
+            created, secret = await domain.tokens.create_org_token(
+                args.org, args.description, _lifetime(args)
+            )
+            print(f"organization token {created.id} created; the secret is shown once:")
+            print(secret)
+        case "create-user":
+            user = await domain.organizations.create_user(args.name)
+            print(f"user {user.name!r} created\n{user.id}")
+        case "add-member":
+            await domain.organizations.add_member(args.user, args.org)
+            print(f"user {args.user} is now a member of organization {args.org}")
+        case "create-user-token":
+            created, secret = await domain.tokens.create_user_token(
+                args.user, args.description, _lifetime(args)
+            )
+            print(f"user token {created.id} created; the secret is shown once:")
+            print(secret)
+        case "create-machine-token":
+            created, secret = await domain.tokens.create_machine_token(
+                args.description, _lifetime(args)
+            )
+            print(f"machine token {created.id} created; the secret is shown once:")
+            print(secret)
+        case "list-tokens":
+            for listed in await domain.tokens.list_standing():
+                print(
+                    f"{listed.id} {listed.kind.value} "
+                    f"created={listed.created_at.isoformat()} "
+                    f"expires={_when(listed.expires_at)} "
+                    f"last-used={_when(listed.last_used_at)} "
+                    f"scope={listed.project_id or listed.org_id or listed.user_id or '-'} "
+                    f"{listed.description!r}"
+                )
+        case "revoke-token":
+            await domain.tokens.revoke(args.token)
+            print(f"token {args.token} is revoked")
+        case "list-machines":
+            machines = await domain.machines.list()
+            for machine in machines:
+                print(
+                    f"{machine.id} {machine.platform.value} {machine.endpoint} "
+                    f"{machine.state.value} project={machine.project_id or '-'} "
+                    f"ready={'yes' if machine.ready else 'no'} "
+                    f"last-heartbeat={machine.last_heartbeat_at.isoformat()} "
+                    f"disk-used={machine.disk_used_bytes} "
+                    f"error={machine.buildkit_error or '-'!r}"
+                )
+            if not machines:
+                _none("no machines: none has registered (run `depot-api agent` on a BuildKit host)")
+
+
+def _none(message: str) -> None:
+    """Say that a listing is empty, on standard error: standard output stays one line per item."""
+    print(message, file=sys.stderr)
 
 
 def _lifetime(args: argparse.Namespace) -> timedelta | None:
@@ -363,6 +363,7 @@ def _when(at: datetime | None) -> str:
 
 
 async def _serve(settings: Settings) -> int:
+    check_tls_files(settings)
     configure_logging(settings.log_level)
     secret = await prepare(settings)
     if secret is not None:

@@ -1,20 +1,44 @@
-"""Settings: every flag of `depot-api serve` also has a DEPOT_API_* environment variable.
+"""Settings: every setting once, in one table, and where each value comes from.
 
-The serve command hands its settings to the server process through the same variables, so
-one place decides the names and the defaults.
+SETTINGS names each setting's Settings field, environment variable, flag (if it has one),
+kind of value (setting_kinds.py), help and whether it is secret. The flags and `--help` of
+`depot-api`, the validation of every value, and the environment that `depot-api serve` hands
+its worker processes all come from it, so a name or a default is written in one place.
+
+A value comes from its flag when the flag is given, else from its environment variable (an
+empty one counts as unset), else from the default in Settings.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from depot_api.domain.projects import DEFAULT_REGIONS
+from depot_api.setting_kinds import (
+    LOG_LEVELS,
+    Kind,
+    build_url_template,
+    choice,
+    database_url,
+    fernet_key,
+    ip_address,
+    number,
+    path,
+    seconds,
+    whole_number,
+    word_list,
+)
 
 DEFAULT_DATA_DIR = Path("depot-api-data")
+
+# The commands that read settings (the agent has settings of its own).
+SERVE, MIGRATE, ADMIN = "serve", "migrate", "admin"
 
 
 @dataclass(frozen=True)
@@ -83,89 +107,257 @@ class Settings:
         return self.data_dir / "initial-org-token"
 
     def to_env(self) -> dict[str, str]:
-        env = {
-            "DEPOT_API_HOST": self.host,
-            "DEPOT_API_PORT": str(self.port),
-            "DEPOT_API_DATA_DIR": str(self.data_dir.resolve()),
-            "DEPOT_API_BUILD_TOKEN_GRACE": str(self.build_token_grace.total_seconds()),
-            "DEPOT_API_REGIONS": ",".join(self.regions),
-            "DEPOT_API_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
-            "DEPOT_API_RATE_LIMIT": str(self.rate_limit),
-            "DEPOT_API_RATE_BURST": str(self.rate_burst),
-            "DEPOT_API_MAX_STREAMS_PER_TOKEN": str(self.max_streams_per_token),
-            "DEPOT_API_LOG_LEVEL": self.log_level,
-            "DEPOT_API_WORKERS": str(self.workers),
-            "DEPOT_API_SHUTDOWN_GRACE": str(self.shutdown_grace.total_seconds()),
-        }
-        if self.drain_dir is not None:
-            env["DEPOT_API_DRAIN_DIR"] = str(self.drain_dir.resolve())
-        if self.database is not None:
-            env["DEPOT_API_DATABASE_URL"] = self.database
-        if self.secret_key is not None:
-            env["DEPOT_API_SECRET_KEY"] = self.secret_key
-        if self.build_url:
-            env["DEPOT_API_BUILD_URL"] = self.build_url
-        for name, value in self._durations().items():
-            env[f"DEPOT_API_{name}"] = str(value.total_seconds())
-        if self.tls_cert is not None:
-            env["DEPOT_API_TLS_CERT"] = str(self.tls_cert.resolve())
-        if self.tls_key is not None:
-            env["DEPOT_API_TLS_KEY"] = str(self.tls_key.resolve())
+        """The DEPOT_API_* variables that make from_env() give these settings back."""
+        env = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.field)
+            if value is None or value == "":
+                continue
+            if isinstance(value, Path):
+                value = value.resolve()  # workers may run elsewhere than the current directory
+            env[setting.env] = setting.kind.show(value)
         return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        defaults = cls()
+        """Every setting from the environment (os.environ by default), the rest defaults.
 
-        def get(name: str) -> str | None:
-            value = env.get(f"DEPOT_API_{name}")
-            return value if value else None
+        Raises SettingError for a value that is not valid."""
+        return resolve(None, {}, os.environ if environ is None else environ).settings
 
-        return cls(
-            host=get("HOST") or defaults.host,
-            port=int(get("PORT") or defaults.port),
-            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
-            database=get("DATABASE_URL"),
-            workers=int(get("WORKERS") or defaults.workers),
-            tls_cert=_path(get("TLS_CERT")),
-            tls_key=_path(get("TLS_KEY")),
-            build_token_grace=timedelta(
-                seconds=float(get("BUILD_TOKEN_GRACE") or defaults.build_token_grace.seconds)
-            ),
-            regions=tuple(r for r in (get("REGIONS") or "").split(",") if r) or defaults.regions,
-            max_message_bytes=int(get("MAX_MESSAGE_BYTES") or defaults.max_message_bytes),
-            rate_limit=float(get("RATE_LIMIT") or defaults.rate_limit),
-            rate_burst=int(get("RATE_BURST") or defaults.rate_burst),
-            max_streams_per_token=int(
-                get("MAX_STREAMS_PER_TOKEN") or defaults.max_streams_per_token
-            ),
-            log_level=get("LOG_LEVEL") or defaults.log_level,
-            shutdown_grace=timedelta(
-                seconds=float(get("SHUTDOWN_GRACE") or defaults.shutdown_grace.total_seconds())
-            ),
-            drain_dir=_path(get("DRAIN_DIR")),
-            secret_key=get("SECRET_KEY"),
-            build_url=get("BUILD_URL") or defaults.build_url,
-            **{
-                field.lower(): timedelta(seconds=float(value))
-                for field in defaults._durations()
-                if (value := get(field)) is not None
-            },
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    env: str
+    kind: Kind
+    help: str
+    # None: set through the environment only.
+    flag: str | None = None
+    metavar: str | None = None
+    # How --help states the default when the default value alone says too little.
+    default_text: str | None = None
+    # The commands that read it.
+    commands: frozenset[str] = frozenset({SERVE})
+    # Its value is never shown, in messages or anywhere else.
+    secret: bool = False
+
+    @property
+    def default(self) -> object:
+        return _DEFAULTS[self.field]
+
+    def describe_default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        return self.kind.show(self.default)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
+_ALL_COMMANDS = frozenset({SERVE, MIGRATE, ADMIN})
+
+_MACHINE_TIMING = seconds(above_low=True)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "data_dir", "DEPOT_API_DATA_DIR", path(), flag="--data-dir", metavar="DIR",
+        help="local state, and the SQLite database unless --database is given",
+        commands=_ALL_COMMANDS,
+    ),
+    Setting(
+        "database", "DEPOT_API_DATABASE_URL", database_url(), flag="--database", metavar="URL",
+        help="a PostgreSQL URL such as postgresql://user:password@host:5432/db "
+        "(or postgres://), or sqlite:///path",
+        default_text="SQLite in the data directory", commands=_ALL_COMMANDS,
+    ),
+    Setting(
+        "host", "DEPOT_API_HOST", ip_address(), flag="--host", metavar="IP",
+        help="the IP address to listen on (0.0.0.0: every IPv4 address)",
+    ),
+    Setting(
+        "port", "DEPOT_API_PORT", whole_number(0, 65535), flag="--port", metavar="PORT",
+        help="the port to listen on; 0: any free port (printed at start)",
+    ),
+    Setting(
+        "workers", "DEPOT_API_WORKERS", whole_number(0), flag="--workers", metavar="N",
+        help="server processes sharing the port; 0: one per CPU core",
+    ),
+    Setting(
+        "tls_cert", "DEPOT_API_TLS_CERT", path(optional=True), flag="--tls-cert",
+        metavar="FILE", default_text="none, cleartext",
+        help="serve TLS with this PEM certificate (chain); needs --tls-key",
+    ),
+    Setting(
+        "tls_key", "DEPOT_API_TLS_KEY", path(optional=True), flag="--tls-key", metavar="FILE",
+        default_text="none", help="the certificate's PEM private key, unencrypted",
+    ),
+    Setting(
+        "build_token_grace", "DEPOT_API_BUILD_TOKEN_GRACE", seconds(),
+        flag="--build-token-grace", metavar="SECONDS",
+        help="how long a build token works after its build ends",
+    ),
+    Setting(
+        "regions", "DEPOT_API_REGIONS", word_list(), flag="--regions", metavar="REGION,...",
+        help="comma-separated region IDs projects may use",
+    ),
+    Setting(
+        "max_message_bytes", "DEPOT_API_MAX_MESSAGE_BYTES", whole_number(1),
+        flag="--max-message-bytes", metavar="BYTES", help="the largest request message accepted",
+    ),
+    Setting(
+        "rate_limit", "DEPOT_API_RATE_LIMIT", number(0), flag="--rate-limit", metavar="CALLS",
+        help="calls a second per token and process, sustained; 0: no limit",
+    ),
+    Setting(
+        "rate_burst", "DEPOT_API_RATE_BURST", whole_number(1), flag="--rate-burst",
+        metavar="CALLS", help="calls a token may make at once above the rate",
+    ),
+    Setting(
+        "max_streams_per_token", "DEPOT_API_MAX_STREAMS_PER_TOKEN", whole_number(0),
+        flag="--max-streams-per-token", metavar="N",
+        help="streams one token may hold open per process; 0: no limit",
+    ),
+    Setting(
+        "shutdown_grace", "DEPOT_API_SHUTDOWN_GRACE", seconds(high=timedelta(hours=1)),
+        flag="--shutdown-grace", metavar="SECONDS",
+        help="on SIGTERM, how long calls in flight may take to finish",
+    ),
+    Setting(
+        "log_level", "DEPOT_API_LOG_LEVEL", choice(LOG_LEVELS), flag="--log-level",
+        metavar="LEVEL", help=f"how much to log: {', '.join(LOG_LEVELS)}",
+    ),
+    Setting(
+        "build_url", "DEPOT_API_BUILD_URL", build_url_template(), flag="--build-url",
+        metavar="TEMPLATE", default_text="none",
+        help="the build URL the depot CLI prints, with {project_id} and {build_id}",
+    ),
+    Setting(
+        "secret_key", "DEPOT_API_SECRET_KEY", fernet_key(), secret=True,
+        default_text="the data directory's secret.key, made on first use",
+        help="the key that seals private keys in the database (a Fernet key); "
+        "servers sharing a database must share it",
+        commands=frozenset({SERVE, ADMIN}),
+    ),
+    Setting(
+        "machine_heartbeat", "DEPOT_API_MACHINE_HEARTBEAT", _MACHINE_TIMING,
+        help="seconds between agent heartbeats",
+    ),
+    Setting(
+        "machine_lost_after", "DEPOT_API_MACHINE_LOST_AFTER", _MACHINE_TIMING,
+        help="seconds of silence after which a machine is lost",
+    ),
+    Setting(
+        "machine_idle_release", "DEPOT_API_MACHINE_IDLE_RELEASE", _MACHINE_TIMING,
+        help="seconds a project keeps a machine no build uses",
+    ),
+    Setting(
+        "acquire_timeout", "DEPOT_API_ACQUIRE_TIMEOUT", _MACHINE_TIMING,
+        help="seconds GetEndpoint waits for a machine",
+    ),
+    Setting(
+        "pending_interval", "DEPOT_API_PENDING_INTERVAL", _MACHINE_TIMING,
+        help="seconds between GetEndpoint's pending keep-alives",
+    ),
+    Setting(
+        "liveness_window", "DEPOT_API_LIVENESS_WINDOW", _MACHINE_TIMING,
+        help="seconds of silence after which a build that asked for a machine is canceled",
+    ),
+    Setting(
+        "max_build_duration", "DEPOT_API_MAX_BUILD_DURATION", _MACHINE_TIMING,
+        help="seconds a build's client certificates stay valid",
+    ),
+    # Set by the supervisor for its workers only (server.py).
+    Setting(
+        "drain_dir", "DEPOT_API_DRAIN_DIR", path(optional=True),
+        help="where the supervisor asks its workers to drain", commands=frozenset(),
+    ),
+)  # fmt: skip
+
+
+def settings_of(command: str) -> list[Setting]:
+    return [s for s in SETTINGS if command in s.commands]
+
+
+@dataclass(frozen=True)
+class Given:
+    """Where one setting's value came from, and how the user wrote it."""
+
+    setting: Setting
+    origin: Literal["flag", "environment", "default"]
+    text: str = ""
+
+    def __str__(self) -> str:
+        """The setting as the user gave it: `--port 99999`, `DEPOT_API_PORT=abc`, or
+        `--data-dir (default: depot-api-data)`; a secret's value is never shown."""
+        setting = self.setting
+        if self.origin == "default":
+            return f"{setting.flag or setting.env} (default: {setting.describe_default()})"
+        name = setting.flag if self.origin == "flag" and setting.flag else setting.env
+        if setting.secret:
+            return name
+        shown = shlex.quote(setting.kind.redact(self.text))
+        return f"{name} {shown}" if self.origin == "flag" else f"{name}={shown}"
+
+
+class SettingError(Exception):
+    """A setting's value is wrong as written: a usage error."""
+
+    def __init__(self, given: Given, problem: str) -> None:
+        super().__init__(f"{given}: {problem}")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Settings, and for each one where its value came from."""
+
+    settings: Settings
+    given: Mapping[str, Given]
+
+    def describe(self, field_name: str) -> str:
+        """The setting of this Settings field as the user gave it, for messages."""
+        return str(self.given[field_name])
+
+
+def resolve(
+    command: str | None, flags: Mapping[str, str | None], environ: Mapping[str, str]
+) -> Resolved:
+    """The settings a command reads (every setting when command is None), each from its flag
+    (flags maps a Settings field to the flag's text, None when not given), else from the
+    environment, else its default.
+
+    Raises SettingError, naming the setting as given, for the first value that is not valid.
+    """
+    values: dict[str, object] = {}
+    given: dict[str, Given] = {}
+    for setting in SETTINGS:
+        source = given[setting.field] = _source(setting, command, flags, environ)
+        if source.origin == "default":
+            continue
+        try:
+            values[setting.field] = setting.kind.parse(source.text)
+        except ValueError as e:
+            raise SettingError(source, str(e)) from None
+    settings = replace(Settings(), **values)  # type: ignore[arg-type]
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        present, missing = (
+            ("tls_cert", "tls_key") if settings.tls_key is None else ("tls_key", "tls_cert")
         )
-
-    def _durations(self) -> dict[str, timedelta]:
-        """The machine-related durations, by the suffix of their environment variable."""
-        return {
-            "MACHINE_HEARTBEAT": self.machine_heartbeat,
-            "MACHINE_LOST_AFTER": self.machine_lost_after,
-            "MACHINE_IDLE_RELEASE": self.machine_idle_release,
-            "ACQUIRE_TIMEOUT": self.acquire_timeout,
-            "PENDING_INTERVAL": self.pending_interval,
-            "LIVENESS_WINDOW": self.liveness_window,
-            "MAX_BUILD_DURATION": self.max_build_duration,
-        }
+        needed = given[missing].setting
+        raise SettingError(given[present], f"needs {needed.flag} (or {needed.env}) too")
+    return Resolved(settings, given)
 
 
-def _path(value: str | None) -> Path | None:
-    return None if value is None else Path(value)
+def _source(
+    setting: Setting,
+    command: str | None,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+) -> Given:
+    if command is not None and command not in setting.commands:
+        return Given(setting, "default")
+    flag_text = flags.get(setting.field) if setting.flag else None
+    if flag_text is not None:
+        return Given(setting, "flag", flag_text)
+    env_text = environ.get(setting.env)
+    if env_text:
+        return Given(setting, "environment", env_text)
+    return Given(setting, "default")

@@ -30,6 +30,10 @@ class Organizations:
 
     # Administration: run by `depot-api admin` directly against the data directory.
 
+    async def all(self) -> list[Organization]:
+        """Every organization, oldest first."""
+        return await self._store.list_organizations()
+
     async def create(self, name: str) -> Organization:
         org = Organization(id=new_id(), name=require_name(name, "name"), created_at=self._now())
         await self._store.insert_organization(org)

@@ -52,6 +52,9 @@ class Store(Protocol):
     async def get_organizations(self, org_ids: list[str]) -> list[Organization]:
         """The named organizations that exist, oldest first."""
 
+    async def list_organizations(self) -> list[Organization]:
+        """Every organization, oldest first."""
+
     async def insert_user(self, user: User) -> None: ...
 
     async def get_user(self, user_id: str) -> User | None: ...

@@ -102,6 +102,16 @@ class SqlStore(MachineQueries):
                 for r in rows
             ]
 
+    async def list_organizations(self) -> list[Organization]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(t.organizations).order_by(t.organizations.c.created_at, t.organizations.c.id)
+            )
+            return [
+                Organization(id=r.id, name=r.name, created_at=from_micros(r.created_at))
+                for r in rows
+            ]
+
     async def insert_user(self, user: User) -> None:
         async with self._write() as conn:
             await conn.execute(
