@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -86,10 +86,9 @@ def create_engine(url: str) -> AsyncEngine:
     url = normalize_url(url)
     if url.startswith("postgresql"):
         # No pre-ping: it cost a round trip before every transaction. A connection that died
-        # while idle (PostgreSQL restarted) fails its statement instead; SQLAlchemy then drops
-        # it and every pooled connection older than it, the caller gets `unavailable`, and the
-        # next call opens a fresh one. The pool is per process.
-        return create_async_engine(
+        # while idle is found without one instead (see _replace_closed_connections). The pool
+        # is per process.
+        engine = create_async_engine(
             url,
             pool_size=10,
             max_overflow=20,
@@ -100,9 +99,26 @@ def create_engine(url: str) -> AsyncEngine:
                 "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
             },
         )
+        event.listen(engine.sync_engine, "checkout", _replace_closed_connections)
+        return engine
     engine = create_async_engine(url)
     configure_sqlite(engine.sync_engine)
     return engine
+
+
+def _replace_closed_connections(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection that PostgreSQL has closed while it sat idle (a restart, or
+    an operator ending sessions), so that the pool replaces it before any statement runs.
+
+    PostgreSQL says goodbye on the socket when it ends a session, and asyncpg marks its
+    connection closed as soon as the event loop reads that: asking costs no round trip, unlike
+    SQLAlchemy's pre-ping. Raising DisconnectionError here makes the pool discard the
+    connection and check out another (SQLAlchemy's documented custom pessimistic check).
+    A connection cut without a goodbye (a network partition) still fails its first
+    statement, and that call answers `unavailable`.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the database closed this pooled connection")
 
 
 def configure_sqlite(engine: Engine) -> None:
