@@ -483,10 +483,10 @@ def test_errors(seed: SeedClient) -> None:
     # An ID of the wrong shape: invalid_argument, naming the field.
     for bad in ("ABCDEFGHIJ", "short", "abcdefghijk", "../../etc/"):
         message = seed.error(f"{PROJECTS}/GetProject", {"projectId": bad}, 400, "invalid_argument")
-        assert "project_id" in message
+        assert "projectId" in message
         seed.error(f"{BUILDS}/CreateBuild", {"projectId": bad}, 400, "invalid_argument")
         message = seed.error(f"{BUILDS}/GetBuild", {"buildId": bad}, 400, "invalid_argument")
-        assert "build_id" in message
+        assert "buildId" in message
     seed.error(f"{PROJECTS}/GetProject", {}, 400, "invalid_argument")
 
     # Another organization's project looks exactly like a missing one.
