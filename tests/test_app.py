@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from depot_api.store.engine import create_engine
 
 from .conftest import InProcessAPI
@@ -30,6 +32,21 @@ async def test_readyz_reports_a_database_that_is_not_usable(api: InProcessAPI) -
     assert response.content == b"database unavailable\n"
 
 
-async def test_unknown_paths_are_404(api: InProcessAPI) -> None:
+async def test_unknown_paths_are_404_naming_the_path(api: InProcessAPI) -> None:
     response = await api.http.get("http://test/nope")
     assert response.status == 404
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.content == (
+        b"/nope not found: RPCs are POSTed to /package.Service/Method; "
+        b"the other paths are /healthz, /readyz, /openapi.yaml\n"
+    )
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.yaml"])
+async def test_plain_routes_refuse_other_methods_saying_which(api: InProcessAPI, path: str) -> None:
+    response = await api.http.post(f"http://test{path}", content=b"{}")
+    assert response.status == 405
+    assert response.headers["allow"] == "GET, HEAD"
+    assert response.content == f"{path} is read with GET (or HEAD), not POST\n".encode()
+    head = await api.http.head(f"http://test{path}")
+    assert head.status == 200

@@ -136,3 +136,28 @@ async def test_other_methods_are_405_on_every_documented_path(api: InProcessAPI)
         )
         answers[path] = (response.status, response.headers.get("allow"))
     assert {path: answer for path, answer in answers.items() if answer != (405, "POST")} == {}
+
+
+async def test_a_form_post_gets_the_documented_415_on_every_documented_path(
+    api: InProcessAPI,
+) -> None:
+    """`curl -d` sends a form: the answer is the documented Connect error (it had no body)."""
+    documented = DOCUMENT["components"]["responses"]["UnsupportedMediaType"]
+    codes = documented["content"]["application/json"]["schema"]["allOf"][1]["properties"]
+    accept_post = documented["headers"]["Accept-Post"]["schema"]["enum"]
+    answers = {}
+    for path in DOCUMENT["paths"]:
+        status, headers, body = await raw_post(
+            api, path, b"{}", {"content-type": "application/x-www-form-urlencoded"}
+        )
+        content_type = headers.get("content-type")
+        error = json.loads(body) if content_type == "application/json" else {}
+        answers[path] = (
+            status,
+            content_type,
+            error.get("code") in codes["code"]["enum"],
+            "application/json" in error.get("message", ""),
+            headers.get("accept-post") in accept_post,
+        )
+    expected = (415, "application/json", True, True, True)
+    assert {path: answer for path, answer in answers.items() if answer != expected} == {}

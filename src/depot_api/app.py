@@ -39,6 +39,7 @@ from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
 from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
+from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
@@ -76,6 +77,8 @@ _DISCONNECT_POLL_SECONDS = 5.0
 # The HTTP/JSON view's OpenAPI document (package data; tests/test_openapi.py keeps it true),
 # read once: it is served as is.
 _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
+# The paths that are not RPCs.
+_PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -161,13 +164,20 @@ class DepotAPI:
             "interceptors": [ErrorMapping()],
             "read_max_bytes": settings.max_message_bytes,
         }
-        services.append(
-            ServerReflectionASGIApplication(ServerReflectionService(*files), **reflection)
-        )
-        services.append(
-            ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files), **reflection)
-        )
+        reflections = [
+            ServerReflectionASGIApplication(ServerReflectionService(*files), **reflection),
+            ServerReflectionAlphaASGIApplication(
+                ServerReflectionAlphaService(*files), **reflection
+            ),
+        ]
+        services.extend(reflections)
         self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
+        # What each RPC path takes, for the answers to requests that reach none (refusals.py).
+        self._catalog = Catalog(files, plain_json=[seed_endpoint.PATH])
+        for app in reflections:  # one bidi method, named by the reflection protocol
+            self._catalog.add_service(
+                app.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
+            )
         self._seed_get_endpoint = SeedGetEndpoint(
             domain, limits, self.drain, settings.max_message_bytes
         )
@@ -204,9 +214,14 @@ class DepotAPI:
             await self._seed_get_endpoint(scope, _guarded(receive, body), send)
         elif service is not None:
             body = []
-            if _is_unary_connect(scope):
+            if _reads_body_first(scope):
                 body = await _read_body_first(receive, self._max_bytes)
+            send = explaining_refusals(self._catalog, scope, send)
             await service(_utf8_headers(scope), _guarded(receive, body), send)
+        elif path in _PLAIN_ROUTES and scope["method"] not in ("GET", "HEAD"):
+            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
+            await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
         elif path == "/healthz":
             await _plain(send, 200, b"ok\n")
         elif path == "/readyz":
@@ -215,7 +230,19 @@ class DepotAPI:
             await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
         else:
             await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
-            await _plain(send, 404, b"not found\n")
+            await self._not_found(path, send)
+
+    async def _not_found(self, path: str, send: Send) -> None:
+        """404 naming the path: a Connect error for an RPC's path, plain text elsewhere."""
+        if self._catalog.is_rpc_path(path):
+            error = connect_error("unimplemented", self._catalog.not_found(path))
+            await _plain(send, 404, error, b"application/json")
+            return
+        message = (
+            f"{path} not found: RPCs are POSTed to /package.Service/Method; "
+            f"the other paths are {', '.join(_PLAIN_ROUTES)}\n"
+        )
+        await _plain(send, 404, message.encode("utf-8", "backslashreplace"))
 
     async def _ready(self, send: Send) -> None:
         if self.drain.draining:  # so that a load balancer sends new calls elsewhere
@@ -280,9 +307,11 @@ class DepotAPI:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
 
 
-def _is_unary_connect(scope: Scope) -> bool:
-    """A Connect unary call: its body is one message (streams use application/connect+…)."""
-    return media_type(scope) in (b"application/json", b"application/proto")
+def _reads_body_first(scope: Scope) -> bool:
+    """A Connect unary call (its body is one message), or a request that no protocol takes,
+    which is refused at once (415). Streams (application/connect+…, gRPC, gRPC-Web) are read
+    as they come."""
+    return not media_type(scope).startswith((b"application/connect+", b"application/grpc"))
 
 
 async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:
@@ -369,13 +398,17 @@ def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
 
 
 async def _plain(
-    send: Send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type)],
+            "headers": [(b"content-type", content_type), *(headers or ())],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -47,29 +47,32 @@ def assert_invalid(status: int, body: dict[str, str], *words: str) -> None:
         (
             '{"name": "x", "regionId": "us-east-1", '
             '"cachePolicy": {"keepBytes": "9223372036854775808"}}',
-            ("keep_bytes",),
+            ("cachePolicy.keepBytes",),
         ),
         (
             '{"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepDays": 1.5}}',
-            ("keep_days",),
+            ("cachePolicy.keepDays",),
         ),
-        ('{"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepGb": -1}}', ("keep_gb",)),
+        (
+            '{"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepGb": -1}}',
+            ("cachePolicy.keepGb",),
+        ),
         (
             '{"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepBytes": "-5"}}',
-            ("keep_bytes",),
+            ("cachePolicy.keepBytes",),
         ),
         (
             '{"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepDays": 99999}}',
-            ("keep_days",),
+            ("cachePolicy.keepDays",),
         ),
         ('{"name": "", "regionId": "us-east-1"}', ("name", "required")),
         ('{"name": "   ", "regionId": "us-east-1"}', ("name",)),
         ('{"name": " padded", "regionId": "us-east-1"}', ("name", "white space")),
         (json.dumps({"name": "x" * 129, "regionId": "us-east-1"}), ("name", "too long")),
         (json.dumps({"name": "a\nb", "regionId": "us-east-1"}), ("name", "control")),
-        ('{"name": "x"}', ("region_id", "us-east-1")),
-        ('{"name": "x", "regionId": "mars-1"}', ("region_id", "mars-1")),
-        ('{"name": "x", "regionId": "us-east-1", "organizationId": "NOPE"}', ("organization_id",)),
+        ('{"name": "x"}', ("regionId", "us-east-1")),
+        ('{"name": "x", "regionId": "mars-1"}', ("regionId", "mars-1")),
+        ('{"name": "x", "regionId": "us-east-1", "organizationId": "NOPE"}', ("organizationId",)),
         (b'{"name": "\xff", "regionId": "us-east-1"}', ("unmarshal",)),
         ("[" * 5000 + "]" * 5000, ("unmarshal",)),
     ],
@@ -94,24 +97,24 @@ async def test_unknown_keys_are_ignored(api: InProcessAPI) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "words"),
     [
-        (P + "GetProject", '{"projectId": "ABC"}', ("project_id", "ABC")),
-        (P + "GetProject", "{}", ("project_id", "required")),
-        (P + "DeleteProject", '{"projectId": "../../etc"}', ("project_id",)),
-        (P + "ListProjects", '{"pageSize": -1}', ("page_size",)),
-        (P + "ListProjects", '{"pageSize": 1001}', ("page_size", "1000")),
-        (P + "ListProjects", '{"pageToken": "garbage"}', ("page_token",)),
-        (P + "UpdateToken", '{"tokenId": "x"}', ("token_id",)),
-        (P + "DeleteToken", "{}", ("token_id", "required")),
-        (B + "CreateBuild", '{"projectId": "0123456789ab"}', ("project_id",)),
-        (B + "GetBuild", '{"buildId": "not an id"}', ("build_id",)),
+        (P + "GetProject", '{"projectId": "ABC"}', ("projectId", "ABC")),
+        (P + "GetProject", "{}", ("projectId", "required")),
+        (P + "DeleteProject", '{"projectId": "../../etc"}', ("projectId",)),
+        (P + "ListProjects", '{"pageSize": -1}', ("pageSize",)),
+        (P + "ListProjects", '{"pageSize": 1001}', ("pageSize", "1000")),
+        (P + "ListProjects", '{"pageToken": "garbage"}', ("pageToken",)),
+        (P + "UpdateToken", '{"tokenId": "x"}', ("tokenId",)),
+        (P + "DeleteToken", "{}", ("tokenId", "required")),
+        (B + "CreateBuild", '{"projectId": "0123456789ab"}', ("projectId",)),
+        (B + "GetBuild", '{"buildId": "not an id"}', ("buildId",)),
         (B + "FinishBuild", '{"buildId": "0123456789"}', ("outcome",)),
-        (B + "ListBuilds", '{"projectId": "0123456789", "pageSize": 5000}', ("page_size",)),
+        (B + "ListBuilds", '{"projectId": "0123456789", "pageSize": 5000}', ("pageSize",)),
         (
             CB + "ListBuilds",
             '{"projectId": "0123456789", "pageToken": "cDE6eDp5"}',
-            ("page_token",),
+            ("pageToken",),
         ),
-        (CB + "GetBuild", '{"buildId": ""}', ("build_id",)),
+        (CB + "GetBuild", '{"buildId": ""}', ("buildId",)),
     ],
 )
 async def test_rejected_with_field_named(
@@ -140,7 +143,7 @@ async def test_rejected_update_changes_nothing(api: InProcessAPI) -> None:
     status, response = await post_json(
         api, P + "UpdateProject", json.dumps({"projectId": pid, "name": "new", "regionId": "x"})
     )
-    assert_invalid(status, response, "region_id")
+    assert_invalid(status, response, "regionId")
     status, after = await post_json(api, P + "GetProject", json.dumps({"projectId": pid}))
     assert after["project"] == project
 

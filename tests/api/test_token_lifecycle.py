@@ -72,7 +72,7 @@ async def test_an_expiry_out_of_range_is_invalid_argument(api: InProcessAPI, sec
     assert status == 400, answer
     error = json.loads(answer)
     assert error["code"] == "invalid_argument"
-    assert "expires_in_seconds" in error["message"]
+    assert "expiresInSeconds" in error["message"]
     listed = await api.app.domain.store.list_project_tokens(project_id)
     assert listed == []
 

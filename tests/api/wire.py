@@ -167,15 +167,13 @@ def read_answer(family: str, answer: Answer) -> Outcome:
     """Parse the answer as a client of the request's protocol family would.
 
     family is "grpc", "grpc-web" or "connect" (unary or streaming, told by the answer).
-    A plain HTTP refusal (404, 405, 415) before any protocol is spoken is form "http".
+    A refusal before any protocol is spoken (HTTP 404, 405, 415) is form "http".
     """
     content_type = answer.headers.get("content-type", "")
-    if (
-        answer.status in (404, 405, 415)
-        and "grpc-status" not in answer.headers
-        and not content_type.startswith("application/json")
-    ):
-        return Outcome(None, str(answer.status), "http")
+    if answer.status in (404, 405, 415) and "grpc-status" not in answer.headers:
+        refusal = _read_refusal(answer)
+        if refusal is not None:
+            return refusal
     if family in ("grpc", "grpc-web"):
         assert answer.status == 200, f"a gRPC answer with HTTP {answer.status}: {answer}"
         if family == "grpc":
@@ -187,6 +185,26 @@ def read_answer(family: str, answer: Answer) -> Outcome:
     if content_type.startswith("application/connect+"):
         return _read_connect_stream(answer)
     return _read_connect_unary(answer)
+
+
+def _read_refusal(answer: Answer) -> Outcome | None:
+    """A refusal says why: a Connect error (`unimplemented`) in JSON on an RPC's path, a line
+    of text elsewhere. None: the answer is a Connect error of the call (404 `not_found`).
+
+    gRPC and gRPC-Web clients read such a refusal from its HTTP status, as their protocols
+    specify; the body is for people (and Connect clients)."""
+    content_type = answer.headers.get("content-type", "")
+    if content_type.startswith("text/plain"):
+        text = answer.body.decode()
+        assert text.strip(), f"a refusal without a reason: {answer}"
+        return Outcome(None, text, "http")
+    assert content_type == "application/json", answer
+    code, message = _connect_error(json.loads(answer.body))
+    if answer.status == 404 and code is not Code.UNIMPLEMENTED:
+        return None
+    assert code is Code.UNIMPLEMENTED, answer
+    assert message, f"a refusal without a reason: {answer}"
+    return Outcome(code, message, "http")
 
 
 def _read_connect_unary(answer: Answer) -> Outcome:

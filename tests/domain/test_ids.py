@@ -18,6 +18,14 @@ def test_a_bad_id_is_echoed_short_and_printable() -> None:
     assert quoted("x" * 100) == '"' + "x" * 40 + '…"'
 
 
+def test_a_bad_id_is_echoed_in_its_own_script() -> None:
+    """Only what would not print is escaped: "café" was echoed as "caf\\xe9"."""
+    with pytest.raises(InvalidArgument) as refused:
+        require_id("café", "project_id")
+    assert refused.value.message.startswith('project_id "café" is not a valid ID')
+    assert quoted("日本\u200b\ud800\t") == '"日本\\u200b\\ud800\\t"'
+
+
 @pytest.mark.parametrize("kind", list(TokenKind))
 def test_a_token_secret_in_an_id_field_is_not_echoed(kind: TokenKind) -> None:
     secret = mint(kind)

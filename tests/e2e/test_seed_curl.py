@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import ServerProcess
 
 from .conftest import Org
-from .wire import ID, CurlResult, assert_timestamp, curl_post
+from .wire import ID, CurlResult, assert_timestamp, curl, curl_post
 
 PROJECTS = "/depot.core.v1.ProjectService"
 BUILDS = "/depot.build.v1.BuildService"
@@ -483,10 +483,10 @@ def test_errors(seed: SeedClient) -> None:
     # An ID of the wrong shape: invalid_argument, naming the field.
     for bad in ("ABCDEFGHIJ", "short", "abcdefghijk", "../../etc/"):
         message = seed.error(f"{PROJECTS}/GetProject", {"projectId": bad}, 400, "invalid_argument")
-        assert "project_id" in message
+        assert "projectId" in message
         seed.error(f"{BUILDS}/CreateBuild", {"projectId": bad}, 400, "invalid_argument")
         message = seed.error(f"{BUILDS}/GetBuild", {"buildId": bad}, 400, "invalid_argument")
-        assert "build_id" in message
+        assert "buildId" in message
     seed.error(f"{PROJECTS}/GetProject", {}, 400, "invalid_argument")
 
     # Another organization's project looks exactly like a missing one.
@@ -498,6 +498,62 @@ def test_errors(seed: SeedClient) -> None:
     # An unknown method is a 404, not a crash.
     result = seed.call(f"{PROJECTS}/NoSuchMethod", {})
     assert result.status == 404, result
+
+
+def test_refusals_say_what_is_expected(seed: SeedClient) -> None:
+    """Requests that reach no operation, as people type them with curl: each refusal has a
+    body that says what is expected (they were empty)."""
+    flags = [HTTP_VERSIONS[seed.http][0], "-H", f"Authorization: Bearer {seed.token}"]
+    url = seed.server.url
+
+    # `curl -d` sends application/x-www-form-urlencoded.
+    result = curl(f"{url}{PROJECTS}/ListProjects", *flags, "-d", "{}")
+    assert (result.status, result.content_type) == (415, "application/json"), result
+    error = result.json()
+    assert error["code"] == "unimplemented", error
+    assert "takes Content-Type application/json" in error["message"], error
+    assert "not application/x-www-form-urlencoded" in error["message"], error
+
+    result = curl(f"{url}{PROJECTS}/ListProjects", *flags)  # a GET
+    assert (result.status, result.content_type) == (405, "application/json"), result
+    assert result.json() == {
+        "code": "unimplemented",
+        "message": "depot.core.v1.ProjectService/ListProjects is called with POST, not GET",
+    }
+
+    json_post = ["-H", "Content-Type: application/json", "-d", "{}"]
+    result = curl(f"{url}{PROJECTS}/ListProject", *flags, *json_post)
+    assert (result.status, result.content_type) == (404, "application/json"), result
+    error = result.json()
+    assert error["code"] == "unimplemented", error
+    assert error["message"].startswith(f"{PROJECTS}/ListProject: "), error
+    assert "ListProjects" in error["message"], error
+
+    result = curl(f"{url}/depot.core.v2.ProjectService/ListProjects", *flags, *json_post)
+    assert (result.status, result.content_type) == (404, "application/json"), result
+    assert "no service depot.core.v2.ProjectService" in result.json()["message"]
+
+    result = curl(f"{url}/v1/projects", *flags)
+    assert (result.status, result.content_type) == (404, "text/plain; charset=utf-8"), result
+    assert result.text.startswith("/v1/projects not found: "), result
+
+    result = curl(f"{url}/healthz", *flags, "-d", "{}")
+    assert (result.status, result.content_type) == (405, "text/plain; charset=utf-8"), result
+    assert result.text == "/healthz is read with GET (or HEAD), not POST\n", result
+
+
+def test_json_callers_read_json_names_and_utf8(seed: SeedClient) -> None:
+    message = seed.error(f"{PROJECTS}/GetProject", {"projectId": "café"}, 400, "invalid_argument")
+    assert message.startswith('projectId "café" is not a valid ID'), message
+    result = seed.call(f"{PROJECTS}/GetProject", '{"projectId": "café"}')
+    assert '"café' in result.text, result  # UTF-8 in the body, not an escape
+    message = seed.error(
+        f"{PROJECTS}/CreateProject",
+        {"name": "x", "regionId": "us-east-1", "cachePolicy": {"keepDays": -1}},
+        400,
+        "invalid_argument",
+    )
+    assert message.startswith("cachePolicy.keepDays must be between"), message
 
 
 def test_server_log_has_no_tracebacks(seed: SeedClient, server: ServerProcess) -> None:

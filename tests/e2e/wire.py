@@ -79,6 +79,17 @@ def curl_post(
     return CurlResult(int(status), version, content_type_out, scheme.lower(), text)
 
 
+def curl(url: str, *args: str) -> CurlResult:
+    """Run the real curl binary with exactly these arguments (no header added) and return
+    what came back (any HTTP status)."""
+    command = [curl_binary(), "-sS", *args, "-w", _WRITE_OUT, url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, f"curl exited with {result.returncode}: {result.stderr}"
+    text, status, version, content_type, scheme = result.stdout.rsplit("\n", 4)
+    assert "Traceback" not in text, text
+    return CurlResult(int(status), version, content_type, scheme.lower(), text)
+
+
 def curl_failure(url: str, *flags: str) -> subprocess.CompletedProcess[str]:
     """Run curl where it is expected to fail at the transport level; return the process."""
     return subprocess.run(

@@ -1,7 +1,8 @@
 """Domain and store errors as Connect errors.
 
-Expected errors carry the domain's message (written for the caller). Anything else is a bug
-or an outage: the caller gets a generic `internal` message and the log gets the traceback.
+Expected errors carry the domain's message (written for the caller), naming a field as the
+caller writes it (api/field_names.py). Anything else is a bug or an outage: the caller gets a
+generic `internal` message and the log gets the traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
+from protobuf import DescMessage
 
+from depot_api.api.field_names import is_json, json_path
 from depot_api.domain import errors as domain
 from depot_api.domain.secretbox import SecretBoxError
 from depot_api.store.errors import StoreUnavailable
@@ -37,13 +40,31 @@ _CODES: dict[type[domain.DomainError], Code] = {
 _COMPRESSED_WITHOUT_COMPRESSION = "sent compressed message without compression support"
 
 
-def to_connect_error(error: Exception, procedure: str) -> ConnectError:
+def call_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:
+    """to_connect_error for an error of this call, its fields named as its caller writes them."""
+    method = ctx.method
+    json_request = None
+    if is_json(ctx.request_headers.get("content-type", "")):
+        json_request = method.input.desc()
+    return to_connect_error(
+        error, f"{method.service_name}/{method.name}", json_request=json_request
+    )
+
+
+def to_connect_error(
+    error: Exception, procedure: str, *, json_request: DescMessage | None = None
+) -> ConnectError:
+    """The Connect error for error. json_request, the request message's descriptor, is given
+    when the caller wrote JSON: a field is then named by its JSON name."""
     if isinstance(error, ConnectError):
         if error.code is Code.INTERNAL and _COMPRESSED_WITHOUT_COMPRESSION in error.message:
             return ConnectError(Code.INVALID_ARGUMENT, error.message)
         return error
     if isinstance(error, domain.DomainError):
-        return ConnectError(_CODES.get(type(error), Code.INTERNAL), error.message)
+        message = error.message
+        if json_request is not None and isinstance(error, domain.InvalidField):
+            message = error.naming_field(json_path(json_request, error.field))
+        return ConnectError(_code_of(error), _utf8_safe(message))
     if isinstance(error, SecretBoxError):
         log.error(
             "%s: a sealed key cannot be opened: servers that share a database must share "
@@ -59,6 +80,28 @@ def to_connect_error(error: Exception, procedure: str) -> ConnectError:
     return ConnectError(Code.INTERNAL, "internal error")
 
 
+def _utf8_safe(message: str) -> str:
+    """message, any lone surrogate in it written as an escape (\\ud800).
+
+    A message may quote what the caller sent, and JSON can carry a lone surrogate ("\\ud800")
+    that UTF-8 cannot: connectrpc failed to write such a message, answering nothing. Every
+    other character is kept as it is: messages are UTF-8 on every protocol.
+    """
+    try:
+        message.encode()
+    except UnicodeEncodeError:
+        return message.encode("utf-8", "backslashreplace").decode()
+    return message
+
+
+def _code_of(error: domain.DomainError) -> Code:
+    for kind in type(error).__mro__:
+        code = _CODES.get(kind)
+        if code is not None:
+            return code
+    return Code.INTERNAL
+
+
 class ErrorMapping:
     """The guard's error mapping without its token check, for the services called without a
     token (the depot CLI's login, gRPC reflection): their errors are mapped the same way."""
@@ -70,5 +113,4 @@ class ErrorMapping:
         self, token: None, ctx: RequestContext[Any, Any], error: Exception | None
     ) -> None:
         if error is not None:
-            procedure = f"{ctx.method.service_name}/{ctx.method.name}"
-            raise to_connect_error(error, procedure) from None
+            raise call_error(error, ctx) from None

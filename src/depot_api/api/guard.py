@@ -15,7 +15,7 @@ from typing import Any
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
 
-from depot_api.api.errors import to_connect_error
+from depot_api.api.errors import call_error
 from depot_api.api.limits import Limits
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.errors import PermissionDenied
@@ -70,7 +70,7 @@ class RequestGuard:
                 )
         except Exception as e:
             # on_end does not run for an interceptor whose on_start raised: map here.
-            raise to_connect_error(e, _procedure(ctx)) from None
+            raise call_error(e, ctx) from None
         self._limits.check_rate(principal.token_id, ctx.response_headers)
         stream_of = None
         if ctx.method.stream_type is not StreamType.UNARY:
@@ -83,8 +83,4 @@ class RequestGuard:
         if admitted.stream_of is not None:
             self._limits.close_stream(admitted.stream_of)
         if error is not None:
-            raise to_connect_error(error, _procedure(ctx)) from None
-
-
-def _procedure(ctx: Context) -> str:
-    return f"{ctx.method.service_name}/{ctx.method.name}"
+            raise call_error(error, ctx) from None

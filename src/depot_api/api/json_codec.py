@@ -8,12 +8,17 @@ unknown enum names included, is reported to the caller as invalid_argument.
 
 It also refuses an object naming two members of one oneof (`"success": {}` and `"error": {…}`),
 as ProtoJSON requires; protobuf-py would keep the last one named.
+
+The parser names a field it cannot read by its qualified proto name
+(depot.core.v1.CachePolicy.keep_gb); the message names it instead by its path in the document,
+as the caller wrote it (cachePolicy.keepGb).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -42,8 +47,64 @@ class LenientKeysJSONCodec:
         _refuse_two_of_a_oneof(document, desc)
         try:
             return message_from_json_value(message_class, document)
-        except (ValueError, TypeError):
+        except _PARSE_ERRORS:
+            pass
+        try:
             return message_from_json_value(message_class, _without_unknown_keys(document, desc))
+        except _PARSE_ERRORS as e:
+            raise _as_written(e, document, desc) from None
+
+
+# What protobuf-py raises for a document it cannot read (OverflowError: an integer too large
+# for its field).
+_PARSE_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+# How protobuf-py ends a message about one field's value.
+_FOR_FIELD = re.compile(r" for field ([\w.]+)$")
+
+
+def _as_written(error: Exception, document: Any, desc: DescMessage) -> Exception:
+    """error, its field named by the path the caller wrote instead of its qualified name."""
+    text = str(error)
+    match = _FOR_FIELD.search(text)
+    path = _path_to(document, desc, match.group(1)) if match else None
+    if match is None or path is None:
+        return error
+    return ValueError(f"{'.'.join(path)}: {text[: match.start()]}")
+
+
+def _path_to(value: Any, desc: DescMessage, qualified: str) -> list[str] | None:
+    """The keys leading to the first field named qualified in the document (list positions
+    left out, as in the domain's own field paths), or None. It follows the schema's messages
+    only, so its depth is the document's depth in messages."""
+    if isinstance(value, list):
+        for entry in value:
+            found = _path_to(entry, desc, qualified) if isinstance(entry, dict) else None
+            if found is not None:
+                return found
+        return None
+    if not isinstance(value, dict) or desc.type_name.startswith("google.protobuf."):
+        return None
+    fields = {key: field for field in desc.fields for key in (field.json_name, field.name)}
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        if f"{desc.type_name}.{field.name}" == qualified:
+            return [key]
+        kind = field.value
+        inner = None
+        if isinstance(kind, DescFieldValueMessage):
+            inner = kind.message
+        elif isinstance(kind, DescFieldValueList) and isinstance(kind.element, DescMessage):
+            inner = kind.element
+        elif isinstance(kind, DescFieldValueMap) and isinstance(kind.value, DescMessage):
+            inner, item = kind.value, list(item.values()) if isinstance(item, dict) else None
+        found = _path_to(item, inner, qualified) if inner is not None else None
+        if found is not None:
+            return [key, *found]
+    return None
 
 
 def _refuse_two_of_a_oneof(value: Any, desc: DescMessage) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from depot_api.domain.errors import InvalidArgument
+from depot_api.domain.errors import InvalidField
 from depot_api.models import Platform
 
 # 0 (unspecified) means amd64, the platform clients assume when they name none.
@@ -13,7 +13,7 @@ def platform_from_wire(number: int) -> Platform:
     try:
         return _BY_NUMBER[int(number)]
     except KeyError:
-        raise InvalidArgument(f"platform {int(number)} is not a known Platform value") from None
+        raise InvalidField("platform", f"{int(number)} is not a known Platform value") from None
 
 
 def platform_to_wire(platform: Platform) -> int:

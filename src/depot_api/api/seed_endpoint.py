@@ -76,7 +76,8 @@ class SeedGetEndpoint:
         try:
             answer = await self._answer(scope, receive, response_headers)
         except Exception as e:
-            error = to_connect_error(e, _PROCEDURE)
+            # The caller wrote JSON: fields are named by their JSON names (buildId).
+            error = to_connect_error(e, _PROCEDURE, json_request=pb.GetEndpointRequest.desc())
             status = _HTTP_STATUS.get(error.code, 500)
             await _respond(send, status, _error_body(error), response_headers)
             return
@@ -158,4 +159,6 @@ async def _respond(send: Send, status: int, body: dict[str, Any], headers: dict[
             ],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+    # UTF-8, not \u escapes: a message quoting what the caller sent stays readable.
+    body_bytes = json.dumps(body, ensure_ascii=False).encode()
+    await send({"type": "http.response.body", "body": body_bytes})

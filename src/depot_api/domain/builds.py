@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from depot_api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from depot_api.domain.errors import FailedPrecondition, InvalidField, NotFound, PermissionDenied
 from depot_api.domain.ids import new_id, require_id
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
@@ -44,8 +44,9 @@ class Outcome:
     @staticmethod
     def failed(message: str) -> Outcome:
         if len(message) > ERROR_MESSAGE_MAX:
-            raise InvalidArgument(
-                f"error.error is too long: {len(message)} characters, at most {ERROR_MESSAGE_MAX}"
+            raise InvalidField(
+                "error.error",
+                f"is too long: {len(message)} characters, at most {ERROR_MESSAGE_MAX}",
             )
         return Outcome(BuildStatus.FAILED, message)
 

@@ -2,6 +2,7 @@
 
     DomainError
     ├── InvalidArgument       bad input; the message names the field
+    │   └── InvalidField      bad input in one field, named as data (see there)
     ├── Unauthenticated       no token, or one that is malformed, unknown, revoked or expired
     ├── PermissionDenied      a valid token whose scope does not cover the operation
     ├── NotFound              no such resource within the caller's scope
@@ -26,6 +27,24 @@ class DomainError(Exception):
 
 class InvalidArgument(DomainError):
     pass
+
+
+class InvalidField(InvalidArgument):
+    """Bad input in one field: the message is the field's name, then the problem.
+
+    The field is kept apart, as its path in the request as the protos name it
+    ("cache_policy.keep_gb"), so that the transport can name it as the caller wrote it (a
+    JSON caller writes "cachePolicy.keepGb"); the domain knows no wire format.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+    def naming_field(self, name: str) -> str:
+        """The message with the field called name."""
+        return f"{name} {self.problem}"
 
 
 class Unauthenticated(DomainError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from depot_api.domain.errors import InvalidArgument
+from depot_api.domain.errors import InvalidField
 from depot_api.domain.token_format import PREFIXES
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -23,12 +23,12 @@ def is_id(value: str) -> bool:
 
 
 def require_id(value: str, field: str) -> str:
-    """Return value if it has the shape of an ID, else raise InvalidArgument naming field."""
+    """Return value if it has the shape of an ID, else raise InvalidField naming field."""
     if not value:
-        raise InvalidArgument(f"{field} is required")
+        raise InvalidField(field, "is required")
     if not _SHAPE.fullmatch(value):
-        raise InvalidArgument(
-            f"{field} {quoted(value)} is not a valid ID (expected 10 lowercase letters or digits)"
+        raise InvalidField(
+            field, f"{quoted(value)} is not a valid ID (expected 10 lowercase letters or digits)"
         )
     return value
 
@@ -39,5 +39,9 @@ def quoted(value: str) -> str:
     prefix is shown."""
     if value.startswith(tuple(PREFIXES.values())):
         return f'"{value[:4]}…" (a token secret, not repeated here)'
-    shown = value[:40].encode("unicode_escape").decode("ascii")
+    # Only what would not print is escaped (a newline, a control character); letters of any
+    # script are shown as they are: messages are UTF-8 on every protocol.
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value[:40]
+    )
     return f'"{shown}…"' if len(value) > 40 else f'"{shown}"'

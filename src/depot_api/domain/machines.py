@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from depot_api.domain.errors import InvalidArgument, NotFound, PermissionDenied
+from depot_api.domain.errors import InvalidField, NotFound, PermissionDenied
 from depot_api.domain.ids import new_id, require_id
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
@@ -78,12 +78,12 @@ class Machines:
     ) -> Machine:
         _require_machine_token(principal)
         if _ENDPOINT.fullmatch(endpoint) is None or not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
-            raise InvalidArgument(
-                "endpoint must be host:port where clients reach the BuildKit daemon, "
-                f"got {endpoint[:80]!r}"
+            raise InvalidField(
+                "endpoint",
+                f"must be host:port where clients reach the BuildKit daemon, got {endpoint[:80]!r}",
             )
         if not 0 <= capacity <= 1000:
-            raise InvalidArgument(f"capacity must be between 0 and 1000, got {capacity}")
+            raise InvalidField("capacity", f"must be between 0 and 1000, got {capacity}")
         now = self._now()
         machine = Machine(
             id=new_id(),
@@ -107,7 +107,7 @@ class Machines:
         if report.running_binding_id:
             require_id(report.running_binding_id, "running_binding_id")
         if report.disk_used_bytes < 0:
-            raise InvalidArgument("disk_used_bytes must not be negative")
+            raise InvalidField("disk_used_bytes", "must not be negative")
         known = await self._store.get_machine(machine_id)
         if known is None or known.token_id != principal.token_id:
             raise NotFound(f"machine {machine_id} not found; register again")

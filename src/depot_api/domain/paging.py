@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from depot_api.domain.errors import InvalidArgument
+from depot_api.domain.errors import InvalidField
 from depot_api.models import Page
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def decode_page_token(token: str | None, field: str = "page_token") -> tuple[int
         raw = ""
     match = _POSITION.fullmatch(raw)
     if match is None:
-        raise InvalidArgument(f"{field} is not a page token returned by this listing")
+        raise InvalidField(field, "is not a page token returned by this listing")
     return int(match.group(1)), match.group(2)
 
 
@@ -42,7 +42,7 @@ def resolve_page_size(value: int | None, *, default: int, maximum: int) -> int:
     if value is None or value == 0:
         return default
     if value < 0 or value > maximum:
-        raise InvalidArgument(f"page_size must be between 1 and {maximum}, got {value}")
+        raise InvalidField("page_size", f"must be between 1 and {maximum}, got {value}")
     return value
 
 

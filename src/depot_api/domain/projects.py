@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from depot_api.domain.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.errors import AlreadyExists, InvalidField, NotFound, PermissionDenied
+from depot_api.domain.ids import new_id, quoted, require_id
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_name
@@ -194,17 +194,17 @@ class Projects:
                 raise NotFound(f"organization {organization_id} not found")
             return organization_id
         if len(principal.org_ids) != 1:
-            raise InvalidArgument(
-                "organization_id is required: this token acts in "
-                f"{len(principal.org_ids)} organizations"
+            raise InvalidField(
+                "organization_id",
+                f"is required: this token acts in {len(principal.org_ids)} organizations",
             )
         return next(iter(principal.org_ids))
 
     def _require_region(self, region_id: str) -> str:
         if region_id not in self._regions:
-            given = f'"{region_id[:64]}"' if region_id else "missing"
-            raise InvalidArgument(
-                f"region_id is {given}; expected one of: {', '.join(self._regions)}"
+            given = quoted(region_id) if region_id else "missing"
+            raise InvalidField(
+                "region_id", f"is {given}; expected one of: {', '.join(self._regions)}"
             )
         return region_id
 
@@ -213,21 +213,21 @@ def _require_hardware(value: int) -> Hardware:
     try:
         return Hardware(value)
     except ValueError:
-        raise InvalidArgument(f"hardware {value} is not a known Hardware value") from None
+        raise InvalidField("hardware", f"{value} is not a known Hardware value") from None
 
 
 def _require_policy(policy: CachePolicyInput) -> CachePolicy:
     """Validate a cache policy and settle keep_gb from the deprecated keep_bytes if needed."""
     if policy.keep_gb < 0:
-        raise InvalidArgument(f"cache_policy.keep_gb must not be negative, got {policy.keep_gb}")
+        raise InvalidField("cache_policy.keep_gb", f"must not be negative, got {policy.keep_gb}")
     if not 0 <= policy.keep_days <= _KEEP_DAYS_MAX:
-        raise InvalidArgument(
-            f"cache_policy.keep_days must be between 0 (no age limit) and {_KEEP_DAYS_MAX}, "
-            f"got {policy.keep_days}"
+        raise InvalidField(
+            "cache_policy.keep_days",
+            f"must be between 0 (no age limit) and {_KEEP_DAYS_MAX}, got {policy.keep_days}",
         )
     if policy.keep_bytes is not None and policy.keep_bytes < 0:
-        raise InvalidArgument(
-            f"cache_policy.keep_bytes must not be negative, got {policy.keep_bytes}"
+        raise InvalidField(
+            "cache_policy.keep_bytes", f"must not be negative, got {policy.keep_bytes}"
         )
     keep_gb = policy.keep_gb
     if keep_gb == 0 and policy.keep_bytes:

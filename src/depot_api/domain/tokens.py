@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from depot_api.domain.errors import InvalidArgument, NotFound
+from depot_api.domain.errors import InvalidField, NotFound
 from depot_api.domain.ids import new_id, require_id
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
@@ -30,11 +30,12 @@ def lifetime_of(seconds: int, field: str) -> timedelta | None:
     if seconds == 0:
         return None
     if seconds < 0:
-        raise InvalidArgument(f"{field} must not be negative (0 or unset: never expires)")
+        raise InvalidField(field, "must not be negative (0 or unset: never expires)")
     if seconds > MAX_LIFETIME.total_seconds():
-        raise InvalidArgument(
-            f"{field} is too long: at most {int(MAX_LIFETIME.total_seconds())} seconds "
-            f"({MAX_LIFETIME.days} days)"
+        raise InvalidField(
+            field,
+            f"is too long: at most {int(MAX_LIFETIME.total_seconds())} seconds "
+            f"({MAX_LIFETIME.days} days)",
         )
     return timedelta(seconds=seconds)
 
@@ -44,9 +45,9 @@ def require_lifetime(lifetime: timedelta | None, field: str) -> timedelta | None
     if lifetime is None:
         return None
     if lifetime <= timedelta(0):
-        raise InvalidArgument(f"{field} must be positive (or left out: never expires)")
+        raise InvalidField(field, "must be positive (or left out: never expires)")
     if lifetime > MAX_LIFETIME:
-        raise InvalidArgument(f"{field} is too long: at most {MAX_LIFETIME.days} days")
+        raise InvalidField(field, f"is too long: at most {MAX_LIFETIME.days} days")
     return lifetime
 
 
