@@ -19,6 +19,7 @@ from depot_api.config import Settings
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
+from depot_api.serve_error import ServeError
 from depot_api.server import Supervisor
 from depot_api.startup import make_data_dir, prepare
 from depot_api.store.engine import open_store
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DomainError as e:
         print(f"depot-api: {e.message}", file=sys.stderr)
         return 2
+    except ServeError as e:
+        print(f"depot-api: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
