@@ -14,6 +14,7 @@ from pathlib import Path
 
 from connectrpc.errors import ConnectError
 
+from depot_api.address import claim_address
 from depot_api.agent import Agent, AgentConfig
 from depot_api.config import Settings
 from depot_api.domain.errors import DomainError, InvalidArgument
@@ -368,16 +369,18 @@ def _when(at: datetime | None) -> str:
 
 async def _serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
-    secret = await prepare(settings)
-    if secret is not None:
-        # The secret itself is not printed: standard output usually ends up in a log.
-        print(
-            "Created an organization and its first token. The token is in "
-            f"{settings.initial_token_path} (mode 0600) and nowhere else: store it where "
-            "your secrets go, then delete the file.",
-            flush=True,
-        )
-    return await Supervisor(settings).run()
+    # First of all: a server refused its port must not have touched the data directory.
+    with claim_address(settings.host, settings.port):
+        secret = await prepare(settings)
+        if secret is not None:
+            # The secret itself is not printed: standard output usually ends up in a log.
+            print(
+                "Created an organization and its first token. The token is in "
+                f"{settings.initial_token_path} (mode 0600) and nowhere else: store it where "
+                "your secrets go, then delete the file.",
+                flush=True,
+            )
+        return await Supervisor(settings).run()
 
 
 async def _agent(args: argparse.Namespace) -> int:
