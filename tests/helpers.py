@@ -36,9 +36,15 @@ class ServerProcess:
 
 @contextmanager
 def running_server(
-    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> Iterator[ServerProcess]:
-    """Start the real server on a free port; stop it (by its own PID) when the block ends."""
+    """Start the real server on a free port; stop it (by its own PID) when the block ends.
+
+    new_session: in a session and process group of its own (its PID is the group's ID), as a
+    terminal or a service manager would start it, so that a test can signal the whole group."""
     if "--workers" not in extra_args:
         extra_args = (*extra_args, "--workers", "1")
     process = subprocess.Popen(
@@ -47,6 +53,7 @@ def running_server(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
     output: list[str] = []
     drain = threading.Thread(target=_drain, args=(process, output), daemon=True)

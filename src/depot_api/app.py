@@ -71,6 +71,8 @@ log = logging.getLogger("depot_api")
 _SWEEP_EVERY_SECONDS = 5.0
 # How often a worker looks for the supervisor's request to drain (see _watch_for_drain).
 _DRAIN_POLL_SECONDS = 0.2
+# A worker's standard input: the supervisor's end of it closes only when the supervisor dies.
+_LIFELINE = 0
 # How soon a client that went away mid-call is noticed (see _guarded). Each waiting stream
 # polls this often: 1 000 waiting GetEndpoint streams cost 1 000 wake-ups a second at 1 s.
 _DISCONNECT_POLL_SECONDS = 5.0
@@ -260,10 +262,13 @@ class DepotAPI:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._sweeper = asyncio.create_task(self._sweep_silent_builds())
-                if self._drain_dir is not None:
+                if self._drain_dir is not None:  # run by a supervisor (server.py)
                     self._drain_watch = asyncio.create_task(self._watch_for_drain(self._drain_dir))
+                    asyncio.get_running_loop().add_reader(_LIFELINE, _supervisor_gone)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._drain_dir is not None:
+                    asyncio.get_running_loop().remove_reader(_LIFELINE)
                 for task in (self._sweeper, self._drain_watch):
                     if task is not None:
                         task.cancel()
@@ -312,6 +317,18 @@ def _reads_body_first(scope: Scope) -> bool:
     which is refused at once (415). Streams (application/connect+…, gRPC, gRPC-Web) are read
     as they come."""
     return not media_type(scope).startswith((b"application/connect+", b"application/grpc"))
+
+
+def _supervisor_gone() -> None:
+    """The supervisor died without stopping this worker (it was killed outright): go too, at
+    once, so that the port is free for the next server.
+
+    A worker ignores SIGTERM (worker.py), and with it the signal Envoy asks Linux to send when
+    its parent dies; so the supervisor gives it a pipe as standard input instead, and never
+    writes to it: the pipe ends (it becomes readable) only when the supervisor is gone.
+    """
+    log.error("the supervisor is gone: stopping at once")
+    os._exit(1)
 
 
 async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:

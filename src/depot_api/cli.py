@@ -23,6 +23,7 @@ from typing import NoReturn
 
 from connectrpc.errors import ConnectError
 
+from depot_api.address import claim_address
 from depot_api.agent import Agent, AgentConfig
 from depot_api.config import (
     ADMIN,
@@ -38,6 +39,7 @@ from depot_api.config import (
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
+from depot_api.serve_error import ServeError
 from depot_api.server import Supervisor
 from depot_api.setting_kinds import LOG_LEVELS
 from depot_api.startup import (
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(str(e), USAGE_ERROR)
     except DomainError as e:
         return _failed(e.message, USAGE_ERROR)
+    except ServeError as e:
+        return _failed(str(e), ENVIRONMENT_ERROR)
     except KeyboardInterrupt:
         return 130
 
@@ -365,16 +369,18 @@ def _when(at: datetime | None) -> str:
 async def _serve(settings: Settings) -> int:
     check_tls_files(settings)
     configure_logging(settings.log_level)
-    secret = await prepare(settings)
-    if secret is not None:
-        # The secret itself is not printed: standard output usually ends up in a log.
-        print(
-            "Created an organization and its first token. The token is in "
-            f"{settings.initial_token_path} (mode 0600) and nowhere else: store it where "
-            "your secrets go, then delete the file.",
-            flush=True,
-        )
-    return await Supervisor(settings).run()
+    # First of all: a server refused its port must not have touched the data directory.
+    with claim_address(settings.host, settings.port):
+        secret = await prepare(settings)
+        if secret is not None:
+            # The secret itself is not printed: standard output usually ends up in a log.
+            print(
+                "Created an organization and its first token. The token is in "
+                f"{settings.initial_token_path} (mode 0600) and nowhere else: store it where "
+                "your secrets go, then delete the file.",
+                flush=True,
+            )
+        return await Supervisor(settings).run()
 
 
 async def _agent(args: argparse.Namespace) -> int:

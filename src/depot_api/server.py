@@ -6,7 +6,9 @@ process, so any of them may answer any request.
 
 Stopping is graceful (api/drain.py): on SIGTERM or SIGINT the workers drain, finishing the
 calls in flight and ending streams with `unavailable`, for at most the shutdown grace period;
-then they are stopped. A second signal stops them at once.
+then they are stopped. A second signal stops them at once. The signal may be sent to every
+process of the server at once (Ctrl-C, `timeout`, systemd): the workers do not act on it
+(worker.py), so it drains the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pyvoy import PyvoyServer
 
 from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX
 from depot_api.config import Settings
+from depot_api.worker import Worker
 
 log = logging.getLogger("depot_api.server")
 
@@ -40,7 +43,7 @@ class Supervisor:
         self._port = settings.port
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
-        self._servers: list[PyvoyServer] = []
+        self._workers: list[Worker] = []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -48,22 +51,23 @@ class Supervisor:
             loop.add_signal_handler(sig, self._signalled)
         try:
             first = await self._start()
-            self._servers.append(first)
+            self._workers.append(first)
             # Workers after the first bind the port the first one got (which matters for port 0).
-            self._port = first.listener_port
+            self._port = first.port
             for _ in range(self._settings.worker_count - 1):
-                self._servers.append(await self._start())
+                self._workers.append(await self._start())
             scheme = "https" if self._settings.tls_cert is not None else "http"
-            count = len(self._servers)
+            count = len(self._workers)
             print(
-                f"depot-api listening on {scheme}://{first.listener_address}:{self._port} "
+                f"depot-api listening on {scheme}://{first.address}:{self._port} "
                 f"({count} worker{'s' if count > 1 else ''})",
                 flush=True,
             )
             await asyncio.gather(*(self._keep_alive(i) for i in range(count)))
             await self._drain()
         finally:
-            await asyncio.gather(*(s.stop() for s in self._servers), return_exceptions=True)
+            self._stopping.set()  # no worker is restarted from here on
+            await asyncio.gather(*(w.stop() for w in self._workers), return_exceptions=True)
             shutil.rmtree(self._drain_dir, ignore_errors=True)
         return 0
 
@@ -75,8 +79,8 @@ class Supervisor:
     async def _keep_alive(self, index: int) -> None:
         """Wait for stop; restart this worker if it dies on its own."""
         while True:
-            server = self._servers[index]
-            exited = asyncio.ensure_future(server.wait())
+            worker = self._workers[index]
+            exited = asyncio.ensure_future(worker.wait())
             stopping = asyncio.ensure_future(self._stopping.wait())
             await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
@@ -85,38 +89,47 @@ class Supervisor:
             stopping.cancel()
             log.error("worker %d exited with status %s; restarting it", index, exited.result())
             await asyncio.sleep(_RESTART_DELAY_SECONDS)
-            self._servers[index] = await self._start()
+            if self._stopping.is_set():
+                return
+            self._workers[index] = await self._start()
 
     async def _drain(self) -> None:
-        """Ask every worker to drain and wait until all have, for at most the grace period."""
+        """Ask every worker to drain and wait until all have, for at most the grace period.
+
+        A worker has drained when it says so, or when it has exited (it has no call left)."""
         (self._drain_dir / DRAIN_REQUEST).touch()
         grace = self._settings.shutdown_grace.total_seconds()
         deadline = time.monotonic() + grace
         while not self._hurry.is_set():
-            drained = sum(1 for _ in self._drain_dir.glob(DRAINED_PREFIX + "*"))
-            if drained >= len(self._servers):
+            busy = [
+                w.pid
+                for w in self._workers
+                if not w.exited and not (self._drain_dir / f"{DRAINED_PREFIX}{w.pid}").exists()
+            ]
+            if not busy:
                 return
             if time.monotonic() >= deadline:
-                log.warning("calls still in flight after %.0fs: stopping anyway", grace)
+                log.warning(
+                    "calls still in flight after %.0fs in worker(s) %s: stopping anyway",
+                    grace,
+                    ", ".join(map(str, busy)),
+                )
                 return
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
 
-    async def _start(self) -> PyvoyServer:
+    async def _start(self) -> Worker:
         settings = self._settings
-        server = PyvoyServer(
+        # PyvoyServer only makes the Envoy configuration here: worker.py starts the process.
+        envoy_config = PyvoyServer(
             "depot_api.asgi:app",
             address=settings.host,
             port=self._port,
-            env=settings.to_env(),
             lifespan=True,
             tls_enable_http3=False,
-            stdout=None,
-            stderr=None,
             tls_cert=_resolved(settings.tls_cert),
             tls_key=_resolved(settings.tls_key),
-        )
-        await server.start()
-        return server
+        ).get_envoy_config()
+        return await Worker.start(envoy_config, settings.to_env())
 
 
 def _new_drain_dir(data_dir: Path) -> Path:
