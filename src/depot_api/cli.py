@@ -141,6 +141,14 @@ def _parser() -> argparse.ArgumentParser:
         default=env.workers,
         help="server processes sharing the port (env DEPOT_API_WORKERS; 0 = one per core)",
     )
+    serve.add_argument(
+        "--wait-for-machines",
+        action=argparse.BooleanOptionalAction,
+        default=env.wait_for_machines,
+        help="let builds wait for a machine even when no agent of their platform is heard "
+        "from, for agents started on demand; otherwise such builds fail at once "
+        "(env DEPOT_API_WAIT_FOR_MACHINES; default: %(default)s)",
+    )
 
     commands.add_parser(
         "migrate",
@@ -274,6 +282,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         workers=args.workers,
         build_url=args.build_url,
+        wait_for_machines=args.wait_for_machines,
     )
 
 

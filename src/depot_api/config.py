@@ -56,6 +56,10 @@ class Settings:
     liveness_window: timedelta = timedelta(seconds=180)
     # Client certificates expire this long after their build was created.
     max_build_duration: timedelta = timedelta(hours=24)
+    # Builds wait for a machine even when no agent of their platform has been heard from
+    # within machine_lost_after (for agents an autoscaler starts on demand); by default they
+    # are refused at once with failed_precondition.
+    wait_for_machines: bool = False
     # The key that seals private keys in the database; by default a file in the data directory.
     # Servers sharing one database must share it (DEPOT_API_SECRET_KEY).
     secret_key: str | None = None
@@ -105,6 +109,8 @@ class Settings:
             env["DEPOT_API_SECRET_KEY"] = self.secret_key
         if self.build_url:
             env["DEPOT_API_BUILD_URL"] = self.build_url
+        if self.wait_for_machines:
+            env["DEPOT_API_WAIT_FOR_MACHINES"] = "true"
         for name, value in self._durations().items():
             env[f"DEPOT_API_{name}"] = str(value.total_seconds())
         if self.tls_cert is not None:
@@ -147,6 +153,7 @@ class Settings:
             drain_dir=_path(get("DRAIN_DIR")),
             secret_key=get("SECRET_KEY"),
             build_url=get("BUILD_URL") or defaults.build_url,
+            wait_for_machines=_flag("WAIT_FOR_MACHINES", get("WAIT_FOR_MACHINES")),
             **{
                 field.lower(): timedelta(seconds=float(value))
                 for field in defaults._durations()
@@ -169,3 +176,14 @@ class Settings:
 
 def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _flag(name: str, value: str | None) -> bool:
+    """An on/off variable: true/false, 1/0, yes/no, on/off (any case); unset is off."""
+    if value is None:
+        return False
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"DEPOT_API_{name} must be true or false, not {value!r}")

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.e2e
 async def test_sigterm_drains_and_ends_streams_with_unavailable(
     tmp_path: Path, workers: int
 ) -> None:
-    with running_server(tmp_path / "data", "--workers", str(workers)) as server:
+    # No agent: the builds wait for a machine all the same, until the server stops.
+    args = ("--workers", str(workers), "--wait-for-machines")
+    with running_server(tmp_path / "data", *args) as server:
         http = Client(HTTPTransport(http_version=HTTPVersion.HTTP2))
         org = {"authorization": f"Bearer {server.org_token}"}
         created = await ProjectServiceClient(server.url, http_client=http).create_project(
