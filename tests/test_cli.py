@@ -160,3 +160,20 @@ def test_serve_refuses_limits_out_of_range(tmp_path: Path, flag: str, value: str
         main(["serve", "--data-dir", str(tmp_path), flag, value])
     assert flag in str(raised.value.code)
     assert not (tmp_path / "depot-api.sqlite3").exists()  # refused before starting anything
+
+
+@pytest.mark.parametrize(
+    ("value", "waits"),
+    [("true", True), ("1", True), ("YES", True), ("on", True), ("false", False), ("0", False)],
+)
+def test_wait_for_machines_comes_from_the_environment(value: str, waits: bool) -> None:
+    settings = Settings.from_env({"DEPOT_API_WAIT_FOR_MACHINES": value})
+    assert settings.wait_for_machines is waits
+    # Handed on to the server processes as it was given.
+    assert Settings.from_env(settings.to_env()).wait_for_machines is waits
+    assert Settings.from_env({}).wait_for_machines is False  # by default, builds are refused
+
+
+def test_wait_for_machines_names_a_wrong_value() -> None:
+    with pytest.raises(ValueError, match="DEPOT_API_WAIT_FOR_MACHINES must be true or false"):
+        Settings.from_env({"DEPOT_API_WAIT_FOR_MACHINES": "maybe"})

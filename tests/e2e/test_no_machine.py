@@ -139,6 +139,8 @@ async def test_with_wait_for_machines_builds_wait_until_an_agent_starts(tmp_path
         for build in (streamed, polled, plain):
             line = f"build {build.build_id} is waiting for a BuildKit machine (amd64)"
             await _logged(server, line)
+            (row,) = [r for r in "".join(server.output).splitlines() if line in r]
+            assert "level=INFO" in row and build.build_token not in row, row
         await asyncio.sleep(3)
         assert not any(task.done() for task in (stream, poll, json_answer))
 

@@ -180,8 +180,9 @@ class Endpoints:
         self, principal: Principal, build_id: str, platform: Platform
     ) -> Pending | Active:
         """One look for a polling client (the depot CLI's GetBuildKitConnection): Active once
-        the machine is ready, else Pending. The wait's deadline counts from the first poll
-        and is kept in the database, so polls may land on any server process."""
+        the machine is ready, else Pending; FailedPrecondition when there is no machine to
+        wait for. The wait's deadline counts from the first poll and is kept in the database,
+        so polls may land on any server process."""
         build = await self._running(principal, build_id)
         now = self._now()
         since = await self._store.note_machine_wait(build.id, now)
