@@ -54,7 +54,12 @@ class Waiting:
 async def waiting_streams(count: int) -> Waiting:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        env = {"DEPOT_API_ACQUIRE_TIMEOUT": "600", "DEPOT_API_LIVENESS_WINDOW": "600"}
+        env = {
+            "DEPOT_API_ACQUIRE_TIMEOUT": "600",
+            "DEPOT_API_LIVENESS_WINDOW": "600",
+            # The streams wait before any agent exists (the agent starts later).
+            "DEPOT_API_WAIT_FOR_MACHINES": "true",
+        }
         with servers.depot_api(root / "data", 0, None, env=env) as server:
             builds = await asyncio.to_thread(_create_builds, server, count)
             clients = [

@@ -59,8 +59,9 @@ CHECKS = [
     "ensure_resource_availability",
     "allow_header_conformance",
 ]
-# A GetEndpoint with no BuildKit machine waits this long, then answers resource_exhausted
-# (429); the default, 300 s, would stall the run at every real build ID.
+# No agent runs here: GetEndpoint answers failed_precondition (400) at once, except in the
+# server's first seconds, when it waits this long and answers resource_exhausted (429); the
+# default, 300 s, would stall the run at every real build ID.
 ACQUIRE_TIMEOUT_SECONDS = 0.25
 # Lines in the server's log that mean a bug, whatever Schemathesis saw.
 SERVER_BUG = re.compile(r"Traceback|unexpected error|ERROR")

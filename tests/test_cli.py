@@ -18,8 +18,8 @@ from alembic.config import Config
 from sqlalchemy import Connection
 
 import depot_api.store
-from depot_api.cli import _parser, main
-from depot_api.config import Settings
+from depot_api.cli import _parser, main, resolve_args
+from depot_api.config import SettingError, Settings
 from depot_api.domain.token_format import kind_of
 from depot_api.models import TokenKind
 from depot_api.startup import prepare
@@ -232,6 +232,7 @@ SERVE_FLAGS = {
     "--shutdown-grace": "SHUTDOWN_GRACE",
     "--log-level": "LOG_LEVEL",
     "--build-url": "BUILD_URL",
+    "--wait-for-machines": "WAIT_FOR_MACHINES",
 }
 
 
@@ -249,7 +250,7 @@ def test_every_setting_flag_names_its_environment_variable(
     )
     for flag, env in flags.items():
         # The flag's own help: from its line to the next option's or the end of the list.
-        match = re.search(rf"^  {flag} .*?(?=^  -|\n\n)", help_text, re.MULTILINE | re.DOTALL)
+        match = re.search(rf"^  {flag}[ ,].*?(?=^  -|\n\n)", help_text, re.MULTILINE | re.DOTALL)
         assert match is not None, flag
         own = " ".join(match.group(0).split())
         assert f"(env DEPOT_API_{env}; default: " in own, flag
@@ -382,3 +383,37 @@ def _alembic_upgrade(connection: Connection, revision: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     alembic.upgrade(config, revision)
+
+
+@pytest.mark.parametrize(
+    ("value", "waits"),
+    [("true", True), ("1", True), ("YES", True), ("on", True), ("false", False), ("0", False)],
+)
+def test_wait_for_machines_comes_from_the_environment(value: str, waits: bool) -> None:
+    settings = Settings.from_env({"DEPOT_API_WAIT_FOR_MACHINES": value})
+    assert settings.wait_for_machines is waits
+    # Handed on to the server processes as it was given.
+    assert Settings.from_env(settings.to_env()).wait_for_machines is waits
+    assert Settings.from_env({}).wait_for_machines is False  # by default, builds are refused
+
+
+def test_wait_for_machines_names_a_wrong_value() -> None:
+    with pytest.raises(SettingError, match="DEPOT_API_WAIT_FOR_MACHINES=maybe: must be true or"):
+        Settings.from_env({"DEPOT_API_WAIT_FOR_MACHINES": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "waits"),
+    [
+        ("--wait-for-machines", "false", True),
+        ("--no-wait-for-machines", "true", False),
+        (None, "true", True),
+    ],
+)
+def test_the_wait_for_machines_flag_wins_over_the_environment(
+    flag: str | None, env: str, waits: bool
+) -> None:
+    """A switch's flag takes no value; given, it wins over the environment as every flag does."""
+    args = _parser().parse_args(["serve", *([flag] if flag else [])])
+    resolved = resolve_args(args, {"DEPOT_API_WAIT_FOR_MACHINES": env})
+    assert resolved.settings.wait_for_machines is waits

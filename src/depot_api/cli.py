@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +31,7 @@ from depot_api.config import (
     SERVE,
     SETTINGS,
     Resolved,
+    Setting,
     SettingError,
     Settings,
     resolve,
@@ -62,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return asyncio.run(_agent(args))
-        flags = {s.field: getattr(args, s.field, None) for s in SETTINGS if s.flag}
-        return _run(args, resolve(args.command, flags, os.environ))
+        return _run(args, resolve_args(args, os.environ))
     except SettingError as e:
         return _failed(str(e), USAGE_ERROR)
     except DomainError as e:
@@ -235,12 +235,28 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
         if setting.flag is None:
             continue
         help = f"{setting.help} (env {setting.env}; default: {setting.describe_default()})"
-        parser.add_argument(
-            setting.flag,
-            dest=setting.field,
-            metavar=setting.metavar,
-            help=help.replace("%", "%%"),  # argparse formats help with %
-        )
+        help = help.replace("%", "%%")  # argparse formats help with %
+        if setting.kind.switch:
+            parser.add_argument(
+                setting.flag, dest=setting.field, action=argparse.BooleanOptionalAction, help=help
+            )
+        else:
+            parser.add_argument(
+                setting.flag, dest=setting.field, metavar=setting.metavar, help=help
+            )
+
+
+def resolve_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
+    """The settings of the parsed command: each from its flag, its variable or its default."""
+    flags = {s.field: _flag_text(s, getattr(args, s.field, None)) for s in SETTINGS if s.flag}
+    return resolve(args.command, flags, environ)
+
+
+def _flag_text(setting: Setting, value: str | bool | None) -> str | None:
+    """A flag's value as text for resolve(); a switch's flag gives True or False."""
+    if isinstance(value, bool):
+        return setting.kind.show(value)
+    return value
 
 
 def _environment_only(command: str) -> str:

@@ -29,6 +29,7 @@ from depot_api.setting_kinds import (
     fernet_key,
     ip_address,
     number,
+    on_off,
     path,
     seconds,
     whole_number,
@@ -80,6 +81,10 @@ class Settings:
     liveness_window: timedelta = timedelta(seconds=180)
     # Client certificates expire this long after their build was created.
     max_build_duration: timedelta = timedelta(hours=24)
+    # Builds wait for a machine even when no agent of their platform has been heard from
+    # within machine_lost_after (for agents an autoscaler starts on demand); by default they
+    # are refused at once with failed_precondition.
+    wait_for_machines: bool = False
     # The key that seals private keys in the database; by default a file in the data directory.
     # Servers sharing one database must share it (DEPOT_API_SECRET_KEY).
     secret_key: str | None = None
@@ -229,6 +234,13 @@ SETTINGS: tuple[Setting, ...] = (
         "build_url", "DEPOT_API_BUILD_URL", build_url_template(), flag="--build-url",
         metavar="TEMPLATE", default_text="none",
         help="the build URL the depot CLI prints, with {project_id} and {build_id}",
+    ),
+    Setting(
+        "wait_for_machines", "DEPOT_API_WAIT_FOR_MACHINES", on_off(),
+        flag="--wait-for-machines",
+        help="let builds wait for a BuildKit machine even when no agent of their platform has "
+        "been heard from lately (agents an autoscaler starts on demand); otherwise such builds "
+        "fail at once, saying what to do",
     ),
     Setting(
         "secret_key", "DEPOT_API_SECRET_KEY", fernet_key(), secret=True,

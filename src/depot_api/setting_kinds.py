@@ -19,7 +19,7 @@ from typing import Any
 
 # How to make a key for DEPOT_API_SECRET_KEY, quoted in its error.
 FERNET_KEY_RECIPE = (
-    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+    'python3 -c "import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -35,6 +35,8 @@ class Kind:
     show: Callable[[Any], str]
     # The text as given, fit for a message (a URL's password hidden).
     redact: Callable[[str], str] = str
+    # An on/off setting: its flag takes no value (--name turns it on, --no-name off).
+    switch: bool = False
 
 
 def number_text(value: float) -> str:
@@ -107,6 +109,24 @@ def choice(options: Sequence[str]) -> Kind:
         return value
 
     return Kind(parse, str)
+
+
+_ON = ("true", "1", "yes", "on")
+_OFF = ("false", "0", "no", "off")
+
+
+def on_off() -> Kind:
+    """On or off: true/false, 1/0, yes/no, on/off, in any case."""
+
+    def parse(text: str) -> bool:
+        value = text.strip().lower()
+        if value in _ON:
+            return True
+        if value in _OFF:
+            return False
+        raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+
+    return Kind(parse, lambda value: "true" if value else "false", switch=True)
 
 
 def ip_address() -> Kind:

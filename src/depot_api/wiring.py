@@ -60,6 +60,8 @@ def build_domain(
         builds=builds,
         organizations=Organizations(store, tokens, now=now),
         machines=Machines(store, box, idle_release=settings.machine_idle_release, now=now),
-        endpoints=Endpoints(store, builds, box, timings, now=now),
+        endpoints=Endpoints(
+            store, builds, box, timings, now=now, wait_for_machines=settings.wait_for_machines
+        ),
         build_reports=BuildReports(store, builds, now=now),
     )

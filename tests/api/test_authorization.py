@@ -536,10 +536,12 @@ TABLE += [
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    # GetEndpoint gives up quickly here: there are no machines to wait for.
+    # GetEndpoint gives up quickly here: no machine becomes ready. (The world's machine never
+    # heartbeats; the builds wait for it all the same.)
     return Settings(
         data_dir=tmp_path / "data",
         database=database_url,
+        wait_for_machines=True,
         acquire_timeout=timedelta(seconds=0.2),
         pending_interval=timedelta(seconds=0.1),
         # The "ended_build" caller's build has ended: with no grace, its token is dead.

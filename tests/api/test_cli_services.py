@@ -34,6 +34,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database=database_url,
         build_url=URL_TEMPLATE,
         acquire_timeout=ACQUIRE_TIMEOUT,
+        # No machine is registered here; polls wait for one anyway, to the acquire timeout.
+        wait_for_machines=True,
     )
 
 

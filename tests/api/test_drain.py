@@ -33,9 +33,13 @@ def database_url(sqlite_database_url: str) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    # Streams wait (there are no machines) far longer than these tests take.
+    # Streams wait (there are no machines, and they wait anyway) far longer than these tests
+    # take.
     return Settings(
-        data_dir=tmp_path / "data", database=database_url, acquire_timeout=timedelta(seconds=60)
+        data_dir=tmp_path / "data",
+        database=database_url,
+        acquire_timeout=timedelta(seconds=60),
+        wait_for_machines=True,
     )
 
 

@@ -99,6 +99,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         max_streams_per_token=1,
         acquire_timeout=timedelta(seconds=1.5),
         pending_interval=timedelta(seconds=0.2),
+        # Streams wait for a machine, though there is none, to the acquire timeout.
+        wait_for_machines=True,
     )
 
 

@@ -4,7 +4,7 @@ hand."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,15 +34,35 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def domain(tmp_path: Path, database_url: str, clock: Clock) -> AsyncIterator[Domain]:
-    settings = Settings(
+def domain_settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
         data_dir=tmp_path, database=database_url, build_token_grace=timedelta(seconds=60)
     )
-    store = await open_store(database_url)
+
+
+@pytest.fixture
+async def domain(domain_settings: Settings, clock: Clock) -> AsyncIterator[Domain]:
+    store = await open_store(domain_settings.database_url)
+    built = build_domain(store, domain_settings, now=clock)
     try:
-        yield build_domain(store, settings, now=clock)
+        yield built
     finally:
+        await built.endpoints.close()
         await store.close()
+
+
+@pytest.fixture
+async def patient_domain(
+    domain: Domain, domain_settings: Settings, clock: Clock
+) -> AsyncIterator[Domain]:
+    """The domain of a server started with --wait-for-machines, over the same database."""
+    patient = build_domain(
+        domain.store, replace(domain_settings, wait_for_machines=True), now=clock
+    )
+    try:
+        yield patient
+    finally:
+        await patient.endpoints.close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from connectrpc.codec import proto_json_codec
@@ -78,9 +79,28 @@ class AgentProcess:
 def agent(
     server_url: str, token: str, state_dir: Path, platform: str = "amd64"
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon; stopped (by its PID) at the end."""
+    """A `depot-api agent` running the stand-in daemon, once it has registered (a build asking
+    before any agent was heard from would be refused); stopped (by its PID) at the end."""
     port = free_port()
-    process = subprocess.Popen(
+    log = state_dir.with_name(f"{state_dir.name}.log")  # the agent's own log, to read
+    with log.open("wb") as log_file:
+        process = _start_agent(server_url, token, state_dir, platform, port, log_file)
+    try:
+        wait_for(
+            lambda: b"registered as machine" in log.read_bytes() or process.poll() is not None,
+            30,
+            "the agent to register",
+        )
+        assert process.poll() is None, f"the agent exited:\n{log.read_text()}"
+        yield AgentProcess(process, port, state_dir)
+    finally:
+        stop_process(process)
+
+
+def _start_agent(
+    server_url: str, token: str, state_dir: Path, platform: str, port: int, log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             str(BIN / "depot-api"), "agent",
             "--server", server_url,
@@ -97,12 +117,8 @@ def agent(
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         },
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )  # fmt: skip
-    try:
-        yield AgentProcess(process, port, state_dir)
-    finally:
-        stop_process(process)
 
 
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:

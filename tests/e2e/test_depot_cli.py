@@ -29,12 +29,13 @@ from depot_api.gen.depot.cli.v1.build_connect import BuildServiceClient as CliBu
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import org_pb, project_pb
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
-from depot_api.models import StatusReport
+from depot_api.models import Build, BuildStatus, StatusReport
 from depot_api.store import schema
 from depot_api.store.engine import create_engine, open_store
 from depot_api.store.sql import SqlStore
+from tests.helpers import ServerProcess, running_server
 
-from .machines import Api, Cluster, api, cluster
+from .machines import Api, Cluster, api, api_for, cluster
 
 __all__ = ["api", "cluster"]
 
@@ -219,6 +220,41 @@ async def test_depot_build_attaches_to_a_build_created_through_the_api(
     assert ended.status.value == "failed"
     builds = (await api.builds.list_builds(_list(project_id), headers=api.org)).builds
     assert [b.build_id for b in builds] == [created.build_id]  # no second build was made
+
+
+async def test_depot_build_with_no_agent_fails_at_once_saying_what_to_do(
+    home: Path, tmp_path: Path
+) -> None:
+    """No agent ever registered: the CLI used to print "launching amd64 machine" and then
+    nothing for the acquire timeout (300 s). Now the build fails within seconds (the CLI's own
+    deadline here is 120 s) and the CLI prints what to do."""
+    quick = {"DEPOT_API_MACHINE_HEARTBEAT": "0.2"}  # a short start-up grace
+    with running_server(tmp_path / "data", env=quick) as server:
+        project_id = await api_for(server, server.org_token).project("no-agent")
+        context = _dockerfile(tmp_path / "context")
+        result = depot(
+            server.url, server.org_token, "build", "--project", project_id, str(context),
+            home=home,
+        )  # fmt: skip
+        builds = await _builds_of(server, project_id)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "[depot] launching amd64 machine" in output
+    assert "failed_precondition: no amd64 BuildKit machine to wait for" in output, output
+    assert "depot-api agent --platform amd64" in output
+    assert "--wait-for-machines" in output
+    # The CLI finished its build with that error.
+    assert [(b.status, "no amd64 BuildKit machine" in b.error_message) for b in builds] == [
+        (BuildStatus.FAILED, True)
+    ]
+
+
+async def _builds_of(server: ServerProcess, project_id: str) -> list[Build]:
+    opened = await open_store(server.database)
+    try:
+        return await opened.list_builds(project_id, None, 10)
+    finally:
+        await opened.close()
 
 
 async def test_depot_build_without_a_project_fails_with_the_project_list(

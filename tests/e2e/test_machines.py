@@ -20,13 +20,16 @@ from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import project_pb
+from tests.helpers import ServerProcess, running_server
 
 from .machines import (
     AMD64,
+    QUICK,
     Api,
     Cluster,
     agent,
     api,
+    api_for,
     bearer,
     cluster,
     get_endpoint,
@@ -156,29 +159,26 @@ async def test_build_token_of_another_build_is_denied(api: Api) -> None:
     assert raised.value.code == Code.PERMISSION_DENIED
 
 
-async def test_no_machine_for_the_platform_ends_with_a_retryable_error(api: Api) -> None:
+async def test_no_machine_for_the_platform_ends_at_once_saying_what_to_do(api: Api) -> None:
+    """Only amd64 agents run here: a build asking for arm64 has nothing to wait for, and is
+    told so rather than kept waiting for the acquire timeout (the amd64 machines do not
+    count)."""
     build = await api.build(await api.project("arm"))
-    started = time.monotonic()
-    pending: list[str] = []
 
     async def wait_for_arm() -> None:
-        async for message in api.buildkit.get_endpoint(
+        async for _ in api.buildkit.get_endpoint(
             buildkit_pb.GetEndpointRequest(
                 build_id=build.build_id, platform=buildkit_pb.Platform.ARM64
             ),
             headers=bearer(build.build_token),
         ):
-            assert message.connection is not None
-            pending.append(message.connection.field)
+            pass
 
     with pytest.raises(ConnectError) as raised:
-        await wait_for_arm()
-    assert set(pending) == {"pending"}
-    pending_count = len(pending)
-    assert raised.value.code == Code.RESOURCE_EXHAUSTED
-    assert "arm64" in raised.value.message
-    assert pending_count >= 10  # keep-alives every half second of the ten-second wait
-    assert time.monotonic() - started < 30  # it ends: no endless stream
+        await asyncio.wait_for(wait_for_arm(), 30)  # it ends: no endless stream
+    assert raised.value.code == Code.FAILED_PRECONDITION
+    assert raised.value.message.startswith("no arm64 BuildKit machine to wait for")
+    assert "depot-api agent --platform arm64" in raised.value.message
 
 
 async def test_release_then_the_machine_goes_idle(api: Api, cluster: Cluster) -> None:
@@ -303,13 +303,20 @@ def test_agents_stop_cleanly(tmp_path: Path, cluster: Cluster) -> None:
     assert extra.process.returncode == 0
 
 
-async def test_waiting_streams_do_not_spin(api: Api, cluster: Cluster) -> None:
+async def test_waiting_streams_do_not_spin(tmp_path: Path) -> None:
     """A stream that waits costs (almost) nothing: a busy loop here once burned a core per
-    stream. Measured in CPU seconds of the server process, not in wall-clock time."""
+    stream. Measured in CPU seconds of the server process, not in wall-clock time. (No agent
+    runs here: the server waits for machines anyway, as with an autoscaler.)"""
+    with running_server(tmp_path / "data", "--wait-for-machines", env=QUICK) as server:
+        api = api_for(server, server.org_token)
+        await _streams_wait_cheaply(api, server)
+
+
+async def _streams_wait_cheaply(api: Api, server: ServerProcess) -> None:
     builds = [await api.build(await api.project(f"spin-{i}")) for i in range(5)]
 
     def cpu_seconds() -> float:
-        fields = Path(f"/proc/{_envoy_of(cluster.server.process.pid)}/stat").read_text()
+        fields = Path(f"/proc/{_envoy_of(server.process.pid)}/stat").read_text()
         utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
         return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 

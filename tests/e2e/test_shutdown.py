@@ -34,7 +34,9 @@ pytestmark = pytest.mark.e2e
 async def test_sigterm_drains_and_ends_streams_with_unavailable(
     tmp_path: Path, workers: int
 ) -> None:
-    with running_server(tmp_path / "data", "--workers", str(workers)) as server:
+    # No agent: the builds wait for a machine all the same, until the server stops.
+    args = ("--workers", str(workers), "--wait-for-machines")
+    with running_server(tmp_path / "data", *args) as server:
         waiting = await open_waiting_streams(server, 3)
         server.process.send_signal(signal.SIGTERM)
         codes = await asyncio.wait_for(asyncio.gather(*(end_of(s) for s in waiting)), 30)
@@ -58,6 +60,7 @@ async def test_a_signal_to_the_whole_process_group_drains_the_same(
         str(workers),
         "--shutdown-grace",
         str(grace),
+        "--wait-for-machines",  # no agent: the builds wait all the same
         new_session=True,
     ) as server:
         waiting = await open_waiting_streams(server, 3)

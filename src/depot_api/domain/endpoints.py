@@ -6,24 +6,35 @@ its daemon ready for that binding. Then the build gets the endpoint, the server 
 project's CA certificate and a fresh client certificate that expires with the build's
 deadline. A build that asked for a machine and then stays silent beyond the liveness window
 is canceled, and its machine released.
+
+A build is not kept waiting for a machine that can never come: when no machine of its platform
+that could take its project has been heard from within the machine liveness bound
+(machine_lost_after, by the heartbeats in the database, so every server process agrees), it
+gets failed_precondition at once, naming what to do. Operators whose autoscaler starts agents
+on demand turn that off (wait_for_machines); builds then wait up to the acquire timeout.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from depot_api.domain import pki
 from depot_api.domain.builds import Builds
 from depot_api.domain.change_feed import ChangeFeed
-from depot_api.domain.errors import FailedPrecondition, ResourceExhausted
+from depot_api.domain.errors import DomainError, FailedPrecondition, ResourceExhausted
 from depot_api.domain.ids import new_id
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
+from depot_api.domain.waiting import WaitingBuilds
 from depot_api.models import Binding, Build, BuildStatus, Machine, Platform, ProjectCA
 from depot_api.store.interface import Store
+
+log = logging.getLogger(__name__)
 
 # A server certificate lives as long as its binding might: rebinding issues a new one.
 SERVER_CERT_LIFETIME = timedelta(days=90)
@@ -32,6 +43,9 @@ SERVER_CERT_LIFETIME = timedelta(days=90)
 _WAITING_IS_ALIVE_EVERY = 30.0
 # A waiting build tries again at least this often, even when nothing seemed to change.
 _RETRY_EVERY = 30.0
+# For this many heartbeats after a process starts, a build is not refused for want of
+# machines: agents that kept trying while every server was down reach it within one.
+_STARTUP_GRACE_HEARTBEATS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class EndpointTimings:
     poll_interval: timedelta = timedelta(seconds=1)
     # How often a waiting stream looks for a change in the machines table.
     feed_interval: float = 0.5
+    # How often each process logs its waiting builds, while some wait.
+    wait_summary_every: float = 30.0
 
 
 class Endpoints:
@@ -72,21 +88,45 @@ class Endpoints:
         timings: EndpointTimings,
         *,
         now: Callable[[], datetime],
+        wait_for_machines: bool = False,
     ) -> None:
         self._store = store
         self._builds = builds
         self._box = box
         self._timings = timings
         self._now = now
+        # Wait even when no machine of the platform is around (agents started on demand).
+        self._wait_for_machines = wait_for_machines
+        self._refuse_from = now() + min(
+            timings.machine_lost_after, _STARTUP_GRACE_HEARTBEATS * timings.machine_heartbeat
+        )
         self._feed = ChangeFeed(self._machine_stamp, interval=timings.feed_interval)
+        self.waiting = WaitingBuilds(
+            now=now,
+            summary_every=timings.wait_summary_every,
+            # A polling client that stopped asking for several intervals has gone away.
+            poll_counts_for=max(5 * timings.poll_interval, timedelta(seconds=10)),
+        )
 
     async def acquire(
         self, principal: Principal, build_id: str, platform: Platform
     ) -> AsyncIterator[Pending | Active]:
-        """Pending while the machine is not ready, then one Active; or ResourceExhausted."""
+        """Pending while the machine is not ready, then one Active; or ResourceExhausted
+        (the acquire timeout), or FailedPrecondition (no machine to wait for)."""
         build = await self._running(principal, build_id)
         await self._store.touch_build_health(build.id, self._now())
         ca = await self._project_ca(build.project_id)
+        with self.waiting.stream(build.id, platform) as waiting:
+            async with aclosing(self._wait(principal, build, platform, ca)) as events:
+                async for event in events:
+                    if isinstance(event, Pending):
+                        waiting()
+                    yield event
+
+    async def _wait(
+        self, principal: Principal, build: Build, platform: Platform, ca: pki.KeyPair
+    ) -> AsyncGenerator[Pending | Active]:
+        build_id = build.id
         started = time.monotonic()
         deadline = started + self._timings.acquire_timeout.total_seconds()
         pending_every = self._timings.pending_interval.total_seconds()
@@ -95,6 +135,8 @@ class Endpoints:
         )
         last_pending = last_alive = started - pending_every
         last_try = started
+        # While the start-up grace puts off the check for machines: when to look again.
+        recheck_at: float | None = None
         changed = True
         seen = self._feed.generation
         while True:
@@ -107,6 +149,11 @@ class Endpoints:
                     await self._store.mark_build_started(build.id, self._now())
                     yield self._active(build, machine, ca)
                     return
+                recheck_at = None
+                if machine is None:
+                    put_off = await self._refuse_if_nothing_to_wait_for(build, platform)
+                    if put_off > 0:
+                        recheck_at = time.monotonic() + put_off
             moment = time.monotonic()
             if moment >= deadline:
                 raise self._no_machine(platform, build_id)
@@ -120,16 +167,22 @@ class Endpoints:
                 pending_every - (moment - last_pending),
                 alive_every - (moment - last_alive),
                 deadline - moment,
+                float("inf") if recheck_at is None else recheck_at - moment,
             )
             changed = await self._feed.wait(max(wait, 0.01), seen)
-            changed = changed or time.monotonic() - last_try >= _RETRY_EVERY
+            changed = (
+                changed
+                or time.monotonic() - last_try >= _RETRY_EVERY
+                or (recheck_at is not None and time.monotonic() >= recheck_at)
+            )
 
     async def poll(
         self, principal: Principal, build_id: str, platform: Platform
     ) -> Pending | Active:
         """One look for a polling client (the depot CLI's GetBuildKitConnection): Active once
-        the machine is ready, else Pending. The wait's deadline counts from the first poll
-        and is kept in the database, so polls may land on any server process."""
+        the machine is ready, else Pending; FailedPrecondition when there is no machine to
+        wait for. The wait's deadline counts from the first poll and is kept in the database,
+        so polls may land on any server process."""
         build = await self._running(principal, build_id)
         now = self._now()
         since = await self._store.note_machine_wait(build.id, now)
@@ -138,10 +191,19 @@ class Endpoints:
         ca = await self._project_ca(build.project_id)
         machine = await self._acquire(build, platform, ca)
         if machine is not None and self._serving(machine):
+            self.waiting.poll_ended(build.id, platform)
             await self._store.mark_build_started(build.id, self._now())
             return self._active(build, machine, ca)
-        if now - since >= self._timings.acquire_timeout:
-            raise self._no_machine(platform, build_id)
+        try:
+            if machine is None:
+                await self._refuse_if_nothing_to_wait_for(build, platform)
+            if now - since >= self._timings.acquire_timeout:
+                raise self._no_machine(platform, build_id)
+        except DomainError:
+            self.waiting.poll_ended(build.id, platform)
+            raise
+        # The wait began with this poll when the database kept this poll's moment.
+        self.waiting.polled(build.id, platform, since, began=since == now)
         return Pending(retry_after=self._timings.poll_interval)
 
     async def health(self, principal: Principal, build_id: str) -> datetime | None:
@@ -172,6 +234,7 @@ class Endpoints:
 
     async def close(self) -> None:
         await self._feed.close()
+        await self.waiting.close()
 
     async def _machine_stamp(self) -> tuple[int, int, int]:
         """Moves when a machine changes, when one falls silent (so its builds move on), and
@@ -184,6 +247,38 @@ class Endpoints:
 
     def _fresh_since(self, now: datetime) -> datetime:
         return now - 3 * self._timings.machine_heartbeat
+
+    async def _refuse_if_nothing_to_wait_for(self, build: Build, platform: Platform) -> float:
+        """Raise FailedPrecondition when no machine that could take the build's project on
+        the platform has been heard from within the liveness bound, unless waiting anyway is
+        configured. Returns how many seconds the start-up grace still puts the check off (0
+        once it is decided)."""
+        if self._wait_for_machines:
+            return 0.0
+        now = self._now()
+        if now < self._refuse_from:
+            return (self._refuse_from - now).total_seconds()
+        heard = await self._store.last_heard_from(platform, build.project_id)
+        if heard is not None and heard >= now - self._timings.machine_lost_after:
+            return 0.0
+        log.warning(
+            "build %s asked for a BuildKit machine (%s), but no agent that could take it has "
+            "been heard from in the last %gs: refused (start an agent, or --wait-for-machines)",
+            build.id,
+            platform.value,
+            self._timings.machine_lost_after.total_seconds(),
+        )
+        raise self._nothing_to_wait_for(platform)
+
+    def _nothing_to_wait_for(self, platform: Platform) -> FailedPrecondition:
+        name = platform.value
+        window = self._timings.machine_lost_after.total_seconds()
+        return FailedPrecondition(
+            f"no {name} BuildKit machine to wait for: no `depot-api agent --platform {name}` "
+            f"that can take this build has been heard from in the last {window:g}s. Start one "
+            "on a BuildKit host (see docs/machines.md), or, if agents start on demand, start "
+            "the server with --wait-for-machines (DEPOT_API_WAIT_FOR_MACHINES=true)"
+        )
 
     def _no_machine(self, platform: Platform, build_id: str) -> ResourceExhausted:
         return ResourceExhausted(

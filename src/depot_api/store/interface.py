@@ -155,6 +155,11 @@ class Store(Protocol):
         """(last change of any machine, machines silent since lost_before, machines silent
         since stale_before)."""
 
+    async def last_heard_from(self, platform: Platform, project_id: str) -> datetime | None:
+        """The latest heartbeat of any machine of the platform that could take the project: an
+        active one (idle or bound to any project), or a draining one already bound to it. None
+        when there is no such machine."""
+
     async def record_heartbeat(
         self,
         machine_id: str,

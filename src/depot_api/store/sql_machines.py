@@ -90,6 +90,23 @@ class MachineQueries:
             changed, lost_count, stale_count = (await conn.execute(query)).one()
             return int(changed or 0), int(lost_count or 0), int(stale_count or 0)
 
+    async def last_heard_from(self, platform: Platform, project_id: str) -> datetime | None:
+        """The latest heartbeat among machines that could take the project on the platform.
+
+        A machine bound to another project counts (it is released once idle); a draining one
+        counts only when bound to this project (it takes no new one); a gone one does not (a
+        heartbeat makes it active again)."""
+        could_serve = or_(
+            m.c.state == MachineState.ACTIVE.value,
+            and_(m.c.state == MachineState.DRAINING.value, m.c.project_id == project_id),
+        )
+        query = select(func.max(m.c.last_heartbeat_at)).where(
+            m.c.platform == platform.value, could_serve
+        )
+        async with self._read() as conn:
+            latest = (await conn.execute(query)).scalar_one_or_none()
+            return None if latest is None else from_micros(latest)
+
     async def record_heartbeat(
         self,
         machine_id: str,
