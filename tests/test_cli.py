@@ -296,6 +296,18 @@ def test_admin_list_machines_says_when_there_are_none(
     assert err.startswith("no machines: none has registered")
 
 
+def test_admin_drain_machine_names_a_machine_it_does_not_know(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every admin action reaches its handler (draining a real machine: tests/e2e)."""
+    machine = "0123456789"
+    code, out, err = run(
+        capsys, "admin", "drain-machine", "--machine", machine, "--data-dir", str(tmp_path)
+    )
+    assert (code, out) == (2, "")
+    assert machine in err and "not found" in err
+
+
 def test_a_setting_a_command_does_not_use_cannot_break_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -362,6 +362,11 @@ async def _administer(args: argparse.Namespace, domain: Domain) -> None:
                 )
             if not machines:
                 _none("no machines: none has registered (run `depot-api agent` on a BuildKit host)")
+        case "drain-machine":
+            await domain.machines.drain(args.machine)
+            print(f"machine {args.machine} is draining")
+        case _:  # argparse takes only the actions above; a new one must be handled here
+            raise AssertionError(f"admin action {args.action!r} is not handled")
 
 
 def _none(message: str) -> None:
