@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from depot_api.agent import Agent, Refused
 from depot_api.agent_options import BadOption, add_agent_command, agent_options
@@ -364,10 +365,20 @@ async def _agent(args: argparse.Namespace) -> int:
         print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
     try:
-        return await Agent(config).run(stop)
+        status = await Agent(config).run(stop)
     except Refused as e:
         print(f"depot-api agent: {e}", file=sys.stderr)
-        return 1
+        status = 1
+    return _leave(status)
+
+
+def _leave(status: int) -> NoReturn:
+    """End the process now, skipping the interpreter's shutdown. The HTTP client's native
+    threads may still be calling into Python then, which on Python 3.11 aborts the process
+    (status 134, no message) now and then. Everything the agent owns is stopped by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

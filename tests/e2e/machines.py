@@ -76,33 +76,50 @@ class AgentProcess:
 
 @contextmanager
 def agent(
-    server_url: str, token: str, state_dir: Path, platform: str = "amd64"
+    server_url: str,
+    token: str,
+    state_dir: Path,
+    platform: str = "amd64",
+    *,
+    buildkitd: Path = STANDIN,
+    log: Path | None = None,
+    log_level: str = "info",
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon; stopped (by its PID) at the end."""
+    """A `depot-api agent` running the stand-in daemon (or another --buildkitd), its log in
+    the file `log` if given; stopped (by its PID) at the end."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            str(BIN / "depot-api"), "agent",
-            "--server", server_url,
-            "--platform", platform,
-            "--advertise", f"127.0.0.1:{port}",
-            "--listen", f"127.0.0.1:{port}",
-            "--buildkitd", str(STANDIN),
-            "--state-dir", str(state_dir),
-        ],
-        # The project's environment first on PATH: the stand-in's gRPC view needs h2.
-        env={
-            **os.environ,
-            "DEPOT_API_AGENT_TOKEN": token,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with ExitStack() as files:
+        stderr = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(
+            [
+                str(BIN / "depot-api"), "agent",
+                "--server", server_url,
+                "--platform", platform,
+                "--advertise", f"127.0.0.1:{port}",
+                "--listen", f"127.0.0.1:{port}",
+                "--buildkitd", str(buildkitd),
+                "--state-dir", str(state_dir),
+                "--log-level", log_level,
+            ],
+            env=agent_env(token),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
     try:
         yield AgentProcess(process, port, state_dir)
     finally:
         stop_process(process)
+
+
+def agent_env(token: str, **variables: str) -> dict[str, str]:
+    """The environment agents run in: the token, and the project's environment first on PATH
+    (the stand-in's gRPC view needs h2)."""
+    return {
+        **os.environ,
+        "DEPOT_API_AGENT_TOKEN": token,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **variables,
+    }
 
 
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
