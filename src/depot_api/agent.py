@@ -7,6 +7,11 @@ a configuration whose garbage collection follows the project's cache policy, and
 daemon with BuildKit's own flags on the project's cache directory. A new binding restarts
 the daemon; a new cache generation deletes the old cache first.
 
+Failures that may pass (the server unreachable, the daemon exiting or not starting) are
+retried with growing delays and logged when they start, change and end, not at every attempt;
+an agent whose daemon program is missing waits for it without registering. What no retry can
+fix (the token refused, a server that is not depot-api) raises Refused.
+
 State directory layout:
 
     <state>/bindings/<binding>/{server.pem,server-key.pem,ca.pem,buildkitd.toml}

@@ -37,6 +37,10 @@ class _Option:
     def env(self) -> str:
         return "DEPOT_API_AGENT_" + self.name.upper()
 
+    @property
+    def required(self) -> bool:
+        return self.default is None and not self.default_help
+
 
 _OPTIONS = (
     _Option("server", "URL", "the depot-api base URL, e.g. http://api:8080"),
@@ -70,7 +74,6 @@ _OPTIONS = (
     ),
     _Option("log_level", "LEVEL", "one of " + ", ".join(_LOG_LEVELS), "info"),
 )
-_REQUIRED = ("server", "token", "platform", "advertise")
 
 
 class BadOption(Exception):
@@ -92,10 +95,10 @@ def add_agent_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "its environment variable; a flag wins over the variable.",
     )
     for option in _OPTIONS:
-        if option.default is not None:
-            where = f"default {option.default}"
+        if option.required:
+            where = "required"
         else:
-            where = option.default_help or "required"
+            where = option.default_help or f"default {option.default}"
         # No argparse default: an option left out is looked up in the environment later.
         agent.add_argument(
             option.flag, metavar=option.metavar, help=f"{option.help} (env {option.env}; {where})"
@@ -113,7 +116,7 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
             given[option.name] = (environ[option.env], option.env)
         elif option.default is not None:
             given[option.name] = (option.default, option.flag)
-    missing = [o for o in _OPTIONS if o.name in _REQUIRED and o.name not in given]
+    missing = [o for o in _OPTIONS if o.required and o.name not in given]
     if missing:
         raise BadOption("missing " + ", ".join(f"{o.flag} (or {o.env})" for o in missing))
 
