@@ -363,7 +363,7 @@ async def _agent(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
-    # Configured only now: what went before is said by print, and a test may run it in-process.
+    # Only now: what went before is printed, and in-process callers keep their own logging.
     configure_logging(options.log_level)
     try:
         status = await Agent(config).run(stop)
