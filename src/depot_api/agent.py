@@ -7,6 +7,11 @@ a configuration whose garbage collection follows the project's cache policy, and
 daemon with BuildKit's own flags on the project's cache directory. A new binding restarts
 the daemon; a new cache generation deletes the old cache first.
 
+Failures that may pass (the server unreachable, the daemon exiting or not starting) are
+retried with growing delays and logged when they start, change and end, not at every attempt;
+an agent whose daemon program is missing waits for it without registering. What no retry can
+fix (the token refused, a server that is not depot-api) raises Refused.
+
 State directory layout:
 
     <state>/bindings/<binding>/{server.pem,server-key.pem,ca.pem,buildkitd.toml}
@@ -32,14 +37,28 @@ from connectrpc.errors import ConnectError
 
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
+from depot_api.retrying import Backoff, Trouble
 
 log = logging.getLogger("depot_api.agent")
 
 _GIB = 1 << 30
 _STOP_GRACE_SECONDS = 10.0
 _DISK_EVERY_SECONDS = 30.0
-_RETRY_SECONDS = 2.0
+# A server that accepts the connection and then never answers must not hang the agent.
+_CALL_TIMEOUT_MS = 10_000
+# Retry delays, in seconds (first, cap), doubling while the failure lasts. Registering retries
+# up to every 30 s so agents find a restarted server soon; the daemon, whose failures usually
+# need a person, up to every 60 s. A daemon that has accepted connections for a minute is
+# healthy: its next failure is retried after a second again.
+_REGISTER_BACKOFF = (1.0, 30.0)
+_DAEMON_BACKOFF = (1.0, 60.0)
+_DAEMON_HEALTHY_AFTER = 60.0
 _PR_SET_PDEATHSIG = 1
+
+
+class Refused(Exception):
+    """The server turned the agent away for good (its token, its registration), or is not
+    depot-api at all: no retry can help. str() is the one line to show."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +76,24 @@ class AgentConfig:
 class Daemon:
     """One BuildKit daemon process for one binding."""
 
-    def __init__(self, binding_id: str, process: asyncio.subprocess.Process, listen: str) -> None:
+    def __init__(
+        self, binding_id: str, process: asyncio.subprocess.Process, listen: str, started_at: float
+    ) -> None:
         self.binding_id = binding_id
         self.process = process
+        self.started_at = started_at  # event loop time
         self._listen = listen
 
     @property
     def exited(self) -> bool:
         return self.process.returncode is not None
+
+    @property
+    def exit_reason(self) -> str:
+        status = self.process.returncode
+        if status is not None and status < 0:
+            return f"buildkitd was killed by signal {signal.Signals(-status).name}"
+        return f"buildkitd exited with status {status}"
 
     async def accepting(self) -> bool:
         """Whether the daemon accepts TCP connections on its address."""
@@ -100,17 +129,31 @@ class Agent:
         self._interval = 1.0
         self._disk_used = 0
         self._disk_measured_at = 0.0
-        self._start_error = ""
         self._headers = {"authorization": f"Bearer {config.token}"}
+        self._registrations = Backoff(*_REGISTER_BACKOFF)
+        # What keeps the daemon from running ("" when nothing), reported in the heartbeats;
+        # after a failure no daemon starts before _restart_at (event loop time).
+        self._daemon_error = ""
+        self._restart_at = 0.0
+        self._restarts = Backoff(*_DAEMON_BACKOFF)
+        self._daemon_trouble = Trouble(log)
+        self._server_trouble = Trouble(log)
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Serve until stop is set or the server says Stop; returns the exit status."""
-        async with MachineServiceClient(self._config.server) as client:
+        """Serve until stop is set or the server says Stop; returns the exit status.
+
+        Raises Refused when the server turns the agent away for good."""
+        if not await self._find_buildkitd(stop):
+            return 0
+        async with MachineServiceClient(self._config.server, timeout_ms=_CALL_TIMEOUT_MS) as client:
             try:
                 while not stop.is_set():
-                    if not self._machine_id and not await self._register(client):
-                        await _wait(stop, _RETRY_SECONDS)
-                        continue
+                    if not self._machine_id:
+                        retry_in = await self._register(client)
+                        if retry_in is not None:
+                            await _wait(stop, retry_in)
+                            continue
+                    self._notice_exit()
                     desired = await self._heartbeat(client)
                     if desired is not None and await self._converge(desired):
                         return 0
@@ -119,7 +162,34 @@ class Agent:
                 await self._stop_daemon()
         return 0
 
-    async def _register(self, client: MachineServiceClient) -> bool:
+    async def _find_buildkitd(self, stop: asyncio.Event) -> bool:
+        """Wait, without registering, while the daemon's program cannot be found: a machine
+        registered without it would be given a project whose builds then wait for nothing.
+        False when stopped while waiting."""
+        program = self._config.buildkitd
+        if shutil.which(program):
+            return True
+        log.warning(
+            "--buildkitd %s: no such executable program%s. Install BuildKit, or pass "
+            "--buildkitd PATH (or DEPOT_API_AGENT_BUILDKITD); until then the agent waits, "
+            "unregistered, and this host gets no builds",
+            program,
+            "" if os.sep in program else " on PATH",
+        )
+        backoff = Backoff(*_DAEMON_BACKOFF)
+        while True:
+            delay = backoff.next()
+            log.debug("looking for %s again in %g s", program, delay)
+            await _wait(stop, delay)
+            if stop.is_set():
+                return False
+            if found := shutil.which(program):
+                log.info("found buildkitd: %s", found)
+                return True
+
+    async def _register(self, client: MachineServiceClient) -> float | None:
+        """Register; None once registered, else the seconds to wait before trying again."""
+        server = self._config.server
         try:
             answer = await client.register(
                 pb.RegisterRequest(
@@ -132,10 +202,18 @@ class Agent:
                 headers=self._headers,
             )
         except ConnectError as e:
-            log.warning("register failed (%s): %s; retrying", e.code.value, e.message)
-            if e.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT):
-                raise
-            return False
+            cause = _refusal(e, server)
+            if cause is not None:
+                raise Refused(f"{cause} ({e.code.value}: {e.message})") from None
+            delay = self._registrations.next()
+            self._server_trouble.report(
+                e.code.value,
+                f"cannot register with {server} ({e.code.value}: {e.message}); trying again "
+                f"in {delay:g} s, then less often (up to every {self._registrations.cap:g} s)",
+            )
+            return delay
+        self._registrations.reset()
+        self._server_trouble.clear(f"{server} answers again")
         self._machine_id = answer.machine_id
         self._interval = max(answer.heartbeat_interval_ms, 100) / 1000
         log.info(
@@ -144,22 +222,21 @@ class Agent:
             self._config.platform,
             self._config.advertise,
         )
-        return True
+        return None
 
     async def _heartbeat(self, client: MachineServiceClient) -> pb.HeartbeatResponse | None:
         daemon = self._daemon
         ready = daemon is not None and await daemon.accepting()
-        error = self._start_error
-        if daemon is not None and daemon.exited:
-            error = f"buildkitd exited with status {daemon.process.returncode}"
+        if ready and daemon is not None:
+            self._daemon_runs(daemon)
         try:
-            return await client.heartbeat(
+            answer = await client.heartbeat(
                 pb.HeartbeatRequest(
                     machine_id=self._machine_id,
                     running_binding_id="" if daemon is None or daemon.exited else daemon.binding_id,
                     buildkit_ready=ready,
                     disk_used_bytes=await self._disk_usage(),
-                    buildkit_error=error,
+                    buildkit_error=self._daemon_error,
                 ),
                 headers=self._headers,
             )
@@ -167,9 +244,45 @@ class Agent:
             if e.code == Code.NOT_FOUND:
                 log.warning("the server does not know this machine any more; registering again")
                 self._machine_id = ""
+            elif e.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
+                # The token was revoked or has expired: it will not work again.
+                raise Refused(
+                    f"{self._config.server} no longer accepts the machine token "
+                    f"({e.code.value}: {e.message})"
+                ) from None
             else:
-                log.warning("heartbeat failed (%s): %s", e.code.value, e.message)
+                self._server_trouble.report(
+                    e.code.value,
+                    f"heartbeat failed ({e.code.value}: {e.message}); the daemon stays as it "
+                    f"is, and heartbeats go on every {self._interval:g} s",
+                )
             return None
+        self._server_trouble.clear(f"{self._config.server} answers heartbeats again")
+        return answer
+
+    def _daemon_runs(self, daemon: Daemon) -> None:
+        """The daemon accepts connections: any earlier failure is over."""
+        self._daemon_error = ""
+        self._daemon_trouble.clear(f"buildkitd is running again (binding {daemon.binding_id})")
+        if asyncio.get_running_loop().time() - daemon.started_at >= _DAEMON_HEALTHY_AFTER:
+            self._restarts.reset()
+
+    def _notice_exit(self) -> None:
+        """A daemon that exited by itself is a failure: started again after a backoff."""
+        daemon = self._daemon
+        if daemon is not None and daemon.exited:
+            self._daemon = None
+            self._daemon_failed(daemon.exit_reason)
+
+    def _daemon_failed(self, error: str) -> None:
+        delay = self._restarts.next()
+        self._restart_at = asyncio.get_running_loop().time() + delay
+        self._daemon_error = error
+        self._daemon_trouble.report(
+            error,
+            f"{error}; starting it again in {delay:g} s, then less often "
+            f"(up to every {self._restarts.cap:g} s) while it fails",
+        )
 
     async def _converge(self, desired: pb.HeartbeatResponse) -> bool:
         """Make the daemon match the desired state; True when the agent should exit."""
@@ -188,15 +301,14 @@ class Agent:
             return False
         if not assignment.server_cert:
             return False  # the material comes with the next heartbeat
+        if asyncio.get_running_loop().time() < self._restart_at:
+            return False  # backing off after a failure
         await self._stop_daemon()
         try:
             self._daemon = await self._start_daemon(assignment)
         except OSError as e:
             # Reported with the next heartbeats; the server keeps the machine not ready.
-            self._start_error = f"cannot start {self._config.buildkitd}: {e}"
-            log.error("%s", self._start_error)
-        else:
-            self._start_error = ""
+            self._daemon_failed(_start_error(self._config.buildkitd, e))
         return False
 
     async def _start_daemon(self, a: pb.HeartbeatResponse.Assignment) -> Daemon:
@@ -220,11 +332,17 @@ class Agent:
             "--root", str(cache),
             "--config", str(config),
         ]  # fmt: skip
-        log.info("starting buildkitd for project %s (binding %s)", a.project_id, a.binding_id)
+        # While the daemon keeps failing, each attempt is a debug line only.
+        log.log(
+            logging.DEBUG if self._daemon_trouble.current else logging.INFO,
+            "starting buildkitd for project %s (binding %s)",
+            a.project_id,
+            a.binding_id,
+        )
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
-        return Daemon(a.binding_id, process, self._config.listen)
+        return Daemon(a.binding_id, process, self._config.listen, asyncio.get_running_loop().time())
 
     async def _stop_daemon(self) -> None:
         if self._daemon is not None:
@@ -238,6 +356,25 @@ class Agent:
             self._disk_measured_at = loop.time()
             self._disk_used = await asyncio.to_thread(_tree_size, self._config.state_dir / "cache")
         return self._disk_used
+
+
+def _refusal(e: ConnectError, server: str) -> str | None:
+    """Why a registration error is final, or None when a retry may succeed."""
+    if e.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
+        return f"{server} refused the machine token"
+    if e.code == Code.INVALID_ARGUMENT:
+        return f"{server} refused the registration"
+    # A 404 (unimplemented), or an answer that is not Connect at all: another program serves
+    # that address. (A proxy's 502/503 is `unavailable`, and retried.)
+    if e.code == Code.UNIMPLEMENTED or e.message.startswith("invalid content-type"):
+        return f"{server} does not serve depot-api's machine service; check --server"
+    return None
+
+
+def _start_error(program: str, e: OSError) -> str:
+    if e.filename == program and isinstance(e, FileNotFoundError | PermissionError):
+        return f"cannot start {program}: {e.strerror}; install BuildKit or pass --buildkitd PATH"
+    return f"cannot start buildkitd: {e}"
 
 
 def _die_with_parent() -> None:

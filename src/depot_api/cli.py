@@ -18,13 +18,11 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib.metadata import version
-from pathlib import Path
 from typing import NoReturn
 
-from connectrpc.errors import ConnectError
-
 from depot_api.address import claim_address
-from depot_api.agent import Agent, AgentConfig
+from depot_api.agent import Agent, Refused
+from depot_api.agent_options import BadOption, add_agent_command, agent_options
 from depot_api.config import (
     ADMIN,
     MIGRATE,
@@ -192,37 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     drain.add_argument("--machine", required=True, metavar="MACHINE_ID", help="the machine")
 
-    agent = commands.add_parser("agent", help="run on a BuildKit host: serve builds with it")
-    agent.add_argument("--server", required=True, help="the depot-api URL, e.g. http://api:8080")
-    agent.add_argument(
-        "--token",
-        default=os.environ.get("DEPOT_API_AGENT_TOKEN", ""),
-        help="a machine token (env DEPOT_API_AGENT_TOKEN, which keeps it out of `ps`)",
-    )
-    agent.add_argument("--platform", choices=("amd64", "arm64"), required=True)
-    agent.add_argument(
-        "--advertise", required=True, metavar="HOST:PORT", help="where clients reach BuildKit"
-    )
-    agent.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help="where BuildKit listens (default 0.0.0.0 and the advertised port)",
-    )
-    agent.add_argument("--buildkitd", default="buildkitd", help="BuildKit's daemon (%(default)s)")
-    agent.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path("depot-agent-state"),
-        help="certificates and caches (%(default)s)",
-    )
-    agent.add_argument(
-        "--capacity",
-        type=int,
-        default=1,
-        help="builds at once, reported to the server (informational: a machine serves one "
-        "project, and all its builds of the platform share it) (%(default)s)",
-    )
-    agent.add_argument("--log-level", default="info")
+    add_agent_command(commands)
     return parser
 
 
@@ -405,34 +373,39 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _agent(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
-    if not args.token:
-        raise SystemExit("depot-api agent: a machine token is required (--token or env)")
-    port = args.advertise.rsplit(":", 1)[-1]
-    config = AgentConfig(
-        server=args.server.rstrip("/"),
-        token=args.token,
-        platform=args.platform,
-        advertise=args.advertise,
-        listen=args.listen or f"0.0.0.0:{port}",
-        buildkitd=args.buildkitd,
-        state_dir=args.state_dir,
-        capacity=args.capacity,
-    )
+    try:
+        options = agent_options(args, os.environ)
+    except BadOption as e:
+        print(f"depot-api agent: {e}", file=sys.stderr)
+        return 2
+    config = options.config
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # Made after the handlers: once the directory exists, a SIGTERM stops the agent cleanly.
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        return await Agent(config).run(stop)
-    except ConnectError as e:
-        print(
-            f"depot-api agent: the server refused the agent ({e.code.value}): {e.message}",
-            file=sys.stderr,
-        )
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
+    # Only now: what went before is printed, and in-process callers keep their own logging.
+    configure_logging(options.log_level)
+    try:
+        status = await Agent(config).run(stop)
+    except Refused as e:
+        print(f"depot-api agent: {e}", file=sys.stderr)
+        status = 1
+    return _leave(status)
+
+
+def _leave(status: int) -> NoReturn:
+    """End the process now, skipping the interpreter's shutdown. The HTTP client's native
+    threads may still be calling into Python then, which on Python 3.11 aborts the process
+    (status 134, no message) now and then. Everything the agent owns is stopped by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
 from connectrpc.codec import proto_json_codec
@@ -77,48 +76,60 @@ class AgentProcess:
 
 @contextmanager
 def agent(
-    server_url: str, token: str, state_dir: Path, platform: str = "amd64"
+    server_url: str,
+    token: str,
+    state_dir: Path,
+    platform: str = "amd64",
+    *,
+    buildkitd: Path = STANDIN,
+    log: Path | None = None,
+    log_level: str = "info",
+    registered: bool = True,
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon, once it has registered (a build asking
-    before any agent was heard from would be refused); stopped (by its PID) at the end."""
+    """A `depot-api agent` running the stand-in daemon (or another --buildkitd), its log in
+    the file `log` (by default one beside the state directory); stopped (by its PID) at the
+    end. Unless told not to wait, the block starts once the agent has registered: a build
+    asking before any agent was heard from would be refused."""
     port = free_port()
-    log = state_dir.with_name(f"{state_dir.name}.log")  # the agent's own log, to read
-    with log.open("wb") as log_file:
-        process = _start_agent(server_url, token, state_dir, platform, port, log_file)
+    log = log or state_dir.with_name(f"{state_dir.name}.log")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                str(BIN / "depot-api"), "agent",
+                "--server", server_url,
+                "--platform", platform,
+                "--advertise", f"127.0.0.1:{port}",
+                "--listen", f"127.0.0.1:{port}",
+                "--buildkitd", str(buildkitd),
+                "--state-dir", str(state_dir),
+                "--log-level", log_level,
+            ],
+            env=agent_env(token),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
     try:
-        wait_for(
-            lambda: b"registered as machine" in log.read_bytes() or process.poll() is not None,
-            30,
-            "the agent to register",
-        )
-        assert process.poll() is None, f"the agent exited:\n{log.read_text()}"
+        if registered:
+            wait_for(
+                lambda: b"registered as machine" in log.read_bytes() or process.poll() is not None,
+                30,
+                "the agent to register",
+            )
+            assert process.poll() is None, f"the agent exited:\n{log.read_text()}"
         yield AgentProcess(process, port, state_dir)
     finally:
         stop_process(process)
 
 
-def _start_agent(
-    server_url: str, token: str, state_dir: Path, platform: str, port: int, log: IO[bytes]
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            str(BIN / "depot-api"), "agent",
-            "--server", server_url,
-            "--platform", platform,
-            "--advertise", f"127.0.0.1:{port}",
-            "--listen", f"127.0.0.1:{port}",
-            "--buildkitd", str(STANDIN),
-            "--state-dir", str(state_dir),
-        ],
-        # The project's environment first on PATH: the stand-in's gRPC view needs h2.
-        env={
-            **os.environ,
-            "DEPOT_API_AGENT_TOKEN": token,
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )  # fmt: skip
+def agent_env(token: str, **variables: str) -> dict[str, str]:
+    """The environment agents run in: the token, and the project's environment first on PATH
+    (the stand-in's gRPC view needs h2)."""
+    return {
+        **os.environ,
+        "DEPOT_API_AGENT_TOKEN": token,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **variables,
+    }
 
 
 def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") -> None:
