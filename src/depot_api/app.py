@@ -42,6 +42,7 @@ from depot_api.api.project_service import ProjectServiceImpl
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.config import Settings
+from depot_api.domain.errors import Unavailable
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
 from depot_api.gen.depot.cli.v1 import build_connect as cli_build_connect
@@ -61,10 +62,7 @@ from depot_api.gen.depot.core.v1 import (
     project_pb,
 )
 from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
-from depot_api.store.engine import create_engine
-from depot_api.store.errors import StoreUnavailable
-from depot_api.store.sql import SqlStore
-from depot_api.wiring import Domain, build_domain
+from depot_api.wiring import Domain, domain_for
 
 log = logging.getLogger("depot_api")
 
@@ -85,9 +83,7 @@ _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
     """The application over the settings' database (opened lazily, on first use)."""
-    if domain is None:
-        domain = build_domain(SqlStore(create_engine(settings.database_url)), settings)
-    return DepotAPI(domain, settings)
+    return DepotAPI(domain_for(settings) if domain is None else domain, settings)
 
 
 class DepotAPI:
@@ -251,8 +247,8 @@ class DepotAPI:
             await _plain(send, 503, b"shutting down\n")
             return
         try:
-            await self.domain.store.ping()
-        except StoreUnavailable:
+            await self.domain.health.check()
+        except Unavailable:
             await _plain(send, 503, b"database unavailable\n")
             return
         await _plain(send, 200, b"ready\n")
