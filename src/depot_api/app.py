@@ -24,7 +24,7 @@ from connectrpc_grpcreflect import (
 )
 
 from depot_api.api import seed_endpoint
-from depot_api.api.asgi import ASGIApp, ASGIMessage, Receive, Scope, Send, media_type
+from depot_api.api.asgi import ASGIApp, Receive, Scope, Send
 from depot_api.api.build_service import BuildServiceImpl
 from depot_api.api.buildkit_service import BuildKitServiceImpl
 from depot_api.api.cli_build_service import CliBuildServiceImpl
@@ -41,6 +41,14 @@ from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
+from depot_api.api.server_shims import (
+    exit_with_the_supervisor,
+    read_body_first,
+    reads_body_first,
+    receive_waiting_for_disconnect,
+    stop_watching_the_supervisor,
+    utf8_headers,
+)
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
@@ -69,11 +77,6 @@ log = logging.getLogger("depot_api")
 _SWEEP_EVERY_SECONDS = 5.0
 # How often a worker looks for the supervisor's request to drain (see _watch_for_drain).
 _DRAIN_POLL_SECONDS = 0.2
-# A worker's standard input: the supervisor's end of it closes only when the supervisor dies.
-_LIFELINE = 0
-# How soon a client that went away mid-call is noticed (see _guarded). Each waiting stream
-# polls this often: 1 000 waiting GetEndpoint streams cost 1 000 wake-ups a second at 1 s.
-_DISCONNECT_POLL_SECONDS = 5.0
 # The HTTP/JSON view's OpenAPI document (package data; tests/test_openapi.py keeps it true),
 # read once: it is served as is.
 _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
@@ -208,16 +211,17 @@ class DepotAPI:
             and scope["method"] == "POST"
             and seed_endpoint.is_plain_json(scope)
         ):
-            body = await _read_body_first(receive, self._max_bytes)
-            await self._seed_get_endpoint(scope, _guarded(receive, body), send)
+            body = await read_body_first(receive, self._max_bytes)
+            receive = receive_waiting_for_disconnect(receive, body)
+            await self._seed_get_endpoint(scope, receive, send)
         elif service is not None:
             body = []
-            if _reads_body_first(scope):
-                body = await _read_body_first(receive, self._max_bytes)
+            if reads_body_first(scope):
+                body = await read_body_first(receive, self._max_bytes)
             send = explaining_refusals(self._catalog, scope, send)
-            await service(_utf8_headers(scope), _guarded(receive, body), send)
+            await service(utf8_headers(scope), receive_waiting_for_disconnect(receive, body), send)
         elif path in _PLAIN_ROUTES and scope["method"] not in ("GET", "HEAD"):
-            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
             await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
         elif path == "/healthz":
@@ -227,7 +231,7 @@ class DepotAPI:
         elif path == "/openapi.yaml":
             await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
         else:
-            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             await self._not_found(path, send)
 
     async def _not_found(self, path: str, send: Send) -> None:
@@ -260,11 +264,11 @@ class DepotAPI:
                 self._sweeper = asyncio.create_task(self._sweep_silent_builds())
                 if self._drain_dir is not None:  # run by a supervisor (server.py)
                     self._drain_watch = asyncio.create_task(self._watch_for_drain(self._drain_dir))
-                    asyncio.get_running_loop().add_reader(_LIFELINE, _supervisor_gone)
+                    exit_with_the_supervisor()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._drain_dir is not None:
-                    asyncio.get_running_loop().remove_reader(_LIFELINE)
+                    stop_watching_the_supervisor()
                 for task in (self._sweeper, self._drain_watch):
                     if task is not None:
                         task.cancel()
@@ -306,108 +310,6 @@ class DepotAPI:
                 continue
             if canceled:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
-
-
-def _reads_body_first(scope: Scope) -> bool:
-    """A Connect unary call (its body is one message), or a request that no protocol takes,
-    which is refused at once (415). Streams (application/connect+…, gRPC, gRPC-Web) are read
-    as they come."""
-    return not media_type(scope).startswith((b"application/connect+", b"application/grpc"))
-
-
-def _supervisor_gone() -> None:
-    """The supervisor died without stopping this worker (it was killed outright): go too, at
-    once, so that the port is free for the next server.
-
-    A worker ignores SIGTERM (worker.py), and with it the signal Envoy asks Linux to send when
-    its parent dies; so the supervisor gives it a pipe as standard input instead, and never
-    writes to it: the pipe ends (it becomes readable) only when the supervisor is gone.
-    """
-    log.error("the supervisor is gone: stopping at once")
-    os._exit(1)
-
-
-async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:
-    """Read a unary request's whole body (up to limit bytes) before anything answers.
-
-    A call refused before its body is read (a missing token) was answered while the body was
-    still arriving; over HTTP/2 the server then resets the stream, and curl reported the reset
-    instead of the answer about one time in ten. Reading the body first, as the handler would
-    anyway, makes every answer arrive cleanly. Beyond the limit, the rest is left to the
-    application, which refuses an oversized message.
-    """
-    buffered: list[ASGIMessage] = []
-    size = 0
-    while True:
-        message = await receive()
-        buffered.append(message)
-        size += len(message.get("body", b""))
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            break
-        if size > limit:
-            break
-    return buffered
-
-
-def _utf8_headers(scope: Scope) -> Scope:
-    """The scope with every header name and value valid UTF-8, as connectrpc needs them.
-
-    connectrpc decodes headers as UTF-8 and, on a byte sequence that is not (HTTP allows any
-    byte from 0x80 up in a value), fails with an exception: HTTP 500, `unknown`. Such a header
-    is read as Latin-1 instead, HTTP's historical charset, so a garbled token or content type
-    is refused like any other bad one. Plain ASCII, the usual case, is checked cheaply.
-    """
-    headers = scope["headers"]
-    if all(name.isascii() and value.isascii() for name, value in headers):
-        return scope
-    return {**scope, "headers": [(_utf8(name), _utf8(value)) for name, value in headers]}
-
-
-def _utf8(raw: bytes) -> bytes:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1").encode()
-    return raw
-
-
-def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
-    """Adapt pyvoy's receive() to what connectrpc's disconnect watch expects.
-
-    Two mismatches, both measured:
-    - After the request body is complete, ASGI says receive() waits until the client goes
-      away. pyvoy answers at once with empty body messages instead, so connectrpc's watch for
-      a disconnect (running during every handler and every response stream) spun a whole core.
-      Here, once the body is complete, receive() asks pyvoy only every
-      _DISCONNECT_POLL_SECONDS and returns only the disconnect.
-    - connectrpc cancels that watch when the handler ends, and pyvoy then completes the
-      cancelled future anyway, logging an InvalidStateError per request. Shielding pyvoy's
-      own future avoids it (only our wrapper is cancelled).
-
-    Messages in already_read (see _read_body_first) are returned first.
-    """
-    body_done = False
-
-    async def receive_once() -> ASGIMessage:
-        pending = receive()
-        if isinstance(pending, asyncio.Future):  # pyvoy's: a plain future, cheap to shield
-            return await asyncio.shield(pending)
-        return await pending
-
-    async def guarded_receive() -> ASGIMessage:
-        nonlocal body_done
-        if not body_done:
-            message = already_read.pop(0) if already_read else await receive_once()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-        while True:
-            message = await receive_once()
-            if message["type"] != "http.request":
-                return message
-            await asyncio.sleep(_DISCONNECT_POLL_SECONDS)
-
-    return guarded_receive
 
 
 async def _plain(
