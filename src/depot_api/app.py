@@ -31,9 +31,8 @@ from depot_api.api.cli_build_service import CliBuildServiceImpl
 from depot_api.api.cli_projects_service import CliProjectsServiceImpl
 from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
-from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain, DrainInterceptor
-from depot_api.api.errors import ErrorMapping
-from depot_api.api.guard import RequestGuard
+from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
+from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
 from depot_api.api.machine_service import MachineServiceImpl
@@ -96,23 +95,14 @@ class DepotAPI:
             RateLimiter(settings.rate_limit, settings.rate_burst),
             StreamLimiter(settings.max_streams_per_token),
         )
-        self.drain = Drain()
-        # The guard first: the drain runs calls in tasks that must see the caller it found.
+        self.drain = drain = Drain()
+        interceptors = guard_interceptors(domain.authenticator, limits, drain)
         options: dict[str, Any] = {
-            "interceptors": [
-                RequestGuard(domain.authenticator, limits),
-                DrainInterceptor(self.drain),
-            ],
+            "interceptors": interceptors[Guard.TOKEN],
             "read_max_bytes": settings.max_message_bytes,
             "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
         }
-        machine_options = {
-            **options,
-            "interceptors": [
-                RequestGuard(domain.authenticator, limits, machines=True),
-                DrainInterceptor(self.drain),
-            ],
-        }
+        machine_options = {**options, "interceptors": interceptors[Guard.MACHINE]}
         services: list[Any] = [
             project_connect.ProjectServiceASGIApplication(
                 ProjectServiceImpl(domain.projects, domain.tokens), **options
@@ -145,7 +135,7 @@ class DepotAPI:
             push_connect.PushServiceASGIApplication(CliPushServiceImpl(), **options),
             # Login is called without a token: it must reach its handler to explain itself.
             login_connect.LoginServiceASGIApplication(
-                CliLoginServiceImpl(), **{**options, "interceptors": [ErrorMapping()]}
+                CliLoginServiceImpl(), **{**options, "interceptors": interceptors[Guard.NONE]}
             ),
         ]
         files = [
@@ -162,7 +152,7 @@ class DepotAPI:
         ]
         # Reflection takes no token; its requests are held to the same size limit.
         reflection: dict[str, Any] = {
-            "interceptors": [ErrorMapping()],
+            "interceptors": interceptors[Guard.NONE],
             "read_max_bytes": settings.max_message_bytes,
         }
         reflections = [
@@ -180,7 +170,10 @@ class DepotAPI:
                 app.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
             )
         self._seed_get_endpoint = SeedGetEndpoint(
-            domain, limits, self.drain, settings.max_message_bytes
+            Admission(domain.authenticator, limits, drain, machines=False),
+            drain,
+            domain.endpoints,
+            settings.max_message_bytes,
         )
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None

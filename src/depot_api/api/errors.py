@@ -100,17 +100,3 @@ def _code_of(error: domain.DomainError) -> Code:
         if code is not None:
             return code
     return Code.INTERNAL
-
-
-class ErrorMapping:
-    """The guard's error mapping without its token check, for the services called without a
-    token (the depot CLI's login, gRPC reflection): their errors are mapped the same way."""
-
-    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
-        return None
-
-    async def on_end(
-        self, token: None, ctx: RequestContext[Any, Any], error: Exception | None
-    ) -> None:
-        if error is not None:
-            raise call_error(error, ctx) from None
