@@ -1,5 +1,5 @@
-"""The ASGI application: every Connect service, gRPC reflection, /healthz, /readyz and
-/openapi.yaml.
+"""The ASGI application: the RPC services (services.py), gRPC reflection, the seed's plain
+JSON GetEndpoint, /healthz, /readyz and /openapi.yaml.
 
 Routing is one dictionary lookup on the service prefix of the path. Starlette's Mount did the
 same job at a measured cost of about 15% of throughput on this hot path (docs/decisions.md).
@@ -25,19 +25,10 @@ from connectrpc_grpcreflect import (
 
 from depot_api.api import seed_endpoint
 from depot_api.api.asgi import ASGIApp, Receive, Scope, Send
-from depot_api.api.build_service import BuildServiceImpl
-from depot_api.api.buildkit_service import BuildKitServiceImpl
-from depot_api.api.cli_build_service import CliBuildServiceImpl
-from depot_api.api.cli_projects_service import CliProjectsServiceImpl
-from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
-from depot_api.api.core_build_service import CoreBuildServiceImpl
 from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
 from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
-from depot_api.api.machine_service import MachineServiceImpl
-from depot_api.api.organization_service import OrganizationServiceImpl
-from depot_api.api.project_service import ProjectServiceImpl
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.api.server_shims import (
@@ -50,25 +41,7 @@ from depot_api.api.server_shims import (
 )
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
-from depot_api.gen.depot.build.v1 import build_connect, build_pb
-from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
-from depot_api.gen.depot.cli.v1 import build_connect as cli_build_connect
-from depot_api.gen.depot.cli.v1 import build_pb as cli_build_pb
-from depot_api.gen.depot.cli.v1 import push_connect, push_pb
-from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_connect, projects_pb
-from depot_api.gen.depot.core.v1 import (
-    build_connect as core_build_connect,
-)
-from depot_api.gen.depot.core.v1 import (
-    build_pb as core_build_pb,
-)
-from depot_api.gen.depot.core.v1 import (
-    org_connect,
-    org_pb,
-    project_connect,
-    project_pb,
-)
-from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
+from depot_api.services import served
 from depot_api.wiring import Domain, domain_for
 
 log = logging.getLogger("depot_api")
@@ -97,90 +70,48 @@ class DepotAPI:
         )
         self.drain = drain = Drain()
         interceptors = guard_interceptors(domain.authenticator, limits, drain)
-        options: dict[str, Any] = {
-            "interceptors": interceptors[Guard.TOKEN],
-            "read_max_bytes": settings.max_message_bytes,
-            "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
-        }
-        machine_options = {**options, "interceptors": interceptors[Guard.MACHINE]}
-        services: list[Any] = [
-            project_connect.ProjectServiceASGIApplication(
-                ProjectServiceImpl(domain.projects, domain.tokens), **options
-            ),
-            build_connect.BuildServiceASGIApplication(BuildServiceImpl(domain.builds), **options),
-            core_build_connect.BuildServiceASGIApplication(
-                CoreBuildServiceImpl(domain.builds), **options
-            ),
-            org_connect.OrganizationServiceASGIApplication(
-                OrganizationServiceImpl(domain.organizations), **options
-            ),
-            buildkit_connect.BuildKitServiceASGIApplication(
-                BuildKitServiceImpl(domain.endpoints), **options
-            ),
-            machine_connect.MachineServiceASGIApplication(
-                MachineServiceImpl(
-                    domain.machines, int(settings.machine_heartbeat.total_seconds() * 1000)
-                ),
-                **machine_options,
-            ),
-            cli_build_connect.BuildServiceASGIApplication(
-                CliBuildServiceImpl(
-                    domain.builds, domain.endpoints, domain.build_reports, settings.build_url
-                ),
-                **options,
-            ),
-            projects_connect.ProjectsServiceASGIApplication(
-                CliProjectsServiceImpl(domain.projects, domain.organizations), **options
-            ),
-            push_connect.PushServiceASGIApplication(CliPushServiceImpl(), **options),
-            # Login is called without a token: it must reach its handler to explain itself.
-            login_connect.LoginServiceASGIApplication(
-                CliLoginServiceImpl(), **{**options, "interceptors": interceptors[Guard.NONE]}
-            ),
+        max_bytes = settings.max_message_bytes
+        codecs = [proto_binary_codec(), LenientKeysJSONCodec()]
+        services = served(domain, settings)
+        applications: list[ASGIApp] = [
+            service.application(
+                service.implementation,
+                interceptors=interceptors[service.guard],
+                read_max_bytes=max_bytes,
+                codecs=codecs,
+            )
+            for service in services
         ]
-        files = [
-            project_pb.desc(),
-            build_pb.desc(),
-            core_build_pb.desc(),
-            org_pb.desc(),
-            buildkit_pb.desc(),
-            machine_pb.desc(),
-            cli_build_pb.desc(),
-            projects_pb.desc(),
-            push_pb.desc(),
-            login_pb.desc(),
-        ]
-        # Reflection takes no token; its requests are held to the same size limit.
-        reflection: dict[str, Any] = {
+        files = [service.descriptor for service in services]
+        # gRPC reflection, of every service in the table: it takes no token and reads with
+        # connectrpc's own codecs; its requests are held to the same size limit.
+        unguarded: dict[str, Any] = {
             "interceptors": interceptors[Guard.NONE],
-            "read_max_bytes": settings.max_message_bytes,
+            "read_max_bytes": max_bytes,
         }
         reflections = [
-            ServerReflectionASGIApplication(ServerReflectionService(*files), **reflection),
-            ServerReflectionAlphaASGIApplication(
-                ServerReflectionAlphaService(*files), **reflection
-            ),
+            ServerReflectionASGIApplication(ServerReflectionService(*files), **unguarded),
+            ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files), **unguarded),
         ]
-        services.extend(reflections)
-        self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
+        self._routes: dict[str, ASGIApp] = {app.path: app for app in [*applications, *reflections]}
         # What each RPC path takes, for the answers to requests that reach none (refusals.py).
         self._catalog = Catalog(files, plain_json=[seed_endpoint.PATH])
-        for app in reflections:  # one bidi method, named by the reflection protocol
+        for reflection in reflections:  # one bidi method, named by the reflection protocol
             self._catalog.add_service(
-                app.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
+                reflection.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
             )
         self._seed_get_endpoint = SeedGetEndpoint(
             Admission(domain.authenticator, limits, drain, machines=False),
             drain,
             domain.endpoints,
-            settings.max_message_bytes,
+            max_bytes,
         )
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
-        self._max_bytes = settings.max_message_bytes
+        self._max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
