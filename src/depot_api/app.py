@@ -73,7 +73,7 @@ class DepotAPI:
         max_bytes = settings.max_message_bytes
         codecs = [proto_binary_codec(), LenientKeysJSONCodec()]
         services = served(domain, settings)
-        applications: list[ASGIApp] = [
+        applications = [
             service.application(
                 service.implementation,
                 interceptors=interceptors[service.guard],
