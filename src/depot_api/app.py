@@ -1,5 +1,5 @@
-"""The ASGI application: every Connect service, gRPC reflection, /healthz, /readyz and
-/openapi.yaml.
+"""The ASGI application: the RPC services (services.py), gRPC reflection, the seed's plain
+JSON GetEndpoint, /healthz, /readyz and /openapi.yaml.
 
 Routing is one dictionary lookup on the service prefix of the path. Starlette's Mount did the
 same job at a measured cost of about 15% of throughput on this hot path (docs/decisions.md).
@@ -24,58 +24,31 @@ from connectrpc_grpcreflect import (
 )
 
 from depot_api.api import seed_endpoint
-from depot_api.api.asgi import ASGIApp, ASGIMessage, Receive, Scope, Send, media_type
-from depot_api.api.build_service import BuildServiceImpl
-from depot_api.api.buildkit_service import BuildKitServiceImpl
-from depot_api.api.cli_build_service import CliBuildServiceImpl
-from depot_api.api.cli_projects_service import CliProjectsServiceImpl
-from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
-from depot_api.api.core_build_service import CoreBuildServiceImpl
-from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain, DrainInterceptor
-from depot_api.api.errors import ErrorMapping
-from depot_api.api.guard import RequestGuard
+from depot_api.api.asgi import ASGIApp, Receive, Scope, Send
+from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
+from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
-from depot_api.api.machine_service import MachineServiceImpl
-from depot_api.api.organization_service import OrganizationServiceImpl
-from depot_api.api.project_service import ProjectServiceImpl
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
+from depot_api.api.server_shims import (
+    exit_with_the_supervisor,
+    read_body_first,
+    reads_body_first,
+    receive_waiting_for_disconnect,
+    stop_watching_the_supervisor,
+    utf8_headers,
+)
 from depot_api.config import Settings
-from depot_api.gen.depot.build.v1 import build_connect, build_pb
-from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
-from depot_api.gen.depot.cli.v1 import build_connect as cli_build_connect
-from depot_api.gen.depot.cli.v1 import build_pb as cli_build_pb
-from depot_api.gen.depot.cli.v1 import push_connect, push_pb
-from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_connect, projects_pb
-from depot_api.gen.depot.core.v1 import (
-    build_connect as core_build_connect,
-)
-from depot_api.gen.depot.core.v1 import (
-    build_pb as core_build_pb,
-)
-from depot_api.gen.depot.core.v1 import (
-    org_connect,
-    org_pb,
-    project_connect,
-    project_pb,
-)
-from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
-from depot_api.store.engine import create_engine
-from depot_api.store.errors import StoreUnavailable
-from depot_api.store.sql import SqlStore
-from depot_api.wiring import Domain, build_domain
+from depot_api.domain.errors import Unavailable
+from depot_api.services import served
+from depot_api.wiring import Domain, domain_for
 
 log = logging.getLogger("depot_api")
 
 _SWEEP_EVERY_SECONDS = 5.0
 # How often a worker looks for the supervisor's request to drain (see _watch_for_drain).
 _DRAIN_POLL_SECONDS = 0.2
-# A worker's standard input: the supervisor's end of it closes only when the supervisor dies.
-_LIFELINE = 0
-# How soon a client that went away mid-call is noticed (see _guarded). Each waiting stream
-# polls this often: 1 000 waiting GetEndpoint streams cost 1 000 wake-ups a second at 1 s.
-_DISCONNECT_POLL_SECONDS = 5.0
 # The HTTP/JSON view's OpenAPI document (package data; tests/test_openapi.py keeps it true),
 # read once: it is served as is.
 _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
@@ -85,9 +58,7 @@ _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
     """The application over the settings' database (opened lazily, on first use)."""
-    if domain is None:
-        domain = build_domain(SqlStore(create_engine(settings.database_url)), settings)
-    return DepotAPI(domain, settings)
+    return DepotAPI(domain_for(settings) if domain is None else domain, settings)
 
 
 class DepotAPI:
@@ -97,98 +68,50 @@ class DepotAPI:
             RateLimiter(settings.rate_limit, settings.rate_burst),
             StreamLimiter(settings.max_streams_per_token),
         )
-        self.drain = Drain()
-        # The guard first: the drain runs calls in tasks that must see the caller it found.
-        options: dict[str, Any] = {
-            "interceptors": [
-                RequestGuard(domain.authenticator, limits),
-                DrainInterceptor(self.drain),
-            ],
-            "read_max_bytes": settings.max_message_bytes,
-            "codecs": [proto_binary_codec(), LenientKeysJSONCodec()],
-        }
-        machine_options = {
-            **options,
-            "interceptors": [
-                RequestGuard(domain.authenticator, limits, machines=True),
-                DrainInterceptor(self.drain),
-            ],
-        }
-        services: list[Any] = [
-            project_connect.ProjectServiceASGIApplication(
-                ProjectServiceImpl(domain.projects, domain.tokens), **options
-            ),
-            build_connect.BuildServiceASGIApplication(BuildServiceImpl(domain.builds), **options),
-            core_build_connect.BuildServiceASGIApplication(
-                CoreBuildServiceImpl(domain.builds), **options
-            ),
-            org_connect.OrganizationServiceASGIApplication(
-                OrganizationServiceImpl(domain.organizations), **options
-            ),
-            buildkit_connect.BuildKitServiceASGIApplication(
-                BuildKitServiceImpl(domain.endpoints), **options
-            ),
-            machine_connect.MachineServiceASGIApplication(
-                MachineServiceImpl(
-                    domain.machines, int(settings.machine_heartbeat.total_seconds() * 1000)
-                ),
-                **machine_options,
-            ),
-            cli_build_connect.BuildServiceASGIApplication(
-                CliBuildServiceImpl(
-                    domain.builds, domain.endpoints, domain.build_reports, settings.build_url
-                ),
-                **options,
-            ),
-            projects_connect.ProjectsServiceASGIApplication(
-                CliProjectsServiceImpl(domain.projects, domain.organizations), **options
-            ),
-            push_connect.PushServiceASGIApplication(CliPushServiceImpl(), **options),
-            # Login is called without a token: it must reach its handler to explain itself.
-            login_connect.LoginServiceASGIApplication(
-                CliLoginServiceImpl(), **{**options, "interceptors": [ErrorMapping()]}
-            ),
+        self.drain = drain = Drain()
+        interceptors = guard_interceptors(domain.authenticator, limits, drain)
+        max_bytes = settings.max_message_bytes
+        codecs = [proto_binary_codec(), LenientKeysJSONCodec()]
+        services = served(domain, settings)
+        applications = [
+            service.application(
+                service.implementation,
+                interceptors=interceptors[service.guard],
+                read_max_bytes=max_bytes,
+                codecs=codecs,
+            )
+            for service in services
         ]
-        files = [
-            project_pb.desc(),
-            build_pb.desc(),
-            core_build_pb.desc(),
-            org_pb.desc(),
-            buildkit_pb.desc(),
-            machine_pb.desc(),
-            cli_build_pb.desc(),
-            projects_pb.desc(),
-            push_pb.desc(),
-            login_pb.desc(),
-        ]
-        # Reflection takes no token; its requests are held to the same size limit.
-        reflection: dict[str, Any] = {
-            "interceptors": [ErrorMapping()],
-            "read_max_bytes": settings.max_message_bytes,
+        files = [service.descriptor for service in services]
+        # gRPC reflection, of every service in the table: it takes no token and reads with
+        # connectrpc's own codecs; its requests are held to the same size limit.
+        unguarded: dict[str, Any] = {
+            "interceptors": interceptors[Guard.NONE],
+            "read_max_bytes": max_bytes,
         }
         reflections = [
-            ServerReflectionASGIApplication(ServerReflectionService(*files), **reflection),
-            ServerReflectionAlphaASGIApplication(
-                ServerReflectionAlphaService(*files), **reflection
-            ),
+            ServerReflectionASGIApplication(ServerReflectionService(*files), **unguarded),
+            ServerReflectionAlphaASGIApplication(ServerReflectionAlphaService(*files), **unguarded),
         ]
-        services.extend(reflections)
-        self._routes: dict[str, ASGIApp] = {app.path: app for app in services}
+        self._routes: dict[str, ASGIApp] = {app.path: app for app in [*applications, *reflections]}
         # What each RPC path takes, for the answers to requests that reach none (refusals.py).
         self._catalog = Catalog(files, plain_json=[seed_endpoint.PATH])
-        for app in reflections:  # one bidi method, named by the reflection protocol
+        for reflection in reflections:  # one bidi method, named by the reflection protocol
             self._catalog.add_service(
-                app.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
+                reflection.path.removeprefix("/"), ["ServerReflectionInfo"], "bidi_streaming"
             )
         self._seed_get_endpoint = SeedGetEndpoint(
-            domain, limits, self.drain, settings.max_message_bytes
+            Admission(domain.authenticator, limits, drain, machines=False),
+            drain,
+            domain.endpoints,
+            max_bytes,
         )
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
-        self._max_bytes = settings.max_message_bytes
+        self._max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -212,16 +135,17 @@ class DepotAPI:
             and scope["method"] == "POST"
             and seed_endpoint.is_plain_json(scope)
         ):
-            body = await _read_body_first(receive, self._max_bytes)
-            await self._seed_get_endpoint(scope, _guarded(receive, body), send)
+            body = await read_body_first(receive, self._max_bytes)
+            receive = receive_waiting_for_disconnect(receive, body)
+            await self._seed_get_endpoint(scope, receive, send)
         elif service is not None:
             body = []
-            if _reads_body_first(scope):
-                body = await _read_body_first(receive, self._max_bytes)
+            if reads_body_first(scope):
+                body = await read_body_first(receive, self._max_bytes)
             send = explaining_refusals(self._catalog, scope, send)
-            await service(_utf8_headers(scope), _guarded(receive, body), send)
+            await service(utf8_headers(scope), receive_waiting_for_disconnect(receive, body), send)
         elif path in _PLAIN_ROUTES and scope["method"] not in ("GET", "HEAD"):
-            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
             await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
         elif path == "/healthz":
@@ -231,7 +155,7 @@ class DepotAPI:
         elif path == "/openapi.yaml":
             await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
         else:
-            await _read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             await self._not_found(path, send)
 
     async def _not_found(self, path: str, send: Send) -> None:
@@ -251,8 +175,8 @@ class DepotAPI:
             await _plain(send, 503, b"shutting down\n")
             return
         try:
-            await self.domain.store.ping()
-        except StoreUnavailable:
+            await self.domain.health.check()
+        except Unavailable:
             await _plain(send, 503, b"database unavailable\n")
             return
         await _plain(send, 200, b"ready\n")
@@ -264,11 +188,11 @@ class DepotAPI:
                 self._sweeper = asyncio.create_task(self._sweep_silent_builds())
                 if self._drain_dir is not None:  # run by a supervisor (server.py)
                     self._drain_watch = asyncio.create_task(self._watch_for_drain(self._drain_dir))
-                    asyncio.get_running_loop().add_reader(_LIFELINE, _supervisor_gone)
+                    exit_with_the_supervisor()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._drain_dir is not None:
-                    asyncio.get_running_loop().remove_reader(_LIFELINE)
+                    stop_watching_the_supervisor()
                 for task in (self._sweeper, self._drain_watch):
                     if task is not None:
                         task.cancel()
@@ -310,108 +234,6 @@ class DepotAPI:
                 continue
             if canceled:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
-
-
-def _reads_body_first(scope: Scope) -> bool:
-    """A Connect unary call (its body is one message), or a request that no protocol takes,
-    which is refused at once (415). Streams (application/connect+…, gRPC, gRPC-Web) are read
-    as they come."""
-    return not media_type(scope).startswith((b"application/connect+", b"application/grpc"))
-
-
-def _supervisor_gone() -> None:
-    """The supervisor died without stopping this worker (it was killed outright): go too, at
-    once, so that the port is free for the next server.
-
-    A worker ignores SIGTERM (worker.py), and with it the signal Envoy asks Linux to send when
-    its parent dies; so the supervisor gives it a pipe as standard input instead, and never
-    writes to it: the pipe ends (it becomes readable) only when the supervisor is gone.
-    """
-    log.error("the supervisor is gone: stopping at once")
-    os._exit(1)
-
-
-async def _read_body_first(receive: Receive, limit: int) -> list[ASGIMessage]:
-    """Read a unary request's whole body (up to limit bytes) before anything answers.
-
-    A call refused before its body is read (a missing token) was answered while the body was
-    still arriving; over HTTP/2 the server then resets the stream, and curl reported the reset
-    instead of the answer about one time in ten. Reading the body first, as the handler would
-    anyway, makes every answer arrive cleanly. Beyond the limit, the rest is left to the
-    application, which refuses an oversized message.
-    """
-    buffered: list[ASGIMessage] = []
-    size = 0
-    while True:
-        message = await receive()
-        buffered.append(message)
-        size += len(message.get("body", b""))
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            break
-        if size > limit:
-            break
-    return buffered
-
-
-def _utf8_headers(scope: Scope) -> Scope:
-    """The scope with every header name and value valid UTF-8, as connectrpc needs them.
-
-    connectrpc decodes headers as UTF-8 and, on a byte sequence that is not (HTTP allows any
-    byte from 0x80 up in a value), fails with an exception: HTTP 500, `unknown`. Such a header
-    is read as Latin-1 instead, HTTP's historical charset, so a garbled token or content type
-    is refused like any other bad one. Plain ASCII, the usual case, is checked cheaply.
-    """
-    headers = scope["headers"]
-    if all(name.isascii() and value.isascii() for name, value in headers):
-        return scope
-    return {**scope, "headers": [(_utf8(name), _utf8(value)) for name, value in headers]}
-
-
-def _utf8(raw: bytes) -> bytes:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return raw.decode("latin-1").encode()
-    return raw
-
-
-def _guarded(receive: Receive, already_read: list[ASGIMessage]) -> Receive:
-    """Adapt pyvoy's receive() to what connectrpc's disconnect watch expects.
-
-    Two mismatches, both measured:
-    - After the request body is complete, ASGI says receive() waits until the client goes
-      away. pyvoy answers at once with empty body messages instead, so connectrpc's watch for
-      a disconnect (running during every handler and every response stream) spun a whole core.
-      Here, once the body is complete, receive() asks pyvoy only every
-      _DISCONNECT_POLL_SECONDS and returns only the disconnect.
-    - connectrpc cancels that watch when the handler ends, and pyvoy then completes the
-      cancelled future anyway, logging an InvalidStateError per request. Shielding pyvoy's
-      own future avoids it (only our wrapper is cancelled).
-
-    Messages in already_read (see _read_body_first) are returned first.
-    """
-    body_done = False
-
-    async def receive_once() -> ASGIMessage:
-        pending = receive()
-        if isinstance(pending, asyncio.Future):  # pyvoy's: a plain future, cheap to shield
-            return await asyncio.shield(pending)
-        return await pending
-
-    async def guarded_receive() -> ASGIMessage:
-        nonlocal body_done
-        if not body_done:
-            message = already_read.pop(0) if already_read else await receive_once()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-        while True:
-            message = await receive_once()
-            if message["type"] != "http.request":
-                return message
-            await asyncio.sleep(_DISCONNECT_POLL_SECONDS)
-
-    return guarded_receive
 
 
 async def _plain(

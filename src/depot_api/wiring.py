@@ -11,12 +11,15 @@ from depot_api.domain.auth import Authenticator
 from depot_api.domain.build_reports import BuildReports
 from depot_api.domain.builds import Builds
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
+from depot_api.domain.health import Health
 from depot_api.domain.machines import Machines
 from depot_api.domain.organizations import Organizations
 from depot_api.domain.projects import Projects
 from depot_api.domain.secretbox import SecretBox, load_or_create_key
 from depot_api.domain.tokens import Tokens
+from depot_api.store.engine import create_engine
 from depot_api.store.interface import Store
+from depot_api.store.sql import SqlStore
 from depot_api.times import utc_now
 
 
@@ -31,6 +34,7 @@ class Domain:
     machines: Machines
     endpoints: Endpoints
     build_reports: BuildReports
+    health: Health
 
 
 def build_domain(
@@ -64,4 +68,11 @@ def build_domain(
             store, builds, box, timings, now=now, wait_for_machines=settings.wait_for_machines
         ),
         build_reports=BuildReports(store, builds, now=now),
+        health=Health(store),
     )
+
+
+def domain_for(settings: Settings) -> Domain:
+    """The domain over the settings' database, for a server process (opened lazily, on first
+    use)."""
+    return build_domain(SqlStore(create_engine(settings.database_url)), settings)

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from pyqwest import Client
+from pyqwest.testing import ASGITransport
 
 from depot_api.api.drain import Drain, DrainInterceptor
+from depot_api.api.guard import Guard, guard_interceptors
 from depot_api.config import Settings
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
-from depot_api.gen.depot.core.v1 import project_pb
+from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_pb
 
 from ..conftest import InProcessAPI, bearer, raw_post
 from ..factories import new_build
@@ -121,27 +124,44 @@ async def test_the_plain_json_get_endpoint_ends_with_503(api: InProcessAPI) -> N
     assert b'"unavailable"' in body
 
 
-async def test_a_unary_call_in_flight_finishes() -> None:
-    """The interceptor lets a unary call that began before the drain run to its end."""
+class WaitingOrganizations(org_connect.OrganizationService):
+    """A handler that waits until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def list_organizations(
+        self, request: org_pb.ListOrganizationsRequest, ctx: Any
+    ) -> org_pb.ListOrganizationsResponse:
+        self.entered.set()
+        await self.release.wait()
+        return org_pb.ListOrganizationsResponse()
+
+
+async def test_a_unary_call_in_flight_finishes(api: InProcessAPI) -> None:
+    """A unary call admitted before the drain runs to its end, behind the interceptors every
+    token-guarded service has; one that comes after is refused."""
     drain = Drain()
-    interceptor = DrainInterceptor(drain)
-    release = asyncio.Event()
-
-    async def handler(request: Any, ctx: Any) -> str:
-        await release.wait()
-        return f"answer to {request}"
-
-    call = asyncio.create_task(interceptor.intercept_unary(handler, "q", None))
-    await asyncio.sleep(0.01)
-    drain.start()
-    await asyncio.sleep(0.01)
-    assert not call.done()
-    release.set()
-    assert await asyncio.wait_for(call, 5) == "answer to q"
-    # ... while one that begins now is refused.
-    with pytest.raises(ConnectError) as refused:
-        await interceptor.intercept_unary(handler, "q", None)
-    assert refused.value.code == Code.UNAVAILABLE
+    interceptors = guard_interceptors(api.app.domain.authenticator, api.app.limits, drain)
+    handler = WaitingOrganizations()
+    app = org_connect.OrganizationServiceASGIApplication(
+        handler, interceptors=interceptors[Guard.TOKEN]
+    )
+    async with ASGITransport(app) as transport:
+        client = org_connect.OrganizationServiceClient("http://test", http_client=Client(transport))
+        request = org_pb.ListOrganizationsRequest()
+        call = asyncio.create_task(
+            client.list_organizations(request, headers=bearer(api.org_token))
+        )
+        await asyncio.wait_for(handler.entered.wait(), 5)
+        drain.start()
+        with pytest.raises(ConnectError) as refused:
+            await client.list_organizations(request, headers=bearer(api.org_token))
+        assert refused.value.code == Code.UNAVAILABLE
+        assert not call.done()
+        handler.release.set()
+        assert await asyncio.wait_for(call, 5) == org_pb.ListOrganizationsResponse()
 
 
 async def test_a_stream_that_ends_on_its_own_is_not_disturbed() -> None:

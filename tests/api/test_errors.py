@@ -70,9 +70,18 @@ def test_connect_errors_pass_through() -> None:
 def test_store_outage_is_retryable_and_says_nothing_internal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    mapped = to_connect_error(StoreUnavailable("OperationalError"), "svc/Method")
+    try:
+        raise StoreUnavailable("OperationalError") from OSError("database is locked")
+    except StoreUnavailable as e:
+        outage = e
+    with caplog.at_level(logging.WARNING, logger="depot_api.api"):
+        mapped = to_connect_error(outage, "svc/Method")
     assert mapped.code == Code.UNAVAILABLE
-    assert "OperationalError" not in mapped.message
+    assert mapped.message == "the database is busy or unreachable; retry shortly"
+    # The database's own error is for the operator: in the log, never in the answer.
+    (record,) = caplog.records
+    assert "svc/Method" in record.getMessage()
+    assert "database is locked" in record.getMessage()
 
 
 def test_bugs_become_a_generic_internal_error_and_a_logged_traceback(

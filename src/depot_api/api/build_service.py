@@ -3,6 +3,7 @@ seed's GetBuild and ListBuilds (a bare Build with BUILD_STATUS_* names)."""
 
 from __future__ import annotations
 
+from depot_api.api.build_listing import builds_page
 from depot_api.api.convert import optional_timestamp, timestamp
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, Outcome, duration_seconds
@@ -42,12 +43,7 @@ class BuildServiceImpl(build_connect.BuildService):
     async def list_builds(
         self, request: pb.ListBuildsRequest, ctx: Context
     ) -> pb.ListBuildsResponse:
-        page = await self._builds.list(
-            current_principal(),
-            request.project_id,
-            request.page_size if request.has_field("page_size") else None,
-            request.page_token or None,
-        )
+        page = await builds_page(self._builds, request)
         return pb.ListBuildsResponse(
             builds=[seed_build_message(b) for b in page.items],
             next_page_token=page.next_page_token,

@@ -16,6 +16,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
+from depot_api.api.build_listing import builds_page
 from depot_api.api.convert import optional_timestamp, timestamp
 from depot_api.api.guard import Context, current_principal
 from depot_api.api.platforms import platform_from_wire
@@ -133,12 +134,7 @@ class CliBuildServiceImpl(build_connect.BuildService):
     async def list_builds(
         self, request: pb.ListBuildsRequest, ctx: Context
     ) -> pb.ListBuildsResponse:
-        page = await self._builds.list(
-            current_principal(),
-            request.project_id,
-            request.page_size or None,
-            request.page_token or None,
-        )
+        page = await builds_page(self._builds, request)
         return pb.ListBuildsResponse(
             builds=[_build_message(b) for b in page.items], next_page_token=page.next_page_token
         )

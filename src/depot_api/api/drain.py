@@ -65,22 +65,15 @@ class Drain:
 
 
 class DrainInterceptor:
-    """Applies a Drain to every RPC. It must come after the RequestGuard in the interceptor
-    list: the work it races runs in new tasks, which copy the context, and the caller's
-    Principal must already be in that context."""
+    """Ends the streams in flight with `unavailable` when draining starts; a unary call in
+    flight runs to its end. (A new call is refused by the admission, api/guard.py.)
+
+    It must come after the RequestGuard in the interceptor list: the work it races runs in new
+    tasks, which copy the context, and the caller's Principal must already be in that context.
+    """
 
     def __init__(self, drain: Drain) -> None:
         self._drain = drain
-
-    async def intercept_unary(
-        self,
-        call_next: Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]],
-        request: Any,
-        ctx: RequestContext[Any, Any],
-        /,
-    ) -> Any:
-        self._drain.refuse_if_draining()
-        return await call_next(request, ctx)
 
     async def intercept_client_stream(
         self,
@@ -89,7 +82,6 @@ class DrainInterceptor:
         ctx: RequestContext[Any, Any],
         /,
     ) -> Any:
-        self._drain.refuse_if_draining()
         return await self._drain.race(call_next(request, ctx))
 
     async def intercept_server_stream(
@@ -99,7 +91,6 @@ class DrainInterceptor:
         ctx: RequestContext[Any, Any],
         /,
     ) -> AsyncIterator[Any]:
-        self._drain.refuse_if_draining()
         responses = call_next(request, ctx)
         while True:
             try:

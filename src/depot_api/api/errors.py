@@ -1,7 +1,8 @@
-"""Domain and store errors as Connect errors.
+"""Domain errors as Connect errors.
 
 Expected errors carry the domain's message (written for the caller), naming a field as the
-caller writes it (api/field_names.py). Anything else is a bug or an outage: the caller gets a
+caller writes it (api/field_names.py). An error from below the domain is read as the domain
+reports it (a database outage is `unavailable`); anything else is a bug: the caller gets a
 generic `internal` message and the log gets the traceback.
 """
 
@@ -18,7 +19,6 @@ from protobuf import DescMessage
 from depot_api.api.field_names import is_json, json_path
 from depot_api.domain import errors as domain
 from depot_api.domain.secretbox import SecretBoxError
-from depot_api.store.errors import StoreUnavailable
 
 log = logging.getLogger("depot_api.api")
 
@@ -60,7 +60,11 @@ def to_connect_error(
         if error.code is Code.INTERNAL and _COMPRESSED_WITHOUT_COMPRESSION in error.message:
             return ConnectError(Code.INVALID_ARGUMENT, error.message)
         return error
+    error = domain.as_domain_error(error)
     if isinstance(error, domain.DomainError):
+        if isinstance(error, domain.Unavailable) and error.__cause__ is not None:
+            # The cause stays in the log: it tells an operator what failed (a lock, a timeout).
+            log.warning("%s: %s: %r", procedure, error.message, error.__cause__)
         message = error.message
         if json_request is not None and isinstance(error, domain.InvalidField):
             message = error.naming_field(json_path(json_request, error.field))
@@ -72,10 +76,6 @@ def to_connect_error(
             procedure,
         )
         return ConnectError(Code.INTERNAL, "internal error")
-    if isinstance(error, StoreUnavailable):
-        # The cause stays in the log: it tells an operator what failed (a lock, a timeout).
-        log.warning("%s: database unavailable: %r", procedure, error.__cause__ or error)
-        return ConnectError(Code.UNAVAILABLE, "the database is busy or unreachable; retry shortly")
     log.error("%s: unexpected error", procedure, exc_info=error)
     return ConnectError(Code.INTERNAL, "internal error")
 
@@ -100,17 +100,3 @@ def _code_of(error: domain.DomainError) -> Code:
         if code is not None:
             return code
     return Code.INTERNAL
-
-
-class ErrorMapping:
-    """The guard's error mapping without its token check, for the services called without a
-    token (the depot CLI's login, gRPC reflection): their errors are mapped the same way."""
-
-    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
-        return None
-
-    async def on_end(
-        self, token: None, ctx: RequestContext[Any, Any], error: Exception | None
-    ) -> None:
-        if error is not None:
-            raise call_error(error, ctx) from None

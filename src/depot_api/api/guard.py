@@ -1,20 +1,35 @@
-"""The interceptor in front of every RPC: authentication and abuse limits first, error
-mapping last.
+"""Admission: who may make a call, and whether this process takes it now. One path for every
+route: connectrpc's (the RequestGuard interceptor) and the seed's plain JSON GetEndpoint view
+(seed_endpoint.py), which connectrpc does not serve.
 
-As the first metadata interceptor it runs before the request body is parsed, so a request
-without a valid token costs no parsing. The resolved Principal reaches the handler
-through a ContextVar, on every protocol.
+Every call is checked in this order:
+1. authentication: the token (refused: `unauthenticated`);
+2. the token's kind: a machine token works on the machine service and nowhere else, and the
+   machine service takes nothing else (`permission_denied`);
+3. the drain: a process shutting down takes no new call (`unavailable`);
+4. the call rate of the token, with a retry hint as Retry-After and RetryInfo
+   (`resource_exhausted`);
+5. for a stream, the token's open streams (`resource_exhausted`).
+
+The resolved Principal reaches the handler through a ContextVar, on every protocol. Errors are
+mapped to Connect errors by api/errors.py, for both routes.
+
+Each service names its Guard (services.py); guard_interceptors gives each guard's interceptors.
 """
 
 from __future__ import annotations
 
 import contextvars
+import enum
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from connectrpc.interceptor import Interceptor
 from connectrpc.method import StreamType
 from connectrpc.request import RequestContext
 
+from depot_api.api.drain import Drain, DrainInterceptor
 from depot_api.api.errors import call_error
 from depot_api.api.limits import Limits
 from depot_api.domain.auth import Authenticator
@@ -38,49 +53,123 @@ def current_principal() -> Principal:
     return principal
 
 
-@dataclass(frozen=True, slots=True)
-class _Admitted:
-    """What on_end needs to undo: the principal's context, and the stream it counted."""
+class Guard(enum.Enum):
+    """Who may call a service."""
 
-    principal: contextvars.Token[Principal | None]
+    # Any token but a machine token.
+    TOKEN = enum.auto()
+    # Machine tokens only: the service of the agents on BuildKit hosts.
+    MACHINE = enum.auto()
+    # No token, and no limits; errors are mapped as everywhere. The depot CLI's login must
+    # reach its handler to explain itself; gRPC reflection is served so too.
+    NONE = enum.auto()
+
+
+def guard_interceptors(
+    authenticator: Authenticator, limits: Limits, drain: Drain
+) -> dict[Guard, list[Interceptor]]:
+    """Each guard's interceptors, made once and shared by the services it guards.
+
+    The RequestGuard comes first: it then runs before the body is parsed, and the drain, which
+    runs streams in tasks of their own, needs the caller it admitted in their context.
+    """
+
+    def admitting(*, machines: bool) -> list[Interceptor]:
+        admission = Admission(authenticator, limits, drain, machines=machines)
+        return [RequestGuard(admission), DrainInterceptor(drain)]
+
+    return {
+        Guard.TOKEN: admitting(machines=False),
+        Guard.MACHINE: admitting(machines=True),
+        Guard.NONE: [ErrorMapping()],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An admitted call: its caller, and what release undoes (the caller's context, the
+    stream it counted)."""
+
+    principal: Principal
+    context: contextvars.Token[Principal | None]
     stream_of: str | None
 
 
-class RequestGuard:
-    """machines=True guards the machine service (machine tokens only); otherwise machine
-    tokens are refused: they work on the machine service and nowhere else."""
+class Admission:
+    """machines=True admits to the machine service (machine tokens only); otherwise machine
+    tokens are refused."""
 
     def __init__(
-        self, authenticator: Authenticator, limits: Limits, *, machines: bool = False
+        self, authenticator: Authenticator, limits: Limits, drain: Drain, *, machines: bool
     ) -> None:
         self._authenticator = authenticator
         self._limits = limits
+        self._drain = drain
         self._machines = machines
 
-    async def on_start(self, ctx: Context) -> _Admitted:
-        try:
-            principal = await self._authenticator.authenticate(
-                ctx.request_headers.get("authorization")
+    async def admit(
+        self,
+        authorization: str | None,
+        *,
+        streaming: bool,
+        response_headers: MutableMapping[str, str],
+    ) -> Admitted:
+        """Admit a call, or raise why not. An admitted call must be released, once."""
+        principal = await self._authenticator.authenticate(authorization)
+        if (principal.kind is TokenKind.MACHINE) != self._machines:
+            raise PermissionDenied(
+                "the machine service takes machine tokens only"
+                if self._machines
+                else "a machine token is valid for the machine service only"
             )
-            if (principal.kind is TokenKind.MACHINE) != self._machines:
-                raise PermissionDenied(
-                    "the machine service takes machine tokens only"
-                    if self._machines
-                    else "a machine token is valid for the machine service only"
-                )
+        self._drain.refuse_if_draining()
+        self._limits.check_rate(principal.token_id, response_headers)
+        stream_of = None
+        if streaming:
+            self._limits.open_stream(principal.token_id)
+            stream_of = principal.token_id
+        return Admitted(principal, _principal.set(principal), stream_of)
+
+    def release(self, admitted: Admitted) -> None:
+        _principal.reset(admitted.context)
+        if admitted.stream_of is not None:
+            self._limits.close_stream(admitted.stream_of)
+
+
+class RequestGuard:
+    """The Admission in front of a connectrpc service, and its error mapping.
+
+    As the first metadata interceptor it runs before the request body is parsed, so a request
+    without a valid token costs no parsing.
+    """
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    async def on_start(self, ctx: Context) -> Admitted:
+        try:
+            return await self._admission.admit(
+                ctx.request_headers.get("authorization"),
+                streaming=ctx.method.stream_type is not StreamType.UNARY,
+                response_headers=ctx.response_headers,
+            )
         except Exception as e:
             # on_end does not run for an interceptor whose on_start raised: map here.
             raise call_error(e, ctx) from None
-        self._limits.check_rate(principal.token_id, ctx.response_headers)
-        stream_of = None
-        if ctx.method.stream_type is not StreamType.UNARY:
-            self._limits.open_stream(principal.token_id)
-            stream_of = principal.token_id
-        return _Admitted(_principal.set(principal), stream_of)
 
-    async def on_end(self, admitted: _Admitted, ctx: Context, error: Exception | None) -> None:
-        _principal.reset(admitted.principal)
-        if admitted.stream_of is not None:
-            self._limits.close_stream(admitted.stream_of)
+    async def on_end(self, admitted: Admitted, ctx: Context, error: Exception | None) -> None:
+        self._admission.release(admitted)
+        if error is not None:
+            raise call_error(error, ctx) from None
+
+
+class ErrorMapping:
+    """The guard's error mapping without its admission, for the services called without a
+    token (the depot CLI's login, gRPC reflection): their errors are mapped the same way."""
+
+    async def on_start(self, ctx: Context) -> None:
+        return None
+
+    async def on_end(self, token: None, ctx: Context, error: Exception | None) -> None:
         if error is not None:
             raise call_error(error, ctx) from None

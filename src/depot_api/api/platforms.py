@@ -14,7 +14,3 @@ def platform_from_wire(number: int) -> Platform:
         return _BY_NUMBER[int(number)]
     except KeyError:
         raise InvalidField("platform", f"{int(number)} is not a known Platform value") from None
-
-
-def platform_to_wire(platform: Platform) -> int:
-    return 2 if platform is Platform.ARM64 else 1

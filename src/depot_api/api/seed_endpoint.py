@@ -6,7 +6,8 @@ GetEndpoint is server-streaming, which Connect serves only with enveloped conten
 
     {"endpoint": …, "serverName": …, "cert": {"cert": PEM, "key": PEM}, "caCert": {"cert": PEM}}
 
-So that request is answered here: it waits for the machine exactly as the stream does (the
+So that request is answered here: it is admitted as every call is (api/guard.py; it waits
+like a stream, so it counts as one), waits for the machine exactly as the stream does (the
 same domain call, the same deadline) and then writes that object; errors are Connect's unary
 JSON errors with their HTTP status.
 """
@@ -23,15 +24,12 @@ from connectrpc.errors import ConnectError
 from depot_api.api.asgi import Receive, Scope, Send, media_type
 from depot_api.api.drain import Drain
 from depot_api.api.errors import to_connect_error
+from depot_api.api.guard import Admission
 from depot_api.api.json_codec import LenientKeysJSONCodec
-from depot_api.api.limits import Limits
 from depot_api.api.platforms import platform_from_wire
-from depot_api.domain.endpoints import Active
-from depot_api.domain.errors import PermissionDenied
+from depot_api.domain.endpoints import Active, Endpoints
 from depot_api.domain.principal import Principal
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb as pb
-from depot_api.models import TokenKind
-from depot_api.wiring import Domain
 
 PATH = "/depot.buildkit.v1.BuildKitService/GetEndpoint"
 _PROCEDURE = "depot.buildkit.v1.BuildKitService/GetEndpoint"
@@ -63,11 +61,11 @@ def is_plain_json(scope: Scope) -> bool:
 
 class SeedGetEndpoint:
     def __init__(
-        self, domain: Domain, limits: Limits, drain: Drain, max_message_bytes: int
+        self, admission: Admission, drain: Drain, endpoints: Endpoints, max_message_bytes: int
     ) -> None:
-        self._domain = domain
-        self._limits = limits
+        self._admission = admission
         self._drain = drain
+        self._endpoints = endpoints
         self._max_bytes = max_message_bytes
         self._codec = LenientKeysJSONCodec()
 
@@ -87,18 +85,13 @@ class SeedGetEndpoint:
         self, scope: Scope, receive: Receive, response_headers: dict[str, str]
     ) -> dict[str, Any]:
         # Only a POST reaches this view (app.py); other methods get connectrpc's 405.
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        principal = await self._domain.authenticator.authenticate(headers.get("authorization"))
-        if principal.kind is TokenKind.MACHINE:
-            raise PermissionDenied("a machine token is valid for the machine service only")
-        self._drain.refuse_if_draining()
-        self._limits.check_rate(principal.token_id, response_headers)
-        # It waits like the streaming view does, so it counts as one of the token's streams.
-        self._limits.open_stream(principal.token_id)
+        admitted = await self._admission.admit(
+            _authorization(scope), streaming=True, response_headers=response_headers
+        )
         try:
-            return await self._drain.race(self._wait_for_endpoint(principal, receive))
+            return await self._drain.race(self._wait_for_endpoint(admitted.principal, receive))
         finally:
-            self._limits.close_stream(principal.token_id)
+            self._admission.release(admitted)
 
     async def _wait_for_endpoint(self, principal: Principal, receive: Receive) -> dict[str, Any]:
         body = await self._read_body(receive)
@@ -107,7 +100,7 @@ class SeedGetEndpoint:
         except Exception as e:  # the parser's message names the problem
             raise ConnectError(Code.INVALID_ARGUMENT, f"unmarshal message: {e}") from None
         platform = platform_from_wire(request.platform)
-        async for event in self._domain.endpoints.acquire(principal, request.build_id, platform):
+        async for event in self._endpoints.acquire(principal, request.build_id, platform):
             if isinstance(event, Active):
                 return {
                     "endpoint": event.endpoint,
@@ -134,6 +127,13 @@ class SeedGetEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _error_body(error: ConnectError) -> dict[str, Any]:

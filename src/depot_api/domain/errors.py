@@ -12,9 +12,17 @@
     └── Unavailable           a transient fault (the database is busy or unreachable); retry
 
 Messages are written for the caller: they never carry exception text from below.
+
+The store's failures pass through the domain's calls as the store raised them (catching them
+around every store call would cost every call); the transport asks as_domain_error what one
+means, so only the domain knows the store's errors.
 """
 
 from __future__ import annotations
+
+from depot_api.store.errors import StoreUnavailable
+
+DATABASE_UNAVAILABLE = "the database is busy or unreachable; retry shortly"
 
 
 class DomainError(Exception):
@@ -73,3 +81,14 @@ class ResourceExhausted(DomainError):
 
 class Unavailable(DomainError):
     pass
+
+
+def as_domain_error(error: Exception) -> Exception:
+    """error as the domain reports it: a store that is busy or unreachable is Unavailable,
+    with the database's own error as its cause (for the log, never for the caller); any
+    other error is returned as it is."""
+    if isinstance(error, StoreUnavailable):
+        unavailable = Unavailable(DATABASE_UNAVAILABLE)
+        unavailable.__cause__ = error.__cause__ or error
+        return unavailable
+    return error
