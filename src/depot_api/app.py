@@ -61,9 +61,8 @@ from depot_api.gen.depot.core.v1 import (
     project_pb,
 )
 from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
-from depot_api.store.engine import create_engine
+from depot_api.store import open_store
 from depot_api.store.errors import StoreUnavailable
-from depot_api.store.sql import SqlStore
 from depot_api.wiring import Domain, build_domain
 
 log = logging.getLogger("depot_api")
@@ -86,7 +85,7 @@ _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
     """The application over the settings' database (opened lazily, on first use)."""
     if domain is None:
-        domain = build_domain(SqlStore(create_engine(settings.database_url)), settings)
+        domain = build_domain(open_store(settings.database_url), settings)
     return DepotAPI(domain, settings)
 
 

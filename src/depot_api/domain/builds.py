@@ -21,7 +21,7 @@ from depot_api.domain.projects import Projects
 from depot_api.domain.tokens import Tokens
 from depot_api.models import Build, BuildStatus, Page, TokenKind
 from depot_api.store.errors import DuplicateKey
-from depot_api.store.interface import Store
+from depot_api.store.interface import BuildStore
 from depot_api.times import to_micros
 
 BUILD_PAGE_DEFAULT = 100
@@ -57,9 +57,14 @@ class Outcome:
 
 class Builds:
     def __init__(
-        self, store: Store, projects: Projects, tokens: Tokens, *, now: Callable[[], datetime]
+        self,
+        build_store: BuildStore,
+        projects: Projects,
+        tokens: Tokens,
+        *,
+        now: Callable[[], datetime],
     ) -> None:
-        self._store = store
+        self._build_store = build_store
         self._projects = projects
         self._tokens = tokens
         self._now = now
@@ -83,7 +88,7 @@ class Builds:
                 build_id=build.id,
             )
             try:
-                await self._store.insert_build(build, token)
+                await self._build_store.insert_build(build, token)
             except DuplicateKey:
                 if attempt == _INSERT_ATTEMPTS - 1:
                     raise
@@ -93,7 +98,7 @@ class Builds:
 
     async def finish(self, principal: Principal, build_id: str, outcome: Outcome) -> Build:
         build = await self._reachable(principal, build_id)
-        after = await self._store.finish_build(
+        after = await self._build_store.finish_build(
             build.id, outcome.status, self._now(), outcome.error_message
         )
         if after is None:
@@ -120,7 +125,7 @@ class Builds:
         if principal.kind is TokenKind.BUILD:
             raise PermissionDenied("a build token can only drive its own build")
         project = await self._projects.get_for_builds(principal, project_id)
-        rows = await self._store.list_builds(project.id, before, limit + 1)
+        rows = await self._build_store.list_builds(project.id, before, limit + 1)
         return page_of(rows, limit, lambda b: (to_micros(b.created_at), b.id))
 
     async def _reachable(self, principal: Principal, build_id: str) -> Build:
@@ -129,7 +134,7 @@ class Builds:
             raise PermissionDenied(
                 f"this build token belongs to build {principal.build_id}, not {build_id}"
             )
-        build = await self._store.get_build(build_id)
+        build = await self._build_store.get_build(build_id)
         # Builds outside the caller's reach are reported exactly like missing ones.
         if (
             build is None

@@ -32,7 +32,7 @@ from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
 from depot_api.domain.waiting import WaitingBuilds
 from depot_api.models import Binding, Build, BuildStatus, Machine, Platform, ProjectCA
-from depot_api.store.interface import Store
+from depot_api.store.interface import BuildStore, MachineStore, ProjectStore
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,19 @@ class EndpointTimings:
 class Endpoints:
     def __init__(
         self,
-        store: Store,
+        *,
+        build_store: BuildStore,
+        machine_store: MachineStore,
+        project_store: ProjectStore,
         builds: Builds,
         box: SecretBox,
         timings: EndpointTimings,
-        *,
         now: Callable[[], datetime],
         wait_for_machines: bool = False,
     ) -> None:
-        self._store = store
+        self._build_store = build_store
+        self._machine_store = machine_store
+        self._project_store = project_store
         self._builds = builds
         self._box = box
         self._timings = timings
@@ -114,7 +118,7 @@ class Endpoints:
         """Pending while the machine is not ready, then one Active; or ResourceExhausted
         (the acquire timeout), or FailedPrecondition (no machine to wait for)."""
         build = await self._running(principal, build_id)
-        await self._store.touch_build_health(build.id, self._now())
+        await self._build_store.touch_build_health(build.id, self._now())
         ca = await self._project_ca(build.project_id)
         with self.waiting.stream(build.id, platform) as waiting:
             async with aclosing(self._wait(principal, build, platform, ca)) as events:
@@ -146,7 +150,7 @@ class Endpoints:
                 build = await self._running(principal, build_id)
                 machine = await self._acquire(build, platform, ca)
                 if machine is not None and self._serving(machine):
-                    await self._store.mark_build_started(build.id, self._now())
+                    await self._build_store.mark_build_started(build.id, self._now())
                     yield self._active(build, machine, ca)
                     return
                 recheck_at = None
@@ -162,7 +166,7 @@ class Endpoints:
                 yield Pending()
             if moment - last_alive >= alive_every:
                 last_alive = moment
-                await self._store.touch_build_health(build.id, self._now())
+                await self._build_store.touch_build_health(build.id, self._now())
             wait = min(
                 pending_every - (moment - last_pending),
                 alive_every - (moment - last_alive),
@@ -185,14 +189,14 @@ class Endpoints:
         so polls may land on any server process."""
         build = await self._running(principal, build_id)
         now = self._now()
-        since = await self._store.note_machine_wait(build.id, now)
+        since = await self._build_store.note_machine_wait(build.id, now)
         if since is None:
             raise FailedPrecondition(f"build {build_id} has ended; it cannot get a machine")
         ca = await self._project_ca(build.project_id)
         machine = await self._acquire(build, platform, ca)
         if machine is not None and self._serving(machine):
             self.waiting.poll_ended(build.id, platform)
-            await self._store.mark_build_started(build.id, self._now())
+            await self._build_store.mark_build_started(build.id, self._now())
             return self._active(build, machine, ca)
         try:
             if machine is None:
@@ -211,7 +215,7 @@ class Endpoints:
         ended: a polling client drops its machine once that moment has passed."""
         build = await self._builds.get(principal, build_id)
         if build.status is BuildStatus.RUNNING:
-            if await self._store.touch_build_health(build.id, self._now()):
+            if await self._build_store.touch_build_health(build.id, self._now()):
                 return None
             build = await self._builds.get(principal, build_id)  # it ended meanwhile
         return build.finished_at or self._now()
@@ -223,12 +227,12 @@ class Endpoints:
 
     async def release(self, principal: Principal, build_id: str, platform: Platform) -> None:
         build = await self._builds.get(principal, build_id)
-        await self._store.release_endpoint(build.id, platform, self._now())
+        await self._machine_store.release_endpoint(build.id, platform, self._now())
 
     async def cancel_silent_builds(self) -> list[str]:
         """One liveness sweep; every server process runs it periodically."""
         now = self._now()
-        return await self._store.cancel_silent_builds(
+        return await self._build_store.cancel_silent_builds(
             silent_since=now - self._timings.liveness_window, now=now
         )
 
@@ -241,7 +245,7 @@ class Endpoints:
         when one that missed heartbeats is heard from again (so it may be handed out: under
         load, a burst of hand-outs can delay heartbeats past the freshness bound)."""
         now = self._now()
-        return await self._store.machine_stamp(
+        return await self._machine_store.machine_stamp(
             now - self._timings.machine_lost_after, self._fresh_since(now)
         )
 
@@ -258,7 +262,7 @@ class Endpoints:
         now = self._now()
         if now < self._refuse_from:
             return (self._refuse_from - now).total_seconds()
-        heard = await self._store.last_heard_from(platform, build.project_id)
+        heard = await self._machine_store.last_heard_from(platform, build.project_id)
         if heard is not None and heard >= now - self._timings.machine_lost_after:
             return 0.0
         log.warning(
@@ -301,7 +305,7 @@ class Endpoints:
 
     async def _acquire(self, build: Build, platform: Platform, ca: pki.KeyPair) -> Machine | None:
         now = self._now()
-        return await self._store.acquire_machine(
+        return await self._machine_store.acquire_machine(
             build_id=build.id,
             project_id=build.project_id,
             platform=platform,
@@ -342,11 +346,11 @@ class Endpoints:
         )
 
     async def _project_ca(self, project_id: str) -> pki.KeyPair:
-        stored = await self._store.get_project_ca(project_id)
+        stored = await self._project_store.get_project_ca(project_id)
         if stored is None:
             now = self._now()
             fresh = pki.new_project_ca(project_id, now=now)
-            stored = await self._store.insert_project_ca(
+            stored = await self._project_store.insert_project_ca(
                 ProjectCA(project_id, fresh.cert_pem, self._box.seal(fresh.key_pem), now)
             )
         return pki.KeyPair(cert_pem=stored.cert_pem, key_pem=self._box.open(stored.key_sealed))

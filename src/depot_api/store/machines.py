@@ -1,8 +1,9 @@
-"""The machine half of SqlStore: registering agents, binding machines to projects, endpoints.
+"""Machines over SQL (the MachineStore of store.interface): registering agents, heartbeats,
+binding machines to projects, and the endpoints that say which machine serves which build.
 
 Binding is decided inside the database so that it holds across any number of processes: an
 idle machine is claimed with a conditional update (`WHERE project_id IS NULL`), and the
-project's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write lock of BEGIN
+project's row is locked first (PostgreSQL: FOR NO KEY UPDATE; SQLite: the write lock of BEGIN
 IMMEDIATE), so two builds of one project never claim two machines at once.
 
 Lock order, so that transactions on PostgreSQL never deadlock: a project's row first (FOR NO
@@ -20,16 +21,16 @@ the build's end.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform, ProjectCA
+from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform
 from depot_api.store import schema as t
+from depot_api.store.database import Database
+from depot_api.store.interface import MachineStore
 from depot_api.times import from_micros, to_micros
 
 m, e, b, p = t.machines, t.build_endpoints, t.builds, t.projects
@@ -45,12 +46,12 @@ async def _lock_machines(
     return [r.id for r in await conn.execute(query)]
 
 
-class MachineQueries:
-    _read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
-    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+class SqlMachineStore(MachineStore):
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     async def insert_machine(self, machine: Machine) -> None:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 insert(m).values(
                     id=machine.id,
@@ -67,12 +68,12 @@ class MachineQueries:
             )
 
     async def get_machine(self, machine_id: str) -> Machine | None:
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
             return None if row is None else _machine(row)
 
     async def list_machines(self) -> list[Machine]:
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             return [_machine(r) for r in await conn.execute(select(m).order_by(m.c.registered_at))]
 
     async def machine_stamp(
@@ -86,7 +87,7 @@ class MachineQueries:
         query = select(
             func.max(m.c.changed_at), func.count().filter(lost), func.count().filter(stale)
         )
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             changed, lost_count, stale_count = (await conn.execute(query)).one()
             return int(changed or 0), int(lost_count or 0), int(stale_count or 0)
 
@@ -103,7 +104,7 @@ class MachineQueries:
         query = select(func.max(m.c.last_heartbeat_at)).where(
             m.c.platform == platform.value, could_serve
         )
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             latest = (await conn.execute(query)).scalar_one_or_none()
             return None if latest is None else from_micros(latest)
 
@@ -118,7 +119,7 @@ class MachineQueries:
         now: datetime,
     ) -> Machine | None:
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
             if row is None:
                 return None
@@ -139,7 +140,7 @@ class MachineQueries:
             return _machine(after)
 
     async def set_machine_state(self, machine_id: str, state: MachineState, now: datetime) -> bool:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
                 update(m)
                 .where(m.c.id == machine_id)
@@ -157,17 +158,10 @@ class MachineQueries:
         lost_before: datetime,
         bind: Callable[[str], Binding],
     ) -> Machine | None:
-        """The machine serving this build on this platform, binding one if need be.
-
-        In order: the build's own machine while it still serves the project; else the
-        project's machine for the platform; else an idle machine (one that served this project
-        before first, for its cache), bound now with `bind(machine_id)`. None when no machine
-        can be had.
-        """
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _forget_lost_machines(conn, to_micros(lost_before), micros)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             locked = select(p.c.cache_generation).where(
                 p.c.id == project_id, p.c.deleted_at.is_(None)
             )
@@ -207,7 +201,7 @@ class MachineQueries:
 
     async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
         key = and_(e.c.build_id == build_id, e.c.platform == platform.value)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             machine = select(e.c.machine_id).where(key, e.c.released_at.is_(None))
             await _lock_machines(conn, m.c.id.in_(machine.scalar_subquery()))
             return await _release_endpoints(conn, key, to_micros(now))
@@ -217,7 +211,7 @@ class MachineQueries:
     ) -> bool:
         """Unbind the machine if no running build holds it and it has been idle since
         idle_before (idle since its last release, or since the end of its last build)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             if not await _lock_machines(conn, m.c.id == machine_id):
                 return False
             held = (
@@ -261,7 +255,7 @@ class MachineQueries:
         self, project_id: str, *, binding_id: str, generation: int, now: datetime
     ) -> int:
         """Give the project's machines a new binding (their daemons restart clean)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _lock_machines(conn, m.c.project_id == project_id)
             result = await conn.execute(
                 update(m)
@@ -274,7 +268,7 @@ class MachineQueries:
 
     async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _lock_machines(conn, m.c.project_id == project_id)
             machine_ids = select(m.c.id).where(m.c.project_id == project_id).scalar_subquery()
             await _release_endpoints(conn, e.c.machine_id.in_(machine_ids), micros)
@@ -282,105 +276,6 @@ class MachineQueries:
                 update(m).where(m.c.project_id == project_id).values(**_unbound(micros))
             )
             return int(result.rowcount)
-
-    async def get_project_ca(self, project_id: str) -> ProjectCA | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(t.project_cas).where(t.project_cas.c.project_id == project_id)
-                )
-            ).first()
-            return None if row is None else _ca(row)
-
-    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
-        """Store the CA unless the project has one already; returns the one that counts."""
-        ca_table = t.project_cas
-        try:
-            async with self._write() as conn:
-                row = (
-                    await conn.execute(
-                        select(ca_table).where(ca_table.c.project_id == ca.project_id)
-                    )
-                ).first()
-                if row is not None:
-                    return _ca(row)
-                await conn.execute(
-                    insert(ca_table).values(
-                        project_id=ca.project_id,
-                        cert_pem=ca.cert_pem,
-                        key_sealed=ca.key_sealed,
-                        created_at=to_micros(ca.created_at),
-                    )
-                )
-                return ca
-        except IntegrityError:
-            # Another process stored the project's CA first: theirs counts.
-            stored = await self.get_project_ca(ca.project_id)
-            assert stored is not None
-            return stored
-
-    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
-        """Record a sign of life from a running build's client."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(last_health_at=to_micros(now))
-            )
-            return bool(result.rowcount)
-
-    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
-        """A running build asks (again) for a machine: a sign of life, and the start of its
-        wait unless one is already under way. Returns when the wait began; None if the build
-        is not running."""
-        micros = to_micros(now)
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    last_health_at=micros,
-                    machine_wanted_since=func.coalesce(b.c.machine_wanted_since, micros),
-                )
-                .returning(b.c.machine_wanted_since)
-            )
-            since = result.scalar_one_or_none()
-            return None if since is None else from_micros(since)
-
-    async def mark_build_started(self, build_id: str, at: datetime) -> None:
-        """The build got its machine: its wait is over (a later wait starts afresh)."""
-        async with self._write() as conn:
-            await conn.execute(
-                update(b)
-                .where(b.c.id == build_id)
-                .values(
-                    started_at=func.coalesce(b.c.started_at, to_micros(at)),
-                    machine_wanted_since=None,
-                )
-            )
-
-    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
-        """Cancel running builds whose client has not reported since silent_since."""
-        micros = to_micros(now)
-        async with self._write() as conn:
-            stale = and_(
-                b.c.status == BuildStatus.RUNNING.value,
-                b.c.last_health_at.is_not(None),
-                b.c.last_health_at < to_micros(silent_since),
-            )
-            ids = [r.id for r in await conn.execute(select(b.c.id).where(stale))]
-            if not ids:
-                return []
-            await conn.execute(
-                update(b)
-                .where(b.c.id.in_(ids), b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    status=BuildStatus.CANCELED.value,
-                    finished_at=micros,
-                    error_message="canceled: the client stopped reporting health",
-                )
-            )
-            return ids
 
 
 async def _release_endpoints(conn: AsyncConnection, where: Any, micros: int) -> bool:
@@ -514,7 +409,3 @@ def _machine(r: Row[Any]) -> Machine:
         ready_binding_id=r.ready_binding_id,
         last_used_at=None if r.last_used_at is None else from_micros(r.last_used_at),
     )
-
-
-def _ca(r: Row[Any]) -> ProjectCA:
-    return ProjectCA(r.project_id, r.cert_pem, r.key_sealed, from_micros(r.created_at))
