@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.errors import FailedPrecondition, InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.tokens import Tokens
-from depot_api.models import Build, BuildStatus, Page, TokenKind
-from depot_api.store.errors import DuplicateKey
+from depot_api.models import Build, BuildStatus, Page, Project, TokenKind
 from depot_api.store.interface import BuildStore
 from depot_api.times import to_micros
 
 BUILD_PAGE_DEFAULT = 100
 BUILD_PAGE_MAX = 1000
 ERROR_MESSAGE_MAX = 65_536
-_INSERT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,29 +70,25 @@ class Builds:
     async def create(self, principal: Principal, project_id: str) -> tuple[Build, str]:
         """Register a RUNNING build; returns it with its build token's secret."""
         project = await self._projects.get_for_builds(principal, project_id)
-        for attempt in range(_INSERT_ATTEMPTS):
-            build = Build(
-                id=new_id(),
-                project_id=project.id,
-                org_id=project.org_id,
-                status=BuildStatus.RUNNING,
-                created_at=self._now(),
-            )
-            token, secret = self._tokens.new_token(
-                TokenKind.BUILD,
-                f"build {build.id}",
-                org_id=project.org_id,
-                project_id=project.id,
-                build_id=build.id,
-            )
-            try:
-                await self._build_store.insert_build(build, token)
-            except DuplicateKey:
-                if attempt == _INSERT_ATTEMPTS - 1:
-                    raise
-                continue
-            return build, secret
-        raise AssertionError("unreachable")
+        return await with_fresh_ids(lambda: self._insert(project))
+
+    async def _insert(self, project: Project) -> tuple[Build, str]:
+        build = Build(
+            id=new_id(),
+            project_id=project.id,
+            org_id=project.org_id,
+            status=BuildStatus.RUNNING,
+            created_at=self._now(),
+        )
+        token, secret = self._tokens.new_token(
+            TokenKind.BUILD,
+            f"build {build.id}",
+            org_id=project.org_id,
+            project_id=project.id,
+            build_id=build.id,
+        )
+        await self._build_store.insert_build(build, token)
+        return build, secret
 
     async def finish(self, principal: Principal, build_id: str, outcome: Outcome) -> Build:
         build = await self._reachable(principal, build_id)

@@ -9,16 +9,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from depot_api.domain.errors import InvalidField, NotFound
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.text import require_description
 from depot_api.domain.token_format import hash_secret, mint
 from depot_api.models import Token, TokenKind
-from depot_api.store.errors import DuplicateKey
 from depot_api.store.interface import OrgStore
 
-_INSERT_ATTEMPTS = 3
 # The longest lifetime a token may be given; without one, a token lives until revoked.
 MAX_LIFETIME = timedelta(days=3650)
 
@@ -97,7 +95,7 @@ class Tokens:
         project_id: str | None = None,
         lifetime: timedelta | None = None,
     ) -> tuple[Token, str]:
-        for attempt in range(_INSERT_ATTEMPTS):
+        async def insert() -> tuple[Token, str]:
             token, secret = self.new_token(
                 kind,
                 description,
@@ -106,14 +104,10 @@ class Tokens:
                 project_id=project_id,
                 lifetime=lifetime,
             )
-            try:
-                await self._org_store.insert_token(token)
-            except DuplicateKey:
-                if attempt == _INSERT_ATTEMPTS - 1:
-                    raise
-                continue
+            await self._org_store.insert_token(token)
             return token, secret
-        raise AssertionError("unreachable")
+
+        return await with_fresh_ids(insert)
 
     # Administration
 
