@@ -7,6 +7,13 @@ project's CA certificate and a fresh client certificate that expires with the bu
 deadline. A build that asked for a machine and then stays silent beyond the liveness window
 is canceled, and its machine released.
 
+Binding is two steps, so that no certificate is minted while the store holds locks: the
+store claims the machine under a binding ID and server name chosen here beforehand, with no
+certificate; then the server certificate is minted here and stored only if that binding is
+still the machine's and has none. Whoever finds it missing mints it: the claimer, or any
+later acquirer if the claimer died in between. A machine without its certificate is never
+handed out, and its agent gets nothing to run until the certificate is there.
+
 A build is not kept waiting for a machine that can never come: when no machine of its platform
 that could take its project has been heard from within the machine liveness bound
 (machine_lost_after, by the heartbeats in the database, so every server process agrees), it
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # A server certificate lives as long as its binding might: rebinding issues a new one.
 SERVER_CERT_LIFETIME = timedelta(days=90)
+# The TLS server name of a binding's daemon: not in DNS, only verified against the project CA.
+_SERVER_NAME_DOMAIN = "machines.depot-api.internal"
 # How often (at most) a build waiting in GetEndpoint counts as a sign of life; at least three
 # times per liveness window.
 _WAITING_IS_ALIVE_EVERY = 30.0
@@ -291,9 +300,7 @@ class Endpoints:
         )
 
     def _serving(self, machine: Machine) -> bool:
-        """Ready, and heard from lately: a machine that missed three heartbeats is not handed
-        out, even before it is declared lost."""
-        return machine.ready and machine.last_heartbeat_at >= self._fresh_since(self._now())
+        return serving(machine, fresh_since=self._fresh_since(self._now()))
 
     async def _running(self, principal: Principal, build_id: str) -> Build:
         build = await self._builds.get(principal, build_id)
@@ -304,27 +311,41 @@ class Endpoints:
         return build
 
     async def _acquire(self, build: Build, platform: Platform, ca: pki.KeyPair) -> Machine | None:
+        """The build's machine (claimed under a new binding if need be), its server
+        certificate stored first if it had none; None when no machine can be had."""
         now = self._now()
-        return await self._machine_store.acquire_machine(
+        machine = await self._machine_store.acquire_machine(
             build_id=build.id,
             project_id=build.project_id,
             platform=platform,
             now=now,
             lost_before=now - self._timings.machine_lost_after,
-            bind=lambda machine_id: self._binding(ca, machine_id, now),
+            binding=new_binding(),
         )
+        if machine is None or machine.server_cert is not None:
+            return machine
+        return await self._certify(machine, ca)
 
-    def _binding(self, ca: pki.KeyPair, machine_id: str, now: datetime) -> Binding:
-        server_name = f"{machine_id}.machines.depot-api.internal"
+    async def _certify(self, machine: Machine, ca: pki.KeyPair) -> Machine:
+        """Mint the server certificate of the machine's binding and store it, unless the
+        binding has changed or another caller stored one meanwhile. No lock is held here.
+
+        Returns the machine as this caller last saw it, still without a certificate: its
+        agent has yet to get the certificate and start a daemon with it, so it is not ready
+        either way (the agent's next heartbeat moves the change feed)."""
+        assert machine.binding_id is not None
+        assert machine.server_name is not None
+        now = self._now()
         server = pki.issue_server_cert(
-            ca, server_name, now=now, not_after=now + SERVER_CERT_LIFETIME
+            ca, machine.server_name, now=now, not_after=now + SERVER_CERT_LIFETIME
         )
-        return Binding(
-            binding_id=new_id(),
-            server_name=server_name,
-            server_cert=server.cert_pem,
-            server_key_sealed=self._box.seal(server.key_pem),
+        await self._machine_store.set_server_certificate(
+            machine.id,
+            binding_id=machine.binding_id,
+            cert_pem=server.cert_pem,
+            key_sealed=self._box.seal(server.key_pem),
         )
+        return machine
 
     def _active(self, build: Build, machine: Machine, ca: pki.KeyPair) -> Active:
         now = self._now()
@@ -354,3 +375,22 @@ class Endpoints:
                 ProjectCA(project_id, fresh.cert_pem, self._box.seal(fresh.key_pem), now)
             )
         return pki.KeyPair(cert_pem=stored.cert_pem, key_pem=self._box.open(stored.key_sealed))
+
+
+def new_binding() -> Binding:
+    """A binding for a machine not claimed yet: its ID, and a server name derived from it
+    alone, so both are known before the store picks the machine (and each claim of a machine
+    answers to a name of its own)."""
+    binding_id = new_id()
+    return Binding(binding_id=binding_id, server_name=f"{binding_id}.{_SERVER_NAME_DOMAIN}")
+
+
+def serving(machine: Machine, *, fresh_since: datetime) -> bool:
+    """Whether a build may be handed the machine: its server certificate is stored, its
+    daemon runs the current binding, and it was heard from since fresh_since (a machine that
+    missed three heartbeats is not handed out, even before it is declared lost)."""
+    return (
+        machine.server_cert is not None
+        and machine.ready
+        and machine.last_heartbeat_at >= fresh_since
+    )

@@ -8,17 +8,18 @@ Contract for every method of every aggregate:
 - It is one transaction: it happens whole or not at all.
 - Reads of projects, and of builds through their project, never return a deleted project's
   data.
-- Conditional writes (a build's finish, a token's last use, claiming a machine) are decided
-  inside the database, so concurrent callers in any number of processes see exactly one
-  winner.
+- Conditional writes (a build's finish, a token's last use, claiming a machine, a machine's
+  server certificate) are decided inside the database, so concurrent callers in any number
+  of processes see exactly one winner.
 - Listings are in keyset order: by (created_at, id), so a Position from a page's last item
   continues after it however many rows are added meanwhile.
+- Everything a write needs comes in its arguments: no call reaches back into the domain (so
+  no domain work, such as minting a certificate, ever runs while the store holds a lock).
 - Failures are store.errors only; a caller may retry StoreUnavailable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -225,13 +226,27 @@ class MachineStore(Protocol):
         platform: Platform,
         now: datetime,
         lost_before: datetime,
-        bind: Callable[[str], Binding],
+        binding: Binding,
     ) -> Machine | None:
-        """The machine serving the build on the platform, binding an idle one if need be.
+        """The machine serving the build on the platform, claiming an idle one if need be.
 
-        Machines silent since lost_before are declared gone first. No machine is ever bound
-        to two projects; builds of one project and platform share its machine.
+        In order: the build's own machine while it still serves the project; else the
+        project's machine for the platform; else an idle active machine (one that served the
+        project before first, for its cache), claimed for the project under `binding` (used
+        only then) with no server certificate yet: see set_server_certificate. The build's
+        endpoint records the machine. None when no machine can be had or the project is not
+        live. Machines silent since lost_before are declared gone first, and their endpoints
+        released. No machine is ever bound to two projects; builds of one project and platform
+        share its machine.
         """
+
+    async def set_server_certificate(
+        self, machine_id: str, *, binding_id: str, cert_pem: str, key_sealed: str
+    ) -> bool:
+        """Store the server certificate (and its sealed key) of the machine's binding, only
+        while binding_id is still the machine's binding and it has no certificate yet: of
+        concurrent callers one stores, and a certificate is never stored for a binding that
+        has been replaced or released. False when nothing was stored."""
 
     async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
         """The build lets go of its machine of the platform; False when it held none."""

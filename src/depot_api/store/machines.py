@@ -6,6 +6,11 @@ idle machine is claimed with a conditional update (`WHERE project_id IS NULL`), 
 project's row is locked first (PostgreSQL: FOR NO KEY UPDATE; SQLite: the write lock of BEGIN
 IMMEDIATE), so two builds of one project never claim two machines at once.
 
+A claim records the binding the domain chose beforehand (its ID and server name) and no
+certificate: the domain mints the server certificate after the claim's transaction, holding
+no lock, and stores it with set_server_certificate, a conditional update of the one machine
+row that succeeds only while that binding is still the machine's and has no certificate.
+
 Lock order, so that transactions on PostgreSQL never deadlock: a project's row first (FOR NO
 KEY UPDATE, which serialises acquisitions for one project without blocking CreateBuild), then
 machine rows in ID order, then endpoint rows. Machines already locked by another transaction
@@ -20,7 +25,6 @@ the build's end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -156,7 +160,7 @@ class SqlMachineStore(MachineStore):
         platform: Platform,
         now: datetime,
         lost_before: datetime,
-        bind: Callable[[str], Binding],
+        binding: Binding,
     ) -> Machine | None:
         micros = to_micros(now)
         async with self._db.write() as conn:
@@ -193,11 +197,30 @@ class SqlMachineStore(MachineStore):
             if serving_ids:
                 row = (await conn.execute(select(m).where(m.c.id == serving_ids[0]))).first()
             else:
-                row = await _claim_idle(conn, project_id, platform, generation, micros, bind)
+                row = await _claim_idle(conn, project_id, platform, generation, micros, binding)
             if row is None:
                 return None
             await _open_endpoint(conn, build_id, platform, row.id, micros)
             return _machine(row)
+
+    async def set_server_certificate(
+        self, machine_id: str, *, binding_id: str, cert_pem: str, key_sealed: str
+    ) -> bool:
+        # One row, no other lock: within the lock order whoever runs it. The conditions make
+        # it the second half of the claim: a binding released or replaced meanwhile (the
+        # project deleted, reset, the machine lost) gets no certificate, and of concurrent
+        # callers for one binding only the first stores one.
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(m)
+                .where(
+                    m.c.id == machine_id,
+                    m.c.binding_id == binding_id,
+                    m.c.server_cert.is_(None),
+                )
+                .values(server_cert=cert_pem, server_key_sealed=key_sealed)
+            )
+            return bool(result.rowcount)
 
     async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
         key = and_(e.c.build_id == build_id, e.c.platform == platform.value)
@@ -314,7 +337,7 @@ async def _claim_idle(
     platform: Platform,
     generation: int,
     micros: int,
-    bind: Callable[[str], Binding],
+    binding: Binding,
 ) -> Row[Any] | None:
     idle = (
         select(m.c.id)
@@ -332,7 +355,6 @@ async def _claim_idle(
     machine_id = (await conn.execute(idle)).scalar_one_or_none()
     if machine_id is None:
         return None
-    binding = bind(machine_id)
     result = await conn.execute(
         update(m)
         .where(m.c.id == machine_id, m.c.project_id.is_(None))  # never two projects
@@ -342,8 +364,10 @@ async def _claim_idle(
             binding_id=binding.binding_id,
             cache_generation=generation,
             server_name=binding.server_name,
-            server_cert=binding.server_cert,
-            server_key_sealed=binding.server_key_sealed,
+            # The certificate follows (set_server_certificate): minting it here would hold
+            # the project's row and this machine's locked meanwhile.
+            server_cert=None,
+            server_key_sealed=None,
             last_used_at=micros,
             changed_at=micros,
         )
