@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
 
 from depot_api.domain import builds as builds_module
+from depot_api.domain import machines as machines_module
+from depot_api.domain import organizations as organizations_module
 from depot_api.domain import tokens as tokens_module
 from depot_api.domain.errors import InvalidArgument
 from depot_api.domain.ids import is_id, new_id, quoted, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.token_format import mint
-from depot_api.models import TokenKind
+from depot_api.models import Platform, TokenKind
 from depot_api.store.errors import DuplicateKey
 from depot_api.wiring import Domain
 
@@ -90,3 +95,26 @@ async def test_a_token_whose_new_id_is_taken_gets_another(
     token, secret = await domain.tokens.create_org_token(org_id, "second")
     assert token.id != taken.id
     assert (await domain.authenticator.authenticate(f"Bearer {secret}")).token_id == token.id
+
+
+@pytest.mark.parametrize("kind", ["organization", "user", "machine"])
+async def test_an_organization_user_or_machine_whose_new_id_is_taken_gets_another(
+    domain: Domain, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """These inserts let the database's IntegrityError through on a clash (an `internal`
+    error for the caller); now they draw another ID like builds and tokens."""
+    token, _ = await domain.tokens.create_machine_token("agents")
+    agent = Principal(token.id, TokenKind.MACHINE, frozenset())
+    make: dict[str, tuple[Any, Callable[[], Awaitable[Any]]]] = {
+        "organization": (organizations_module, lambda: domain.organizations.create("o")),
+        "user": (organizations_module, lambda: domain.organizations.create_user("u")),
+        "machine": (
+            machines_module,
+            lambda: domain.machines.register(agent, Platform.AMD64, "10.0.0.1:1", 1),
+        ),
+    }
+    module, create = make[kind]
+    taken = (await create()).id
+    fresh = iter([taken])
+    monkeypatch.setattr(module, "new_id", lambda: next(fresh, None) or new_id())
+    assert (await create()).id != taken

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from depot_api.domain.errors import InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
 from depot_api.models import Machine, MachineState, Platform, TokenKind
@@ -86,20 +86,24 @@ class Machines:
             )
         if not 0 <= capacity <= 1000:
             raise InvalidField("capacity", f"must be between 0 and 1000, got {capacity}")
-        now = self._now()
-        machine = Machine(
-            id=new_id(),
-            token_id=principal.token_id,
-            platform=platform,
-            endpoint=endpoint,
-            capacity=capacity or 1,
-            state=MachineState.ACTIVE,
-            registered_at=now,
-            last_heartbeat_at=now,
-            changed_at=now,
-        )
-        await self._machine_store.insert_machine(machine)
-        return machine
+
+        async def insert() -> Machine:
+            now = self._now()
+            machine = Machine(
+                id=new_id(),
+                token_id=principal.token_id,
+                platform=platform,
+                endpoint=endpoint,
+                capacity=capacity or 1,
+                state=MachineState.ACTIVE,
+                registered_at=now,
+                last_heartbeat_at=now,
+                changed_at=now,
+            )
+            await self._machine_store.insert_machine(machine)
+            return machine
+
+        return await with_fresh_ids(insert)
 
     async def heartbeat(
         self, principal: Principal, machine_id: str, report: HealthReport

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from depot_api.domain.errors import AlreadyExists, NotFound
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_name
 from depot_api.domain.tokens import Tokens
@@ -37,14 +37,24 @@ class Organizations:
         return await self._org_store.list_organizations()
 
     async def create(self, name: str) -> Organization:
-        org = Organization(id=new_id(), name=require_name(name, "name"), created_at=self._now())
-        await self._org_store.insert_organization(org)
-        return org
+        name = require_name(name, "name")
+
+        async def insert() -> Organization:
+            org = Organization(id=new_id(), name=name, created_at=self._now())
+            await self._org_store.insert_organization(org)
+            return org
+
+        return await with_fresh_ids(insert)
 
     async def create_user(self, name: str) -> User:
-        user = User(id=new_id(), name=require_name(name, "name"), created_at=self._now())
-        await self._org_store.insert_user(user)
-        return user
+        name = require_name(name, "name")
+
+        async def insert() -> User:
+            user = User(id=new_id(), name=name, created_at=self._now())
+            await self._org_store.insert_user(user)
+            return user
+
+        return await with_fresh_ids(insert)
 
     async def add_member(self, user_id: str, org_id: str) -> None:
         require_id(user_id, "user")

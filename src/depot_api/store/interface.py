@@ -47,7 +47,8 @@ Position = tuple[int, str]
 class OrgStore(Protocol):
     """Organizations, users, their memberships, and tokens of every kind."""
 
-    async def insert_organization(self, org: Organization) -> None: ...
+    async def insert_organization(self, org: Organization) -> None:
+        """Raises DuplicateKey on an ID clash."""
 
     async def count_organizations(self) -> int: ...
 
@@ -57,7 +58,8 @@ class OrgStore(Protocol):
     async def list_organizations(self) -> list[Organization]:
         """Every organization, oldest first."""
 
-    async def insert_user(self, user: User) -> None: ...
+    async def insert_user(self, user: User) -> None:
+        """Raises DuplicateKey on an ID clash."""
 
     async def get_user(self, user_id: str) -> User | None: ...
 
@@ -184,7 +186,8 @@ class MachineStore(Protocol):
     endpoints that say which machine serves which build (see store.machines for how binding
     stays exclusive across processes)."""
 
-    async def insert_machine(self, machine: Machine) -> None: ...
+    async def insert_machine(self, machine: Machine) -> None:
+        """Raises DuplicateKey on an ID clash."""
 
     async def get_machine(self, machine_id: str) -> Machine | None: ...
 

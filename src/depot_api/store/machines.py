@@ -29,11 +29,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform
 from depot_api.store import schema as t
 from depot_api.store.database import Database
+from depot_api.store.errors import DuplicateKey
 from depot_api.store.interface import MachineStore
 from depot_api.times import from_micros, to_micros
 
@@ -56,20 +58,23 @@ class SqlMachineStore(MachineStore):
 
     async def insert_machine(self, machine: Machine) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                insert(m).values(
-                    id=machine.id,
-                    token_id=machine.token_id,
-                    platform=machine.platform.value,
-                    endpoint=machine.endpoint,
-                    capacity=machine.capacity,
-                    state=machine.state.value,
-                    disk_used_bytes=0,
-                    registered_at=to_micros(machine.registered_at),
-                    last_heartbeat_at=to_micros(machine.last_heartbeat_at),
-                    changed_at=to_micros(machine.changed_at),
+            try:
+                await conn.execute(
+                    insert(m).values(
+                        id=machine.id,
+                        token_id=machine.token_id,
+                        platform=machine.platform.value,
+                        endpoint=machine.endpoint,
+                        capacity=machine.capacity,
+                        state=machine.state.value,
+                        disk_used_bytes=0,
+                        registered_at=to_micros(machine.registered_at),
+                        last_heartbeat_at=to_micros(machine.last_heartbeat_at),
+                        changed_at=to_micros(machine.changed_at),
+                    )
                 )
-            )
+            except IntegrityError:
+                raise DuplicateKey(machine.id) from None
 
     async def get_machine(self, machine_id: str) -> Machine | None:
         async with self._db.read() as conn:

@@ -26,11 +26,14 @@ class SqlOrgStore(OrgStore):
 
     async def insert_organization(self, org: Organization) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                t.organizations.insert().values(
-                    id=org.id, name=org.name, created_at=to_micros(org.created_at)
+            try:
+                await conn.execute(
+                    t.organizations.insert().values(
+                        id=org.id, name=org.name, created_at=to_micros(org.created_at)
+                    )
                 )
-            )
+            except IntegrityError:
+                raise DuplicateKey(org.id) from None
 
     async def count_organizations(self) -> int:
         async with self._db.read() as conn:
@@ -64,11 +67,14 @@ class SqlOrgStore(OrgStore):
 
     async def insert_user(self, user: User) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                t.users.insert().values(
-                    id=user.id, name=user.name, created_at=to_micros(user.created_at)
+            try:
+                await conn.execute(
+                    t.users.insert().values(
+                        id=user.id, name=user.name, created_at=to_micros(user.created_at)
+                    )
                 )
-            )
+            except IntegrityError:
+                raise DuplicateKey(user.id) from None
 
     async def get_user(self, user_id: str) -> User | None:
         async with self._db.read() as conn:
