@@ -1,7 +1,7 @@
 """Per-project certificate authorities for the mutual TLS between builds and BuildKit machines.
 
     project CA (self-signed, path length 0)
-    ├── server certificate   one per BuildKit machine: CN and SAN dNSName = its server name
+    ├── server certificate   one per binding of a machine: CN and SAN dNSName = its server name
     └── client certificate   one per build: CN "build <build_id>",
                              SAN URI "urn:depot-api:build:<build_id>"
 
