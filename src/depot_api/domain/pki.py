@@ -93,12 +93,6 @@ def build_uri(build_id: str) -> str:
     return f"urn:depot-api:build:{quote(build_id, safe='')}"
 
 
-def certificate_expiry(cert_pem: str) -> datetime:
-    """The moment the certificate stops being valid, as an aware UTC datetime."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-    return cert.not_valid_after_utc
-
-
 def _issue(
     ca: KeyPair,
     subject: x509.Name,
