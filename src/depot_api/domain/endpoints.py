@@ -311,8 +311,10 @@ class Endpoints:
         return build
 
     async def _acquire(self, build: Build, platform: Platform, ca: pki.KeyPair) -> Machine | None:
-        """The build's machine (claimed under a new binding if need be), its server
-        certificate stored first if it had none; None when no machine can be had."""
+        """The build's machine (claimed under a new binding if need be); None when no machine
+        can be had. A machine without its server certificate gets one here, and is returned
+        as it was: not serving until its agent has the certificate and runs a daemon with it
+        (whose readiness moves the change feed)."""
         now = self._now()
         machine = await self._machine_store.acquire_machine(
             build_id=build.id,
@@ -322,17 +324,13 @@ class Endpoints:
             lost_before=now - self._timings.machine_lost_after,
             binding=new_binding(),
         )
-        if machine is None or machine.server_cert is not None:
-            return machine
-        return await self._certify(machine, ca)
+        if machine is not None and machine.server_cert is None:
+            await self._certify(machine, ca)
+        return machine
 
-    async def _certify(self, machine: Machine, ca: pki.KeyPair) -> Machine:
+    async def _certify(self, machine: Machine, ca: pki.KeyPair) -> None:
         """Mint the server certificate of the machine's binding and store it, unless the
-        binding has changed or another caller stored one meanwhile. No lock is held here.
-
-        Returns the machine as this caller last saw it, still without a certificate: its
-        agent has yet to get the certificate and start a daemon with it, so it is not ready
-        either way (the agent's next heartbeat moves the change feed)."""
+        binding has changed or another caller stored one meanwhile. No lock is held here."""
         assert machine.binding_id is not None
         assert machine.server_name is not None
         now = self._now()
@@ -345,7 +343,6 @@ class Endpoints:
             cert_pem=server.cert_pem,
             key_sealed=self._box.seal(server.key_pem),
         )
-        return machine
 
     def _active(self, build: Build, machine: Machine, ca: pki.KeyPair) -> Active:
         now = self._now()
