@@ -8,6 +8,7 @@ import pytest
 from depot_api.domain import builds as builds_module
 from depot_api.domain import machines as machines_module
 from depot_api.domain import organizations as organizations_module
+from depot_api.domain import projects as projects_module
 from depot_api.domain import tokens as tokens_module
 from depot_api.domain.errors import InvalidArgument
 from depot_api.domain.ids import is_id, new_id, quoted, require_id, with_fresh_ids
@@ -97,12 +98,13 @@ async def test_a_token_whose_new_id_is_taken_gets_another(
     assert (await domain.authenticator.authenticate(f"Bearer {secret}")).token_id == token.id
 
 
-@pytest.mark.parametrize("kind", ["organization", "user", "machine"])
-async def test_an_organization_user_or_machine_whose_new_id_is_taken_gets_another(
-    domain: Domain, monkeypatch: pytest.MonkeyPatch, kind: str
+@pytest.mark.parametrize("kind", ["organization", "user", "machine", "project"])
+async def test_whatever_is_made_with_a_taken_id_gets_another(
+    domain: Domain, admin: Principal, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """These inserts let the database's IntegrityError through on a clash (an `internal`
-    error for the caller); now they draw another ID like builds and tokens."""
+    """Organizations, users and machines let the database's IntegrityError through on a clash
+    (`internal` for the caller), and a project answered `already_exists`; now each draws
+    another ID, as builds and tokens did."""
     token, _ = await domain.tokens.create_machine_token("agents")
     agent = Principal(token.id, TokenKind.MACHINE, frozenset())
     make: dict[str, tuple[Any, Callable[[], Awaitable[Any]]]] = {
@@ -111,6 +113,17 @@ async def test_an_organization_user_or_machine_whose_new_id_is_taken_gets_anothe
         "machine": (
             machines_module,
             lambda: domain.machines.register(agent, Platform.AMD64, "10.0.0.1:1", 1),
+        ),
+        "project": (
+            projects_module,
+            lambda: domain.projects.create(
+                admin,
+                name=new_id(),
+                region_id="us-east-1",
+                organization_id=None,
+                cache_policy=None,
+                hardware=None,
+            ),
         ),
     }
     module, create = make[kind]

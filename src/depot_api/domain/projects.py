@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.errors import AlreadyExists, InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, quoted, require_id
+from depot_api.domain.ids import new_id, quoted, require_id, with_fresh_ids
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_name
 from depot_api.models import CachePolicy, Hardware, Page, Project, TokenKind
-from depot_api.store.errors import DuplicateKey, NameTaken
+from depot_api.store.errors import NameTaken
 from depot_api.store.interface import MachineStore, ProjectStore
 from depot_api.times import to_micros
 
@@ -110,28 +110,33 @@ class Projects:
         hardware: int | None,
     ) -> Project:
         principal.require_manager("create projects")
-        project = Project(
-            id=new_id(),
-            org_id=self._target_org(principal, organization_id),
-            name=require_name(name, "name"),
-            region_id=self._require_region(region_id),
-            hardware=_require_hardware(hardware or 0),
-            cache_policy=(
-                DEFAULT_CACHE_POLICY if cache_policy is None else _require_policy(cache_policy)
-            ),
-            cache_generation=0,
-            created_at=self._now(),
-        )
-        try:
+        org_id = self._target_org(principal, organization_id)
+        name = require_name(name, "name")
+        region_id = self._require_region(region_id)
+        validated_hardware = _require_hardware(hardware or 0)
+        policy = DEFAULT_CACHE_POLICY if cache_policy is None else _require_policy(cache_policy)
+        created_at = self._now()
+
+        async def insert() -> Project:
+            project = Project(
+                id=new_id(),
+                org_id=org_id,
+                name=name,
+                region_id=region_id,
+                hardware=validated_hardware,
+                cache_policy=policy,
+                cache_generation=0,
+                created_at=created_at,
+            )
             await self._project_store.insert_project(project)
+            return project
+
+        try:
+            return await with_fresh_ids(insert)
         except NameTaken:
             raise AlreadyExists(
-                f'a project named "{project.name}" already exists in organization {project.org_id}'
+                f'a project named "{name}" already exists in organization {org_id}'
             ) from None
-        except DuplicateKey:
-            # A clash of two random IDs: vanishingly rare; the caller may simply retry.
-            raise AlreadyExists("project ID clash; please retry") from None
-        return project
 
     async def update(
         self,
