@@ -50,7 +50,8 @@ class OrgStore(Protocol):
     async def insert_organization(self, org: Organization) -> None:
         """Raises DuplicateKey on an ID clash."""
 
-    async def count_organizations(self) -> int: ...
+    async def count_organizations(self) -> int:
+        """How many organizations exist (0: the database is new)."""
 
     async def get_organizations(self, org_ids: list[str]) -> list[Organization]:
         """The named organizations that exist, oldest first."""
@@ -61,7 +62,8 @@ class OrgStore(Protocol):
     async def insert_user(self, user: User) -> None:
         """Raises DuplicateKey on an ID clash."""
 
-    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_user(self, user_id: str) -> User | None:
+        """The user, or None when there is none."""
 
     async def add_membership(self, user_id: str, org_id: str, at: datetime) -> bool:
         """Make the user a member; False when they already were."""
@@ -75,7 +77,8 @@ class OrgStore(Protocol):
     async def find_token(self, secret_hash: str) -> Token | None:
         """The token with this hash, revoked or not."""
 
-    async def get_token(self, token_id: str) -> Token | None: ...
+    async def get_token(self, token_id: str) -> Token | None:
+        """The token with this ID, revoked or not; None when there is none."""
 
     async def list_project_tokens(self, project_id: str) -> list[Token]:
         """The project's live (unrevoked) project tokens, oldest first."""
@@ -126,7 +129,8 @@ class ProjectStore(Protocol):
     async def bump_cache_generation(self, project_id: str) -> int | None:
         """Start a new cache generation; returns it, or None when there is no live project."""
 
-    async def get_project_ca(self, project_id: str) -> ProjectCA | None: ...
+    async def get_project_ca(self, project_id: str) -> ProjectCA | None:
+        """The project's CA; None until one is stored."""
 
     async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
         """Store the CA unless the project has one; returns the stored one either way (of
@@ -189,7 +193,8 @@ class MachineStore(Protocol):
     async def insert_machine(self, machine: Machine) -> None:
         """Raises DuplicateKey on an ID clash."""
 
-    async def get_machine(self, machine_id: str) -> Machine | None: ...
+    async def get_machine(self, machine_id: str) -> Machine | None:
+        """The machine in any state; None when none was registered with this ID."""
 
     async def list_machines(self) -> list[Machine]:
         """Every machine ever registered, oldest first."""
