@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from depot_api.store.engine import head_revision, sqlite_url
+from depot_api.store.migrating import head_revision
+from depot_api.store.urls import sqlite_url
 
 BACKENDS = ("sqlite", "postgresql")
 POSTGRES_SERVER = os.environ.get(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depot_api.store.engine import sqlite_url
+from depot_api.store.urls import sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

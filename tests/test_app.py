@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from depot_api.store.engine import create_engine
+from depot_api.store.database import create_engine
 
 from .conftest import InProcessAPI
 

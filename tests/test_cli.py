@@ -23,7 +23,10 @@ from depot_api.config import SettingError, Settings
 from depot_api.domain.token_format import kind_of
 from depot_api.models import TokenKind
 from depot_api.startup import prepare
-from depot_api.store.engine import create_engine, head_revision, open_store, sqlite_url
+from depot_api.store import open_store
+from depot_api.store.database import create_engine
+from depot_api.store.migrating import head_revision
+from depot_api.store.urls import sqlite_url
 from depot_api.wiring import build_domain
 
 from .databases import BACKENDS, database
@@ -61,7 +64,7 @@ def test_admin_commands_print_what_they_made(
     assert code == 0 and kind_of(secret) is TokenKind.USER
 
     async def principal_orgs() -> frozenset[str]:
-        store = await open_store(sqlite_url(tmp_path))
+        store = open_store(sqlite_url(tmp_path))
         try:
             domain = build_domain(store, Settings(data_dir=tmp_path))
             return (await domain.authenticator.authenticate(f"Bearer {secret}")).org_ids

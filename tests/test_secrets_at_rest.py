@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from depot_api.domain.token_format import hash_secret
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.core.v1 import project_pb
-from depot_api.store.engine import create_engine
+from depot_api.store.database import create_engine
 
 from .conftest import InProcessAPI, bearer
 

@@ -11,7 +11,7 @@ from sqlalchemy import Table, select
 from depot_api.domain.builds import Outcome
 from depot_api.domain.principal import Principal
 from depot_api.models import Platform, TokenKind
-from depot_api.store.engine import create_engine
+from depot_api.store.database import create_engine
 from depot_api.store.schema import metadata
 
 from .conftest import InProcessAPI
@@ -64,7 +64,7 @@ async def build_world(api: InProcessAPI) -> World:
     # An organization token past its expiry, and the token of a build that has ended (the
     # matrix runs with no grace period after a build ends).
     expired, expired_secret = d.tokens.new_token(TokenKind.ORG, "old", org_id=org_a.id)
-    await d.store.insert_token(replace(expired, expires_at=expired.created_at))
+    await d.store.orgs.insert_token(replace(expired, expires_at=expired.created_at))
     ended, ended_build_token = await d.builds.create(admin_a, project_a)
     await d.builds.finish(admin_a, ended.id, Outcome.success())
     machine_token, machine_secret = await d.tokens.create_machine_token("agents")

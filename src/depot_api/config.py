@@ -95,7 +95,7 @@ class Settings:
 
     @property
     def database_url(self) -> str:
-        from depot_api.store.engine import sqlite_url
+        from depot_api.store.urls import sqlite_url
 
         return self.database or sqlite_url(self.data_dir)
 

@@ -173,12 +173,12 @@ class Machine:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """What a machine needs to serve a project: made when an idle machine is claimed."""
+    """What the domain decides before an idle machine is claimed for a project: the new
+    binding's ID and the TLS server name its daemon will answer to. The server certificate
+    is minted for that name once the claim is stored, outside the claim's transaction."""
 
     binding_id: str
     server_name: str
-    server_cert: str
-    server_key_sealed: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,13 +177,13 @@ def database_url() -> Kind:
             return None
         # Imported here: the store pulls in SQLAlchemy and Alembic, which reading settings
         # should not need.
-        from depot_api.store.engine import normalize_url
+        from depot_api.store.urls import normalize_url
 
         normalize_url(text)  # raises ValueError saying what is wrong
         return text
 
     def redact(text: str) -> str:
-        from depot_api.store.engine import shown_url
+        from depot_api.store.urls import shown_url
 
         return shown_url(text)
 

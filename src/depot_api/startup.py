@@ -16,16 +16,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from depot_api.config import Settings
 from depot_api.domain.secretbox import load_or_create_key
-from depot_api.store.engine import (
-    DatabaseUnusable,
-    Migration,
-    create_engine,
-    explained_errors,
-    migrate,
-    open_store,
-    startup_lock,
-)
-from depot_api.store.sql import SqlStore
+from depot_api.store import Store, open_store
+from depot_api.store.database import explained_errors
+from depot_api.store.errors import DatabaseUnusable
+from depot_api.store.migrating import Migration
 from depot_api.wiring import build_domain
 
 
@@ -49,14 +43,13 @@ async def prepare(settings: Settings) -> str | None:
     """
     make_data_dir(settings.data_dir)
     check_secret_key(settings)
-    engine = create_engine(settings.database_url)
-    store = SqlStore(engine)
+    store = open_store(settings.database_url)
     try:
-        async with database_problems(settings), startup_lock(engine):
-            await migrate(engine)
+        async with database_problems(settings), store.startup_lock():
+            await store.migrate()
             secret = await build_domain(store, settings).organizations.bootstrap()
     finally:
-        await store.close()  # and the engine with it
+        await store.close()
     if secret is not None:
         fd = os.open(settings.initial_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -67,20 +60,26 @@ async def prepare(settings: Settings) -> str | None:
 async def migrate_database(settings: Settings) -> Migration:
     """Bring the database's schema to the newest revision; say from which."""
     make_data_dir(settings.data_dir)
-    engine = create_engine(settings.database_url)
+    store = open_store(settings.database_url)
     try:
-        async with database_problems(settings), startup_lock(engine):
-            return await migrate(engine)
+        async with database_problems(settings), store.startup_lock():
+            return await store.migrate()
     finally:
-        await engine.dispose()
+        await store.close()
 
 
-async def open_database(settings: Settings) -> SqlStore:
+async def open_database(settings: Settings) -> Store:
     """A store over the migrated database, for the admin commands."""
     make_data_dir(settings.data_dir)
     check_secret_key(settings)
-    async with database_problems(settings):
-        return await open_store(settings.database_url)
+    store = open_store(settings.database_url)
+    try:
+        async with database_problems(settings), store.startup_lock():
+            await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 def make_data_dir(path: Path) -> None:

@@ -17,9 +17,7 @@ from depot_api.domain.organizations import Organizations
 from depot_api.domain.projects import Projects
 from depot_api.domain.secretbox import SecretBox, load_or_create_key
 from depot_api.domain.tokens import Tokens
-from depot_api.store.engine import create_engine
-from depot_api.store.interface import Store
-from depot_api.store.sql import SqlStore
+from depot_api.store import Store, open_store
 from depot_api.times import utc_now
 
 
@@ -40,9 +38,14 @@ class Domain:
 def build_domain(
     store: Store, settings: Settings, *, now: Callable[[], datetime] = utc_now
 ) -> Domain:
-    projects = Projects(store, regions=settings.regions, now=now)
-    tokens = Tokens(store, projects, now=now)
-    builds = Builds(store, projects, tokens, now=now)
+    projects = Projects(
+        project_store=store.projects,
+        machine_store=store.machines,
+        regions=settings.regions,
+        now=now,
+    )
+    tokens = Tokens(store.orgs, projects, now=now)
+    builds = Builds(store.builds, projects, tokens, now=now)
     box = SecretBox(
         settings.secret_key.encode()
         if settings.secret_key
@@ -58,16 +61,34 @@ def build_domain(
     )
     return Domain(
         store=store,
-        authenticator=Authenticator(store, build_token_grace=settings.build_token_grace, now=now),
+        authenticator=Authenticator(
+            org_store=store.orgs,
+            build_store=store.builds,
+            build_token_grace=settings.build_token_grace,
+            now=now,
+        ),
         projects=projects,
         tokens=tokens,
         builds=builds,
-        organizations=Organizations(store, tokens, now=now),
-        machines=Machines(store, box, idle_release=settings.machine_idle_release, now=now),
-        endpoints=Endpoints(
-            store, builds, box, timings, now=now, wait_for_machines=settings.wait_for_machines
+        organizations=Organizations(store.orgs, tokens, now=now),
+        machines=Machines(
+            machine_store=store.machines,
+            project_store=store.projects,
+            box=box,
+            idle_release=settings.machine_idle_release,
+            now=now,
         ),
-        build_reports=BuildReports(store, builds, now=now),
+        endpoints=Endpoints(
+            build_store=store.builds,
+            machine_store=store.machines,
+            project_store=store.projects,
+            builds=builds,
+            box=box,
+            timings=timings,
+            now=now,
+            wait_for_machines=settings.wait_for_machines,
+        ),
+        build_reports=BuildReports(store.builds, builds, now=now),
         health=Health(store),
     )
 
@@ -75,4 +96,4 @@ def build_domain(
 def domain_for(settings: Settings) -> Domain:
     """The domain over the settings' database, for a server process (opened lazily, on first
     use)."""
-    return build_domain(SqlStore(create_engine(settings.database_url)), settings)
+    return build_domain(open_store(settings.database_url), settings)

@@ -106,7 +106,7 @@ async def test_a_build_as_the_cli_drives_it(api: InProcessAPI, protocol: str) ->
         ),
         headers=b,
     )
-    kept = await api.app.domain.store.list_status_reports(created.build_id)
+    kept = await api.app.domain.store.builds.list_status_reports(created.build_id)
     assert [r.report for r in kept[:2]] == [
         _frame(created.build_id, "[depot] launching amd64 machine").to_binary(),
         _frame(created.build_id, "[depot] connecting to amd64 machine").to_binary(),

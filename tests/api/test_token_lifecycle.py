@@ -73,7 +73,7 @@ async def test_an_expiry_out_of_range_is_invalid_argument(api: InProcessAPI, sec
     error = json.loads(answer)
     assert error["code"] == "invalid_argument"
     assert "expiresInSeconds" in error["message"]
-    listed = await api.app.domain.store.list_project_tokens(project_id)
+    listed = await api.app.domain.store.orgs.list_project_tokens(project_id)
     assert listed == []
 
 

@@ -13,7 +13,7 @@ import pytest
 from depot_api.config import Settings
 from depot_api.domain.principal import Principal
 from depot_api.models import TokenKind
-from depot_api.store.engine import open_store
+from depot_api.store import open_store
 from depot_api.wiring import Domain, build_domain
 
 
@@ -42,7 +42,8 @@ def domain_settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 async def domain(domain_settings: Settings, clock: Clock) -> AsyncIterator[Domain]:
-    store = await open_store(domain_settings.database_url)
+    store = open_store(domain_settings.database_url)
+    await store.migrate()
     built = build_domain(store, domain_settings, now=clock)
     try:
         yield built

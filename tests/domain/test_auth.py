@@ -151,7 +151,7 @@ async def test_last_use_is_recorded_to_the_minute(
     clock.advance(120)
     with pytest.raises(Unauthenticated):
         await domain.authenticator.authenticate(f"Bearer {secret}")
-    stored = await domain.store.get_token(token.id)
+    stored = await domain.store.orgs.get_token(token.id)
     assert stored is not None and stored.last_used_at == clock.now - timedelta(seconds=120)
 
 

@@ -59,7 +59,7 @@ async def test_the_wait_is_shared_by_every_process(
     server process) sees the wait the first one started."""
     build_id = await _running_build(domain, admin)
     await domain.endpoints.poll(admin, build_id, Platform.AMD64)
-    since = await domain.store.note_machine_wait(build_id, clock() + timedelta(seconds=5))
+    since = await domain.store.builds.note_machine_wait(build_id, clock() + timedelta(seconds=5))
     assert since == clock()
 
 
@@ -109,7 +109,7 @@ async def test_reports_beyond_the_cap_are_dropped(
     domain: Domain, admin: Principal, clock: Clock
 ) -> None:
     build_id = await _running_build(domain, admin)
-    reports = BuildReports(domain.store, domain.builds, now=clock, max_bytes_per_build=10)
+    reports = BuildReports(domain.store.builds, domain.builds, now=clock, max_bytes_per_build=10)
     sink = reports.sink(admin)
     await sink.keep(build_id, b"123456")
     await sink.keep(build_id, b"7890")  # exactly at the cap

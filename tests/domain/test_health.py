@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depot_api.domain import errors
-from depot_api.store.engine import create_engine
+from depot_api.store.database import create_engine
 from depot_api.store.errors import StoreUnavailable
 from depot_api.wiring import Domain
 

@@ -188,7 +188,7 @@ async def test_with_wait_for_machines_a_build_waits_without_any_machine(
     # And when an agent starts on demand, the build gets its machine.
     agent, machine = await _agent(patient_domain)
     await patient_domain.endpoints.poll(admin, build_id, Platform.AMD64)  # binds it
-    bound = await patient_domain.store.get_machine(machine.id)
+    bound = await patient_domain.store.machines.get_machine(machine.id)
     assert bound is not None and bound.binding_id is not None
     await patient_domain.machines.heartbeat(
         agent, machine.id, HealthReport(bound.binding_id, True, 0, "")

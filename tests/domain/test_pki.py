@@ -20,7 +20,6 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from depot_api.domain.pki import (
     KeyPair,
-    certificate_expiry,
     issue_client_cert,
     issue_server_cert,
     new_project_ca,
@@ -33,6 +32,10 @@ SERVER = "bk-abc123.machines.depot.internal"
 
 def cert(pair: KeyPair) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pair.cert_pem.encode())
+
+
+def certificate_expiry(cert_pem: str) -> datetime:
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc
 
 
 T = TypeVar("T", bound=x509.ExtensionType)

@@ -30,9 +30,8 @@ from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 from depot_api.gen.depot.core.v1 import org_pb, project_pb
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.models import Build, BuildStatus, StatusReport
-from depot_api.store import schema
-from depot_api.store.engine import create_engine, open_store
-from depot_api.store.sql import SqlStore
+from depot_api.store import Store, open_store, schema
+from depot_api.store.database import create_engine
 from tests.helpers import ServerProcess, running_server
 
 from .machines import Api, Cluster, api, api_for, cluster
@@ -83,9 +82,9 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(cluster: Cluster) -> AsyncIterator[SqlStore]:
+async def store(cluster: Cluster) -> AsyncIterator[Store]:
     """The server's own database, to see what it kept."""
-    opened = await open_store(cluster.server.database)
+    opened = open_store(cluster.server.database)
     try:
         yield opened
     finally:
@@ -161,7 +160,7 @@ async def test_login_and_pull_token_explain_themselves(
 
 
 async def test_depot_build_reaches_buildkit_and_the_end_is_recorded(
-    cluster: Cluster, api: Api, home: Path, tmp_path: Path, store: SqlStore
+    cluster: Cluster, api: Api, home: Path, tmp_path: Path, store: Store
 ) -> None:
     project_id = await api.project("cli-build")
     context = _dockerfile(tmp_path / "context")
@@ -184,7 +183,7 @@ async def test_depot_build_reaches_buildkit_and_the_end_is_recorded(
     # issued) and answered its readiness probe.
     assert f"grpc {LIST_WORKERS} build {build_id}" in _daemon_events(cluster, project_id)
 
-    ended = await store.get_build(build_id)
+    ended = await store.builds.get_build(build_id)
     assert ended is not None
     assert ended.status.value == "failed"
     assert ended.error_message is not None
@@ -192,7 +191,7 @@ async def test_depot_build_reaches_buildkit_and_the_end_is_recorded(
     assert ended.started_at is not None  # it got its machine
 
     # Progress was streamed and kept frame by frame: the CLI's bootstrap steps.
-    names = _vertex_names(await store.list_status_reports(build_id))
+    names = _vertex_names(await store.builds.list_status_reports(build_id))
     assert "[depot] launching amd64 machine" in names
     assert "[depot] connecting to amd64 machine" in names
     # Health was reported (the first ping goes out as the CLI starts acquiring).
@@ -200,7 +199,7 @@ async def test_depot_build_reaches_buildkit_and_the_end_is_recorded(
 
 
 async def test_depot_build_attaches_to_a_build_created_through_the_api(
-    cluster: Cluster, api: Api, home: Path, tmp_path: Path, store: SqlStore
+    cluster: Cluster, api: Api, home: Path, tmp_path: Path, store: Store
 ) -> None:
     project_id = await api.project("sdk-created")
     created = await api.build(project_id)
@@ -215,7 +214,7 @@ async def test_depot_build_attaches_to_a_build_created_through_the_api(
     assert result.returncode != 0
     assert "standin-buildkitd cannot build" in result.stdout + result.stderr
     assert f"grpc {LIST_WORKERS} build {created.build_id}" in _daemon_events(cluster, project_id)
-    ended = await store.get_build(created.build_id)
+    ended = await store.builds.get_build(created.build_id)
     assert ended is not None
     assert ended.status.value == "failed"
     builds = (await api.builds.list_builds(_list(project_id), headers=api.org)).builds
@@ -250,9 +249,9 @@ async def test_depot_build_with_no_agent_fails_at_once_saying_what_to_do(
 
 
 async def _builds_of(server: ServerProcess, project_id: str) -> list[Build]:
-    opened = await open_store(server.database)
+    opened = open_store(server.database)
     try:
-        return await opened.list_builds(project_id, None, 10)
+        return await opened.builds.list_builds(project_id, None, 10)
     finally:
         await opened.close()
 

@@ -10,8 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from depot_api.store.engine import create_engine, head_revision, migrate, sqlite_url
+from depot_api.store.database import create_engine
+from depot_api.store.migrating import head_revision, migrate
 from depot_api.store.schema import metadata
+from depot_api.store.urls import sqlite_url
 
 from ..databases import BACKENDS, database
 

@@ -13,7 +13,7 @@ from depot_api.domain.errors import Unauthenticated
 from depot_api.domain.principal import Principal
 from depot_api.domain.token_format import hash_secret, kind_of
 from depot_api.models import BuildStatus, Token, TokenKind
-from depot_api.store.interface import Store
+from depot_api.store.interface import BuildStore, OrgStore
 
 # A token's last use is recorded to this resolution: a busy token costs one write a minute,
 # not one per call, and "last used" is still precise enough to spot a stale credential.
@@ -22,9 +22,15 @@ LAST_USE_RESOLUTION = timedelta(minutes=1)
 
 class Authenticator:
     def __init__(
-        self, store: Store, *, build_token_grace: timedelta, now: Callable[[], datetime]
+        self,
+        *,
+        org_store: OrgStore,
+        build_store: BuildStore,
+        build_token_grace: timedelta,
+        now: Callable[[], datetime],
     ) -> None:
-        self._store = store
+        self._org_store = org_store
+        self._build_store = build_store
         self._grace = build_token_grace
         self._now = now
 
@@ -35,7 +41,7 @@ class Authenticator:
             raise Unauthenticated(
                 "malformed token: not a depot-api token (wrong prefix, length or checksum)"
             )
-        token = await self._store.find_token(hash_secret(secret))
+        token = await self._org_store.find_token(hash_secret(secret))
         if token is None or token.kind is not kind:
             raise Unauthenticated("unknown token")
         now = self._now()
@@ -46,14 +52,14 @@ class Authenticator:
         principal = await self._principal(token, now)
         stale_since = now - LAST_USE_RESOLUTION
         if token.last_used_at is None or token.last_used_at < stale_since:
-            await self._store.record_token_use(token.id, now, stale_since)
+            await self._org_store.record_token_use(token.id, now, stale_since)
         return principal
 
     async def _principal(self, token: Token, now: datetime) -> Principal:
         match token.kind:
             case TokenKind.USER:
                 assert token.user_id is not None
-                org_ids = await self._store.org_ids_of_user(token.user_id)
+                org_ids = await self._org_store.org_ids_of_user(token.user_id)
                 return Principal(token.id, token.kind, frozenset(org_ids), user_id=token.user_id)
             case TokenKind.BUILD:
                 await self._require_live_build(token, now)
@@ -73,7 +79,7 @@ class Authenticator:
         """A build token lives while its build runs, and for a grace period after it ends
         (clients send a last status flush and health ping after finishing)."""
         assert token.build_id is not None
-        build = await self._store.get_build(token.build_id)
+        build = await self._build_store.get_build(token.build_id)
         if build is None:
             raise Unauthenticated("build token's build no longer exists")
         if build.status is not BuildStatus.RUNNING:

@@ -15,7 +15,7 @@ from datetime import datetime
 from depot_api.domain.builds import Builds
 from depot_api.domain.principal import Principal
 from depot_api.models import Build, StatusReport
-from depot_api.store.interface import Store
+from depot_api.store.interface import BuildStore
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,13 @@ MAX_REPORT_BYTES_PER_BUILD = 16 * 1024 * 1024
 class BuildReports:
     def __init__(
         self,
-        store: Store,
+        build_store: BuildStore,
         builds: Builds,
         *,
         now: Callable[[], datetime],
         max_bytes_per_build: int = MAX_REPORT_BYTES_PER_BUILD,
     ) -> None:
-        self._store = store
+        self._build_store = build_store
         self._builds = builds
         self._now = now
         self._max_bytes = max_bytes_per_build
@@ -44,10 +44,10 @@ class BuildReports:
 
     async def list(self, principal: Principal, build_id: str) -> list[StatusReport]:
         build = await self._builds.get(principal, build_id)
-        return await self._store.list_status_reports(build.id)
+        return await self._build_store.list_status_reports(build.id)
 
     async def _keep(self, build_id: str, report: bytes) -> bool:
-        kept = await self._store.insert_status_report(
+        kept = await self._build_store.insert_status_report(
             build_id, self._now(), report, max_total_bytes=self._max_bytes
         )
         if not kept:

@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.errors import FailedPrecondition, InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.tokens import Tokens
-from depot_api.models import Build, BuildStatus, Page, TokenKind
-from depot_api.store.errors import DuplicateKey
-from depot_api.store.interface import Store
+from depot_api.models import Build, BuildStatus, Page, Project, TokenKind
+from depot_api.store.interface import BuildStore
 from depot_api.times import to_micros
 
 BUILD_PAGE_DEFAULT = 100
 BUILD_PAGE_MAX = 1000
 ERROR_MESSAGE_MAX = 65_536
-_INSERT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +55,14 @@ class Outcome:
 
 class Builds:
     def __init__(
-        self, store: Store, projects: Projects, tokens: Tokens, *, now: Callable[[], datetime]
+        self,
+        build_store: BuildStore,
+        projects: Projects,
+        tokens: Tokens,
+        *,
+        now: Callable[[], datetime],
     ) -> None:
-        self._store = store
+        self._build_store = build_store
         self._projects = projects
         self._tokens = tokens
         self._now = now
@@ -67,33 +70,29 @@ class Builds:
     async def create(self, principal: Principal, project_id: str) -> tuple[Build, str]:
         """Register a RUNNING build; returns it with its build token's secret."""
         project = await self._projects.get_for_builds(principal, project_id)
-        for attempt in range(_INSERT_ATTEMPTS):
-            build = Build(
-                id=new_id(),
-                project_id=project.id,
-                org_id=project.org_id,
-                status=BuildStatus.RUNNING,
-                created_at=self._now(),
-            )
-            token, secret = self._tokens.new_token(
-                TokenKind.BUILD,
-                f"build {build.id}",
-                org_id=project.org_id,
-                project_id=project.id,
-                build_id=build.id,
-            )
-            try:
-                await self._store.insert_build(build, token)
-            except DuplicateKey:
-                if attempt == _INSERT_ATTEMPTS - 1:
-                    raise
-                continue
-            return build, secret
-        raise AssertionError("unreachable")
+        return await with_fresh_ids(lambda: self._insert(project))
+
+    async def _insert(self, project: Project) -> tuple[Build, str]:
+        build = Build(
+            id=new_id(),
+            project_id=project.id,
+            org_id=project.org_id,
+            status=BuildStatus.RUNNING,
+            created_at=self._now(),
+        )
+        token, secret = self._tokens.new_token(
+            TokenKind.BUILD,
+            f"build {build.id}",
+            org_id=project.org_id,
+            project_id=project.id,
+            build_id=build.id,
+        )
+        await self._build_store.insert_build(build, token)
+        return build, secret
 
     async def finish(self, principal: Principal, build_id: str, outcome: Outcome) -> Build:
         build = await self._reachable(principal, build_id)
-        after = await self._store.finish_build(
+        after = await self._build_store.finish_build(
             build.id, outcome.status, self._now(), outcome.error_message
         )
         if after is None:
@@ -120,7 +119,7 @@ class Builds:
         if principal.kind is TokenKind.BUILD:
             raise PermissionDenied("a build token can only drive its own build")
         project = await self._projects.get_for_builds(principal, project_id)
-        rows = await self._store.list_builds(project.id, before, limit + 1)
+        rows = await self._build_store.list_builds(project.id, before, limit + 1)
         return page_of(rows, limit, lambda b: (to_micros(b.created_at), b.id))
 
     async def _reachable(self, principal: Principal, build_id: str) -> Build:
@@ -129,7 +128,7 @@ class Builds:
             raise PermissionDenied(
                 f"this build token belongs to build {principal.build_id}, not {build_id}"
             )
-        build = await self._store.get_build(build_id)
+        build = await self._build_store.get_build(build_id)
         # Builds outside the caller's reach are reported exactly like missing ones.
         if (
             build is None

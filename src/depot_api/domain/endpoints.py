@@ -7,6 +7,13 @@ project's CA certificate and a fresh client certificate that expires with the bu
 deadline. A build that asked for a machine and then stays silent beyond the liveness window
 is canceled, and its machine released.
 
+Binding is two steps, so that no certificate is minted while the store holds locks: the
+store claims the machine under a binding ID and server name chosen here beforehand, with no
+certificate; then the server certificate is minted here and stored only if that binding is
+still the machine's and has none. Whoever finds it missing mints it: the claimer, or any
+later acquirer if the claimer died in between. A machine without its certificate is never
+handed out, and its agent gets nothing to run until the certificate is there.
+
 A build is not kept waiting for a machine that can never come: when no machine of its platform
 that could take its project has been heard from within the machine liveness bound
 (machine_lost_after, by the heartbeats in the database, so every server process agrees), it
@@ -32,12 +39,14 @@ from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
 from depot_api.domain.waiting import WaitingBuilds
 from depot_api.models import Binding, Build, BuildStatus, Machine, Platform, ProjectCA
-from depot_api.store.interface import Store
+from depot_api.store.interface import BuildStore, MachineStore, ProjectStore
 
 log = logging.getLogger(__name__)
 
 # A server certificate lives as long as its binding might: rebinding issues a new one.
 SERVER_CERT_LIFETIME = timedelta(days=90)
+# The TLS server name of a binding's daemon: not in DNS, only verified against the project CA.
+_SERVER_NAME_DOMAIN = "machines.depot-api.internal"
 # How often (at most) a build waiting in GetEndpoint counts as a sign of life; at least three
 # times per liveness window.
 _WAITING_IS_ALIVE_EVERY = 30.0
@@ -82,15 +91,19 @@ class EndpointTimings:
 class Endpoints:
     def __init__(
         self,
-        store: Store,
+        *,
+        build_store: BuildStore,
+        machine_store: MachineStore,
+        project_store: ProjectStore,
         builds: Builds,
         box: SecretBox,
         timings: EndpointTimings,
-        *,
         now: Callable[[], datetime],
         wait_for_machines: bool = False,
     ) -> None:
-        self._store = store
+        self._build_store = build_store
+        self._machine_store = machine_store
+        self._project_store = project_store
         self._builds = builds
         self._box = box
         self._timings = timings
@@ -114,7 +127,7 @@ class Endpoints:
         """Pending while the machine is not ready, then one Active; or ResourceExhausted
         (the acquire timeout), or FailedPrecondition (no machine to wait for)."""
         build = await self._running(principal, build_id)
-        await self._store.touch_build_health(build.id, self._now())
+        await self._build_store.touch_build_health(build.id, self._now())
         ca = await self._project_ca(build.project_id)
         with self.waiting.stream(build.id, platform) as waiting:
             async with aclosing(self._wait(principal, build, platform, ca)) as events:
@@ -146,7 +159,7 @@ class Endpoints:
                 build = await self._running(principal, build_id)
                 machine = await self._acquire(build, platform, ca)
                 if machine is not None and self._serving(machine):
-                    await self._store.mark_build_started(build.id, self._now())
+                    await self._build_store.mark_build_started(build.id, self._now())
                     yield self._active(build, machine, ca)
                     return
                 recheck_at = None
@@ -162,7 +175,7 @@ class Endpoints:
                 yield Pending()
             if moment - last_alive >= alive_every:
                 last_alive = moment
-                await self._store.touch_build_health(build.id, self._now())
+                await self._build_store.touch_build_health(build.id, self._now())
             wait = min(
                 pending_every - (moment - last_pending),
                 alive_every - (moment - last_alive),
@@ -185,14 +198,14 @@ class Endpoints:
         so polls may land on any server process."""
         build = await self._running(principal, build_id)
         now = self._now()
-        since = await self._store.note_machine_wait(build.id, now)
+        since = await self._build_store.note_machine_wait(build.id, now)
         if since is None:
             raise FailedPrecondition(f"build {build_id} has ended; it cannot get a machine")
         ca = await self._project_ca(build.project_id)
         machine = await self._acquire(build, platform, ca)
         if machine is not None and self._serving(machine):
             self.waiting.poll_ended(build.id, platform)
-            await self._store.mark_build_started(build.id, self._now())
+            await self._build_store.mark_build_started(build.id, self._now())
             return self._active(build, machine, ca)
         try:
             if machine is None:
@@ -211,7 +224,7 @@ class Endpoints:
         ended: a polling client drops its machine once that moment has passed."""
         build = await self._builds.get(principal, build_id)
         if build.status is BuildStatus.RUNNING:
-            if await self._store.touch_build_health(build.id, self._now()):
+            if await self._build_store.touch_build_health(build.id, self._now()):
                 return None
             build = await self._builds.get(principal, build_id)  # it ended meanwhile
         return build.finished_at or self._now()
@@ -223,12 +236,12 @@ class Endpoints:
 
     async def release(self, principal: Principal, build_id: str, platform: Platform) -> None:
         build = await self._builds.get(principal, build_id)
-        await self._store.release_endpoint(build.id, platform, self._now())
+        await self._machine_store.release_endpoint(build.id, platform, self._now())
 
     async def cancel_silent_builds(self) -> list[str]:
         """One liveness sweep; every server process runs it periodically."""
         now = self._now()
-        return await self._store.cancel_silent_builds(
+        return await self._build_store.cancel_silent_builds(
             silent_since=now - self._timings.liveness_window, now=now
         )
 
@@ -241,7 +254,7 @@ class Endpoints:
         when one that missed heartbeats is heard from again (so it may be handed out: under
         load, a burst of hand-outs can delay heartbeats past the freshness bound)."""
         now = self._now()
-        return await self._store.machine_stamp(
+        return await self._machine_store.machine_stamp(
             now - self._timings.machine_lost_after, self._fresh_since(now)
         )
 
@@ -258,7 +271,7 @@ class Endpoints:
         now = self._now()
         if now < self._refuse_from:
             return (self._refuse_from - now).total_seconds()
-        heard = await self._store.last_heard_from(platform, build.project_id)
+        heard = await self._machine_store.last_heard_from(platform, build.project_id)
         if heard is not None and heard >= now - self._timings.machine_lost_after:
             return 0.0
         log.warning(
@@ -287,9 +300,7 @@ class Endpoints:
         )
 
     def _serving(self, machine: Machine) -> bool:
-        """Ready, and heard from lately: a machine that missed three heartbeats is not handed
-        out, even before it is declared lost."""
-        return machine.ready and machine.last_heartbeat_at >= self._fresh_since(self._now())
+        return serving(machine, fresh_since=self._fresh_since(self._now()))
 
     async def _running(self, principal: Principal, build_id: str) -> Build:
         build = await self._builds.get(principal, build_id)
@@ -300,26 +311,37 @@ class Endpoints:
         return build
 
     async def _acquire(self, build: Build, platform: Platform, ca: pki.KeyPair) -> Machine | None:
+        """The build's machine (claimed under a new binding if need be); None when no machine
+        can be had. A machine without its server certificate gets one here, and is returned
+        as it was: not serving until its agent has the certificate and runs a daemon with it
+        (whose readiness moves the change feed)."""
         now = self._now()
-        return await self._store.acquire_machine(
+        machine = await self._machine_store.acquire_machine(
             build_id=build.id,
             project_id=build.project_id,
             platform=platform,
             now=now,
             lost_before=now - self._timings.machine_lost_after,
-            bind=lambda machine_id: self._binding(ca, machine_id, now),
+            binding=new_binding(),
         )
+        if machine is not None and machine.server_cert is None:
+            await self._certify(machine, ca)
+        return machine
 
-    def _binding(self, ca: pki.KeyPair, machine_id: str, now: datetime) -> Binding:
-        server_name = f"{machine_id}.machines.depot-api.internal"
+    async def _certify(self, machine: Machine, ca: pki.KeyPair) -> None:
+        """Mint the server certificate of the machine's binding and store it, unless the
+        binding has changed or another caller stored one meanwhile. No lock is held here."""
+        assert machine.binding_id is not None
+        assert machine.server_name is not None
+        now = self._now()
         server = pki.issue_server_cert(
-            ca, server_name, now=now, not_after=now + SERVER_CERT_LIFETIME
+            ca, machine.server_name, now=now, not_after=now + SERVER_CERT_LIFETIME
         )
-        return Binding(
-            binding_id=new_id(),
-            server_name=server_name,
-            server_cert=server.cert_pem,
-            server_key_sealed=self._box.seal(server.key_pem),
+        await self._machine_store.set_server_certificate(
+            machine.id,
+            binding_id=machine.binding_id,
+            cert_pem=server.cert_pem,
+            key_sealed=self._box.seal(server.key_pem),
         )
 
     def _active(self, build: Build, machine: Machine, ca: pki.KeyPair) -> Active:
@@ -342,11 +364,30 @@ class Endpoints:
         )
 
     async def _project_ca(self, project_id: str) -> pki.KeyPair:
-        stored = await self._store.get_project_ca(project_id)
+        stored = await self._project_store.get_project_ca(project_id)
         if stored is None:
             now = self._now()
             fresh = pki.new_project_ca(project_id, now=now)
-            stored = await self._store.insert_project_ca(
+            stored = await self._project_store.insert_project_ca(
                 ProjectCA(project_id, fresh.cert_pem, self._box.seal(fresh.key_pem), now)
             )
         return pki.KeyPair(cert_pem=stored.cert_pem, key_pem=self._box.open(stored.key_sealed))
+
+
+def new_binding() -> Binding:
+    """A binding for a machine not claimed yet: its ID, and a server name derived from it
+    alone, so both are known before the store picks the machine (and each claim of a machine
+    answers to a name of its own)."""
+    binding_id = new_id()
+    return Binding(binding_id=binding_id, server_name=f"{binding_id}.{_SERVER_NAME_DOMAIN}")
+
+
+def serving(machine: Machine, *, fresh_since: datetime) -> bool:
+    """Whether a build may be handed the machine: its server certificate is stored, its
+    daemon runs the current binding, and it was heard from since fresh_since (a machine that
+    missed three heartbeats is not handed out, even before it is declared lost)."""
+    return (
+        machine.server_cert is not None
+        and machine.ready
+        and machine.last_heartbeat_at >= fresh_since
+    )

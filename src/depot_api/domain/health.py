@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from depot_api.domain.errors import as_domain_error
 from depot_api.store.errors import StoreUnavailable
-from depot_api.store.interface import Store
+from depot_api.store.interface import Reachable
 
 
 class Health:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Reachable) -> None:
         self._store = store
 
     async def check(self) -> None:

@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from depot_api.domain.errors import InvalidField
 from depot_api.domain.token_format import PREFIXES
+from depot_api.store.errors import DuplicateKey
+
+T = TypeVar("T")
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _LENGTH = 10
 _SHAPE = re.compile(r"[a-z0-9]{10}")
+# A clash of fresh IDs is rare (about 51 bits each); three in a row means something else.
+_INSERT_ATTEMPTS = 3
 
 
 def new_id() -> str:
     """A fresh random ID (about 51 bits); the store's primary keys catch the rare clash."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(_LENGTH))
+
+
+async def with_fresh_ids(insert: Callable[[], Awaitable[T]]) -> T:
+    """Run insert, which makes new IDs (and secrets) each time and stores them, again while
+    the store reports a clash (DuplicateKey); the last attempt's clash is raised."""
+    for _ in range(_INSERT_ATTEMPTS - 1):
+        try:
+            return await insert()
+        except DuplicateKey:
+            continue
+    return await insert()
 
 
 def is_id(value: str) -> bool:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from depot_api.domain.errors import InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
 from depot_api.models import Machine, MachineState, Platform, TokenKind
-from depot_api.store.interface import Store
+from depot_api.store.interface import MachineStore, ProjectStore
 
 _ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>\d{1,5})")
 _ERROR_MAX = 4096
@@ -62,13 +62,15 @@ class HealthReport:
 class Machines:
     def __init__(
         self,
-        store: Store,
-        box: SecretBox,
         *,
+        machine_store: MachineStore,
+        project_store: ProjectStore,
+        box: SecretBox,
         idle_release: timedelta,
         now: Callable[[], datetime],
     ) -> None:
-        self._store = store
+        self._machine_store = machine_store
+        self._project_store = project_store
         self._box = box
         self._idle_release = idle_release
         self._now = now
@@ -84,20 +86,24 @@ class Machines:
             )
         if not 0 <= capacity <= 1000:
             raise InvalidField("capacity", f"must be between 0 and 1000, got {capacity}")
-        now = self._now()
-        machine = Machine(
-            id=new_id(),
-            token_id=principal.token_id,
-            platform=platform,
-            endpoint=endpoint,
-            capacity=capacity or 1,
-            state=MachineState.ACTIVE,
-            registered_at=now,
-            last_heartbeat_at=now,
-            changed_at=now,
-        )
-        await self._store.insert_machine(machine)
-        return machine
+
+        async def insert() -> Machine:
+            now = self._now()
+            machine = Machine(
+                id=new_id(),
+                token_id=principal.token_id,
+                platform=platform,
+                endpoint=endpoint,
+                capacity=capacity or 1,
+                state=MachineState.ACTIVE,
+                registered_at=now,
+                last_heartbeat_at=now,
+                changed_at=now,
+            )
+            await self._machine_store.insert_machine(machine)
+            return machine
+
+        return await with_fresh_ids(insert)
 
     async def heartbeat(
         self, principal: Principal, machine_id: str, report: HealthReport
@@ -108,11 +114,11 @@ class Machines:
             require_id(report.running_binding_id, "running_binding_id")
         if report.disk_used_bytes < 0:
             raise InvalidField("disk_used_bytes", "must not be negative")
-        known = await self._store.get_machine(machine_id)
+        known = await self._machine_store.get_machine(machine_id)
         if known is None or known.token_id != principal.token_id:
             raise NotFound(f"machine {machine_id} not found; register again")
         now = self._now()
-        machine = await self._store.record_heartbeat(
+        machine = await self._machine_store.record_heartbeat(
             machine_id,
             running_binding_id=report.running_binding_id,
             ready=report.buildkit_ready,
@@ -122,7 +128,7 @@ class Machines:
         )
         if machine is None:
             raise NotFound(f"machine {machine_id} not found; register again")
-        if machine.project_id is not None and await self._store.release_idle_machine(
+        if machine.project_id is not None and await self._machine_store.release_idle_machine(
             machine.id, idle_before=now - self._idle_release, now=now
         ):
             return Stop() if machine.state is MachineState.DRAINING else Idle()
@@ -131,7 +137,7 @@ class Machines:
     async def _desired(self, machine: Machine, running_binding_id: str) -> Desired:
         if machine.project_id is None or machine.binding_id is None:
             return Stop() if machine.state is MachineState.DRAINING else Idle()
-        project = await self._store.get_project(machine.project_id)
+        project = await self._project_store.get_project(machine.project_id)
         if project is None:
             return Idle()
         assignment = Assignment(
@@ -144,7 +150,7 @@ class Machines:
         )
         if running_binding_id == machine.binding_id:
             return assignment
-        ca = await self._store.get_project_ca(project.id)
+        ca = await self._project_store.get_project_ca(project.id)
         if ca is None or machine.server_cert is None or machine.server_key_sealed is None:
             return Idle()  # bound a moment ago; the material follows with the next heartbeat
         return replace(
@@ -158,11 +164,13 @@ class Machines:
 
     async def drain(self, machine_id: str) -> None:
         require_id(machine_id, "machine")
-        if not await self._store.set_machine_state(machine_id, MachineState.DRAINING, self._now()):
+        if not await self._machine_store.set_machine_state(
+            machine_id, MachineState.DRAINING, self._now()
+        ):
             raise NotFound(f"machine {machine_id} not found")
 
     async def list(self) -> list[Machine]:
-        return await self._store.list_machines()
+        return await self._machine_store.list_machines()
 
 
 def _require_machine_token(principal: Principal) -> None:

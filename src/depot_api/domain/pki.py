@@ -1,7 +1,7 @@
 """Per-project certificate authorities for the mutual TLS between builds and BuildKit machines.
 
     project CA (self-signed, path length 0)
-    ├── server certificate   one per BuildKit machine: CN and SAN dNSName = its server name
+    ├── server certificate   one per binding of a machine: CN and SAN dNSName = its server name
     └── client certificate   one per build: CN "build <build_id>",
                              SAN URI "urn:depot-api:build:<build_id>"
 
@@ -91,12 +91,6 @@ def issue_client_cert(ca: KeyPair, build_id: str, *, now: datetime, not_after: d
 def build_uri(build_id: str) -> str:
     """The URI SAN that names a build in its client certificate."""
     return f"urn:depot-api:build:{quote(build_id, safe='')}"
-
-
-def certificate_expiry(cert_pem: str) -> datetime:
-    """The moment the certificate stops being valid, as an aware UTC datetime."""
-    cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-    return cert.not_valid_after_utc
 
 
 def _issue(

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.errors import AlreadyExists, InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, quoted, require_id
+from depot_api.domain.ids import new_id, quoted, require_id, with_fresh_ids
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_name
 from depot_api.models import CachePolicy, Hardware, Page, Project, TokenKind
-from depot_api.store.errors import DuplicateKey, NameTaken
-from depot_api.store.interface import Store
+from depot_api.store.errors import NameTaken
+from depot_api.store.interface import MachineStore, ProjectStore
 from depot_api.times import to_micros
 
 # The Depot CLI's defaults for a new project's cache.
@@ -39,9 +39,15 @@ class CachePolicyInput:
 
 class Projects:
     def __init__(
-        self, store: Store, *, regions: Sequence[str], now: Callable[[], datetime]
+        self,
+        *,
+        project_store: ProjectStore,
+        machine_store: MachineStore,
+        regions: Sequence[str],
+        now: Callable[[], datetime],
     ) -> None:
-        self._store = store
+        self._project_store = project_store
+        self._machine_store = machine_store
         self._regions = tuple(regions)
         self._now = now
 
@@ -51,7 +57,7 @@ class Projects:
         principal.require_manager("list projects")
         limit = resolve_page_size(page_size, default=PROJECT_PAGE_DEFAULT, maximum=PROJECT_PAGE_MAX)
         after = decode_page_token(page_token)
-        rows = await self._store.list_projects(sorted(principal.org_ids), after, limit + 1)
+        rows = await self._project_store.list_projects(sorted(principal.org_ids), after, limit + 1)
         return page_of(rows, limit, lambda p: (to_micros(p.created_at), p.id))
 
     async def buildable(self, principal: Principal) -> builtins.list[Project]:
@@ -66,7 +72,7 @@ class Projects:
         projects: builtins.list[Project] = []
         after = None
         while True:
-            rows = await self._store.list_projects(
+            rows = await self._project_store.list_projects(
                 sorted(principal.org_ids), after, PROJECT_PAGE_MAX
             )
             projects.extend(rows)
@@ -104,28 +110,33 @@ class Projects:
         hardware: int | None,
     ) -> Project:
         principal.require_manager("create projects")
-        project = Project(
-            id=new_id(),
-            org_id=self._target_org(principal, organization_id),
-            name=require_name(name, "name"),
-            region_id=self._require_region(region_id),
-            hardware=_require_hardware(hardware or 0),
-            cache_policy=(
-                DEFAULT_CACHE_POLICY if cache_policy is None else _require_policy(cache_policy)
-            ),
-            cache_generation=0,
-            created_at=self._now(),
-        )
+        org_id = self._target_org(principal, organization_id)
+        name = require_name(name, "name")
+        region_id = self._require_region(region_id)
+        validated_hardware = _require_hardware(hardware or 0)
+        policy = DEFAULT_CACHE_POLICY if cache_policy is None else _require_policy(cache_policy)
+        created_at = self._now()
+
+        async def insert() -> Project:
+            project = Project(
+                id=new_id(),
+                org_id=org_id,
+                name=name,
+                region_id=region_id,
+                hardware=validated_hardware,
+                cache_policy=policy,
+                cache_generation=0,
+                created_at=created_at,
+            )
+            await self._project_store.insert_project(project)
+            return project
+
         try:
-            await self._store.insert_project(project)
+            return await with_fresh_ids(insert)
         except NameTaken:
             raise AlreadyExists(
-                f'a project named "{project.name}" already exists in organization {project.org_id}'
+                f'a project named "{name}" already exists in organization {org_id}'
             ) from None
-        except DuplicateKey:
-            # A clash of two random IDs: vanishingly rare; the caller may simply retry.
-            raise AlreadyExists("project ID clash; please retry") from None
-        return project
 
     async def update(
         self,
@@ -146,7 +157,7 @@ class Projects:
         new_policy = None if cache_policy is None else _require_policy(cache_policy)
         await self._visible(principal, project_id)
         try:
-            updated = await self._store.update_project(
+            updated = await self._project_store.update_project(
                 project_id,
                 name=new_name,
                 region_id=new_region,
@@ -163,25 +174,25 @@ class Projects:
         """Delete the project: its tokens stop working and its machines are given back."""
         project = await self.get_managed(principal, project_id, "delete projects")
         now = self._now()
-        if not await self._store.delete_project(project.id, now):
+        if not await self._project_store.delete_project(project.id, now):
             raise NotFound(f"project {project_id} not found")
-        await self._store.unbind_project_machines(project.id, now)
+        await self._machine_store.unbind_project_machines(project.id, now)
 
     async def reset(self, principal: Principal, project_id: str) -> int:
         """Start a new cache generation: the project's machines restart with an empty cache.
         Returns the generation's number."""
         project = await self.get_managed(principal, project_id, "reset projects")
-        generation = await self._store.bump_cache_generation(project.id)
+        generation = await self._project_store.bump_cache_generation(project.id)
         if generation is None:
             raise NotFound(f"project {project_id} not found")
-        await self._store.rebind_project_machines(
+        await self._machine_store.rebind_project_machines(
             project.id, binding_id=new_id(), generation=generation, now=self._now()
         )
         return generation
 
     async def _visible(self, principal: Principal, project_id: str) -> Project:
         require_id(project_id, "project_id")
-        project = await self._store.get_project(project_id)
+        project = await self._project_store.get_project(project_id)
         # Another organization's project is reported exactly like a missing one.
         if project is None or project.org_id not in principal.org_ids:
             raise NotFound(f"project {project_id} not found")

@@ -9,16 +9,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from depot_api.domain.errors import InvalidField, NotFound
-from depot_api.domain.ids import new_id, require_id
+from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.text import require_description
 from depot_api.domain.token_format import hash_secret, mint
 from depot_api.models import Token, TokenKind
-from depot_api.store.errors import DuplicateKey
-from depot_api.store.interface import Store
+from depot_api.store.interface import OrgStore
 
-_INSERT_ATTEMPTS = 3
 # The longest lifetime a token may be given; without one, a token lives until revoked.
 MAX_LIFETIME = timedelta(days=3650)
 
@@ -52,8 +50,10 @@ def require_lifetime(lifetime: timedelta | None, field: str) -> timedelta | None
 
 
 class Tokens:
-    def __init__(self, store: Store, projects: Projects, *, now: Callable[[], datetime]) -> None:
-        self._store = store
+    def __init__(
+        self, org_store: OrgStore, projects: Projects, *, now: Callable[[], datetime]
+    ) -> None:
+        self._org_store = org_store
         self._projects = projects
         self._now = now
 
@@ -95,7 +95,7 @@ class Tokens:
         project_id: str | None = None,
         lifetime: timedelta | None = None,
     ) -> tuple[Token, str]:
-        for attempt in range(_INSERT_ATTEMPTS):
+        async def insert() -> tuple[Token, str]:
             token, secret = self.new_token(
                 kind,
                 description,
@@ -104,14 +104,10 @@ class Tokens:
                 project_id=project_id,
                 lifetime=lifetime,
             )
-            try:
-                await self._store.insert_token(token)
-            except DuplicateKey:
-                if attempt == _INSERT_ATTEMPTS - 1:
-                    raise
-                continue
+            await self._org_store.insert_token(token)
             return token, secret
-        raise AssertionError("unreachable")
+
+        return await with_fresh_ids(insert)
 
     # Administration
 
@@ -120,7 +116,7 @@ class Tokens:
     ) -> tuple[Token, str]:
         require_id(org_id, "org")
         require_lifetime(lifetime, "expires_in")
-        if not await self._store.get_organizations([org_id]):
+        if not await self._org_store.get_organizations([org_id]):
             raise NotFound(f"organization {org_id} not found")
         return await self._issue(
             TokenKind.ORG,
@@ -134,7 +130,7 @@ class Tokens:
     ) -> tuple[Token, str]:
         require_id(user_id, "user")
         require_lifetime(lifetime, "expires_in")
-        if await self._store.get_user(user_id) is None:
+        if await self._org_store.get_user(user_id) is None:
             raise NotFound(f"user {user_id} not found")
         return await self._issue(
             TokenKind.USER,
@@ -154,20 +150,20 @@ class Tokens:
 
     async def list_standing(self) -> list[Token]:
         """Every unrevoked token but build tokens (which die with their builds), oldest first."""
-        return await self._store.list_standing_tokens()
+        return await self._org_store.list_standing_tokens()
 
     async def revoke(self, token_id: str) -> None:
         """Revoke a token of any kind. Every process checks revocation on every call (there
         is no token cache), so the token stops working at once everywhere."""
         require_id(token_id, "token")
-        if not await self._store.revoke_token(token_id, self._now()):
+        if not await self._org_store.revoke_token(token_id, self._now()):
             raise NotFound(f"token {token_id} not found (or already revoked)")
 
     # Project tokens, through the API
 
     async def list_project_tokens(self, principal: Principal, project_id: str) -> list[Token]:
         project = await self._projects.get_managed(principal, project_id, "list project tokens")
-        return await self._store.list_project_tokens(project.id)
+        return await self._org_store.list_project_tokens(project.id)
 
     async def create_project_token(
         self,
@@ -192,7 +188,7 @@ class Tokens:
     ) -> None:
         require_description(description, "description")
         token = await self._managed_project_token(principal, token_id, "update project tokens")
-        if not await self._store.set_token_description(token.id, description):
+        if not await self._org_store.set_token_description(token.id, description):
             raise NotFound(f"token {token_id} not found")
 
     async def delete_project_token(
@@ -203,7 +199,7 @@ class Tokens:
             require_id(project_id, "project_id")
             if token.project_id != project_id:
                 raise NotFound(f"token {token_id} not found in project {project_id}")
-        if not await self._store.revoke_token(token.id, self._now()):
+        if not await self._org_store.revoke_token(token.id, self._now()):
             raise NotFound(f"token {token_id} not found")
 
     async def _managed_project_token(
@@ -211,7 +207,7 @@ class Tokens:
     ) -> Token:
         principal.require_manager(action)
         require_id(token_id, "token_id")
-        token = await self._store.get_token(token_id)
+        token = await self._org_store.get_token(token_id)
         if (
             token is None
             or token.kind is not TokenKind.PROJECT

@@ -1,1 +1,21 @@
-"""Persistence: one Store interface, implemented over SQLAlchemy Core for SQLite and PostgreSQL."""
+"""Persistence: SQLite and PostgreSQL behind one interface per aggregate.
+
+    interface.py   the Protocols the domain uses, with their contracts (start here)
+    opening.py     Store (the aggregates together) and open_store, the one way to open it
+    orgs.py        organizations, users, memberships, tokens
+    projects.py    projects, cache generations, project CAs
+    builds.py      builds, health and machine waits, status reports
+    machines.py    machines, bindings, build endpoints (and the lock order)
+    database.py    engines, transactions (read/write), error translation: the SQL plumbing
+    sqlite.py      SQLite's settings, and its statements run inline
+    urls.py        database URLs
+    migrating.py   migrations and the start-up lock; migrations/ holds the revisions
+    schema.py      the tables
+    errors.py      what the store raises
+
+The store imports neither the domain nor the transport: it persists models.py's records.
+"""
+
+from depot_api.store.opening import Store, open_store
+
+__all__ = ["Store", "open_store"]

@@ -1,10 +1,17 @@
-"""Errors the store raises. They speak of storage, never of transport."""
+"""Errors the store raises. They speak of storage, never of transport.
+
+StoreError
+├── NameTaken          a unique name is in use; the caller picked it, so it must choose again
+├── DuplicateKey       a generated ID or secret hash clashed; retry with new ones
+└── StoreUnavailable   the database did not answer; the operation did not happen; retry later
+DatabaseUnusable       opening or migrating: the database cannot be used at all (at start)
+"""
 
 from __future__ import annotations
 
 
 class StoreError(Exception):
-    """Base of the store's errors."""
+    """Base of the errors a store call raises."""
 
 
 class NameTaken(StoreError):
@@ -17,3 +24,9 @@ class DuplicateKey(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database is unreachable, locked or overloaded; the operation did not complete."""
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot be used: unreachable, missing, refusing the connection, or at a
+    schema this version does not know. The message says which and what to do; it does not
+    name the setting (the caller knows how the user gave it)."""

@@ -1,17 +1,25 @@
-"""The Store interface: everything the domain may ask of persistence.
+"""What the domain may ask of persistence: one interface per aggregate, with its contract.
 
-Contract for every implementation:
-- Each method is one transaction: it happens whole or not at all.
+The domain depends on these Protocols (and store.errors) only; store.orgs, store.projects,
+store.builds and store.machines implement them over SQL, and store.opening puts the four
+together as the Store.
+
+Contract for every method of every aggregate:
+- It is one transaction: it happens whole or not at all.
 - Reads of projects, and of builds through their project, never return a deleted project's
   data.
-- Conditional writes (finish_build) are decided inside the database, so concurrent callers in
-  any number of processes see exactly one winner.
-- Failures are reported with store.errors only; a caller may retry StoreUnavailable.
+- Conditional writes (a build's finish, a token's last use, claiming a machine, a machine's
+  server certificate) are decided inside the database, so concurrent callers in any number
+  of processes see exactly one winner.
+- Listings are in keyset order: by (created_at, id), so a Position from a page's last item
+  continues after it however many rows are added meanwhile.
+- Everything a write needs comes in its arguments: no call reaches back into the domain (so
+  no domain work, such as minting a certificate, ever runs while the store holds a lock).
+- Failures are store.errors only; a caller may retry StoreUnavailable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -36,18 +44,19 @@ from depot_api.models import (
 Position = tuple[int, str]
 
 
-class Store(Protocol):
-    async def close(self) -> None:
-        """Release every connection."""
-
+class Reachable(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""
 
-    # Organizations and users
 
-    async def insert_organization(self, org: Organization) -> None: ...
+class OrgStore(Protocol):
+    """Organizations, users, their memberships, and tokens of every kind."""
 
-    async def count_organizations(self) -> int: ...
+    async def insert_organization(self, org: Organization) -> None:
+        """Raises DuplicateKey on an ID clash."""
+
+    async def count_organizations(self) -> int:
+        """How many organizations exist (0: the database is new)."""
 
     async def get_organizations(self, org_ids: list[str]) -> list[Organization]:
         """The named organizations that exist, oldest first."""
@@ -55,16 +64,17 @@ class Store(Protocol):
     async def list_organizations(self) -> list[Organization]:
         """Every organization, oldest first."""
 
-    async def insert_user(self, user: User) -> None: ...
+    async def insert_user(self, user: User) -> None:
+        """Raises DuplicateKey on an ID clash."""
 
-    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_user(self, user_id: str) -> User | None:
+        """The user, or None when there is none."""
 
     async def add_membership(self, user_id: str, org_id: str, at: datetime) -> bool:
         """Make the user a member; False when they already were."""
 
-    async def org_ids_of_user(self, user_id: str) -> list[str]: ...
-
-    # Tokens
+    async def org_ids_of_user(self, user_id: str) -> list[str]:
+        """The organizations the user is a member of, by ID."""
 
     async def insert_token(self, token: Token) -> None:
         """Raises DuplicateKey on an ID or secret-hash clash."""
@@ -72,7 +82,8 @@ class Store(Protocol):
     async def find_token(self, secret_hash: str) -> Token | None:
         """The token with this hash, revoked or not."""
 
-    async def get_token(self, token_id: str) -> Token | None: ...
+    async def get_token(self, token_id: str) -> Token | None:
+        """The token with this ID, revoked or not; None when there is none."""
 
     async def list_project_tokens(self, project_id: str) -> list[Token]:
         """The project's live (unrevoked) project tokens, oldest first."""
@@ -90,12 +101,16 @@ class Store(Protocol):
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """False when the token does not exist or was already revoked."""
 
-    # Projects
+
+class ProjectStore(Protocol):
+    """Projects, their cache generations, and their certificate authorities."""
 
     async def insert_project(self, project: Project) -> None:
-        """Raises NameTaken when the organization has a live project of that name."""
+        """Raises NameTaken when the organization has a live project of that name, and
+        DuplicateKey on an ID clash."""
 
-    async def get_project(self, project_id: str) -> Project | None: ...
+    async def get_project(self, project_id: str) -> Project | None:
+        """The project, unless it does not exist or was deleted."""
 
     async def list_projects(
         self, org_ids: list[str], after: Position | None, limit: int
@@ -119,7 +134,16 @@ class Store(Protocol):
     async def bump_cache_generation(self, project_id: str) -> int | None:
         """Start a new cache generation; returns it, or None when there is no live project."""
 
-    # Builds
+    async def get_project_ca(self, project_id: str) -> ProjectCA | None:
+        """The project's CA; None until one is stored."""
+
+    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
+        """Store the CA unless the project has one; returns the stored one either way (of
+        concurrent callers, the first to store wins)."""
+
+
+class BuildStore(Protocol):
+    """Builds: their lifecycle, their health and machine waits, and their status reports."""
 
     async def insert_build(self, build: Build, token: Token) -> None:
         """Store a new build with its build token. Raises DuplicateKey on a clash."""
@@ -141,19 +165,50 @@ class Store(Protocol):
         does not exist.
         """
 
-    # Machines (see store.sql_machines for how binding stays exclusive across processes)
+    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
+        """Record a sign of life of a running build; False when it is not running."""
 
-    async def insert_machine(self, machine: Machine) -> None: ...
+    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
+        """Touch a running build's health and start its machine wait if none is under way;
+        returns when the wait began, or None if the build is not running."""
 
-    async def get_machine(self, machine_id: str) -> Machine | None: ...
+    async def mark_build_started(self, build_id: str, at: datetime) -> None:
+        """Record the build's start (its first machine; a later one changes nothing) and end
+        its machine wait (a later wait starts afresh)."""
 
-    async def list_machines(self) -> list[Machine]: ...
+    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
+        """Cancel running builds whose clients reported last before silent_since (builds that
+        never reported are left alone); returns their IDs."""
+
+    async def insert_status_report(
+        self, build_id: str, received_at: datetime, report: bytes, *, max_total_bytes: int
+    ) -> bool:
+        """Keep one progress report; False (and nothing kept) once the build's reports would
+        exceed max_total_bytes."""
+
+    async def list_status_reports(self, build_id: str) -> list[StatusReport]:
+        """The build's reports in the order they were kept."""
+
+
+class MachineStore(Protocol):
+    """BuildKit machines as their agents registered them, their bindings to projects, and the
+    endpoints that say which machine serves which build (see store.machines for how binding
+    stays exclusive across processes)."""
+
+    async def insert_machine(self, machine: Machine) -> None:
+        """Raises DuplicateKey on an ID clash."""
+
+    async def get_machine(self, machine_id: str) -> Machine | None:
+        """The machine in any state; None when none was registered with this ID."""
+
+    async def list_machines(self) -> list[Machine]:
+        """Every machine ever registered, oldest first."""
 
     async def machine_stamp(
         self, lost_before: datetime, stale_before: datetime
     ) -> tuple[int, int, int]:
         """(last change of any machine, machines silent since lost_before, machines silent
-        since stale_before)."""
+        since stale_before): it moves whenever a waiting build may be able to proceed."""
 
     async def last_heard_from(self, platform: Platform, project_id: str) -> datetime | None:
         """The latest heartbeat of any machine of the platform that could take the project: an
@@ -170,11 +225,11 @@ class Store(Protocol):
         error: str | None,
         now: datetime,
     ) -> Machine | None:
-        """Store the agent's report; a machine declared lost becomes active again."""
+        """Store the agent's report and return the machine afterwards (None: no such
+        machine); a machine declared lost becomes active again."""
 
-    async def set_machine_state(
-        self, machine_id: str, state: MachineState, now: datetime
-    ) -> bool: ...
+    async def set_machine_state(self, machine_id: str, state: MachineState, now: datetime) -> bool:
+        """False when there is no such machine."""
 
     async def acquire_machine(
         self,
@@ -184,49 +239,42 @@ class Store(Protocol):
         platform: Platform,
         now: datetime,
         lost_before: datetime,
-        bind: Callable[[str], Binding],
+        binding: Binding,
     ) -> Machine | None:
-        """The machine serving the build on the platform, binding an idle one if need be.
+        """The machine serving the build on the platform, claiming an idle one if need be.
 
-        Machines silent since lost_before are declared gone first. No machine is ever bound
-        to two projects; builds of one project and platform share its machine.
+        In order: the build's own machine while it still serves the project; else the
+        project's machine for the platform; else an idle active machine (one that served the
+        project before first, for its cache), claimed for the project under `binding` (used
+        only then) with no server certificate yet: see set_server_certificate. The build's
+        endpoint records the machine. None when no machine can be had or the project is not
+        live. Machines silent since lost_before are declared gone first, and their endpoints
+        released. No machine is ever bound to two projects; builds of one project and platform
+        share its machine.
         """
 
-    async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool: ...
+    async def set_server_certificate(
+        self, machine_id: str, *, binding_id: str, cert_pem: str, key_sealed: str
+    ) -> bool:
+        """Store the server certificate (and its sealed key) of the machine's binding, only
+        while binding_id is still the machine's binding and it has no certificate yet: of
+        concurrent callers one stores, and a certificate is never stored for a binding that
+        has been replaced or released. False when nothing was stored."""
+
+    async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
+        """The build lets go of its machine of the platform; False when it held none."""
 
     async def release_idle_machine(
         self, machine_id: str, *, idle_before: datetime, now: datetime
     ) -> bool:
-        """Unbind the machine when no build holds it and it was last used before idle_before."""
+        """Unbind the machine when no running build holds it and it was last used before
+        idle_before; False when it stays bound."""
 
     async def rebind_project_machines(
         self, project_id: str, *, binding_id: str, generation: int, now: datetime
-    ) -> int: ...
+    ) -> int:
+        """Give the project's machines a new binding and cache generation (their daemons
+        restart clean; server name and certificate stay); returns how many."""
 
-    async def unbind_project_machines(self, project_id: str, now: datetime) -> int: ...
-
-    async def get_project_ca(self, project_id: str) -> ProjectCA | None: ...
-
-    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
-        """Store the CA unless the project has one; returns the stored one either way."""
-
-    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
-        """Record a sign of life of a running build; False when it is not running."""
-
-    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
-        """Touch a running build's health and start its machine wait if none is under way;
-        returns when the wait began, or None if the build is not running."""
-
-    async def mark_build_started(self, build_id: str, at: datetime) -> None:
-        """Record the build's start (first machine) and end its machine wait."""
-
-    async def insert_status_report(
-        self, build_id: str, received_at: datetime, report: bytes, *, max_total_bytes: int
-    ) -> bool:
-        """Keep one progress report; False (and nothing kept) once the build's reports would
-        exceed max_total_bytes."""
-
-    async def list_status_reports(self, build_id: str) -> list[StatusReport]: ...
-
-    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
-        """Cancel running builds whose clients reported last before silent_since."""
+    async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
+        """Release the project's machines and their endpoints; returns how many."""

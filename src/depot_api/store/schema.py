@@ -8,6 +8,8 @@ project's builds and tokens stay on record while nothing can reach them.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -21,6 +23,8 @@ from sqlalchemy import (
     Text,
     text,
 )
+
+from depot_api.times import from_micros, to_micros
 
 metadata = MetaData()
 
@@ -180,3 +184,13 @@ build_status_reports = Table(
     Column("report", LargeBinary, nullable=False),
     Index("ix_build_status_reports_build", "build_id", "id"),
 )
+
+
+def micros_or_none(at: datetime | None) -> int | None:
+    """A column's value for an optional time."""
+    return None if at is None else to_micros(at)
+
+
+def at_or_none(value: int | None) -> datetime | None:
+    """An optional time from its column's value."""
+    return None if value is None else from_micros(value)

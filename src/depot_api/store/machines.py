@@ -1,9 +1,15 @@
-"""The machine half of SqlStore: registering agents, binding machines to projects, endpoints.
+"""Machines over SQL (the MachineStore of store.interface): registering agents, heartbeats,
+binding machines to projects, and the endpoints that say which machine serves which build.
 
 Binding is decided inside the database so that it holds across any number of processes: an
 idle machine is claimed with a conditional update (`WHERE project_id IS NULL`), and the
-project's row is locked first (PostgreSQL: FOR UPDATE; SQLite: the write lock of BEGIN
+project's row is locked first (PostgreSQL: FOR NO KEY UPDATE; SQLite: the write lock of BEGIN
 IMMEDIATE), so two builds of one project never claim two machines at once.
+
+A claim records the binding the domain chose beforehand (its ID and server name) and no
+certificate: the domain mints the server certificate after the claim's transaction, holding
+no lock, and stores it with set_server_certificate, a conditional update of the one machine
+row that succeeds only while that binding is still the machine's and has no certificate.
 
 Lock order, so that transactions on PostgreSQL never deadlock: a project's row first (FOR NO
 KEY UPDATE, which serialises acquisitions for one project without blocking CreateBuild), then
@@ -19,8 +25,6 @@ the build's end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -28,8 +32,11 @@ from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform, ProjectCA
+from depot_api.models import Binding, BuildStatus, Machine, MachineState, Platform
 from depot_api.store import schema as t
+from depot_api.store.database import Database
+from depot_api.store.errors import DuplicateKey
+from depot_api.store.interface import MachineStore
 from depot_api.times import from_micros, to_micros
 
 m, e, b, p = t.machines, t.build_endpoints, t.builds, t.projects
@@ -45,34 +52,37 @@ async def _lock_machines(
     return [r.id for r in await conn.execute(query)]
 
 
-class MachineQueries:
-    _read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
-    _write: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+class SqlMachineStore(MachineStore):
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
     async def insert_machine(self, machine: Machine) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                insert(m).values(
-                    id=machine.id,
-                    token_id=machine.token_id,
-                    platform=machine.platform.value,
-                    endpoint=machine.endpoint,
-                    capacity=machine.capacity,
-                    state=machine.state.value,
-                    disk_used_bytes=0,
-                    registered_at=to_micros(machine.registered_at),
-                    last_heartbeat_at=to_micros(machine.last_heartbeat_at),
-                    changed_at=to_micros(machine.changed_at),
+        async with self._db.write() as conn:
+            try:
+                await conn.execute(
+                    insert(m).values(
+                        id=machine.id,
+                        token_id=machine.token_id,
+                        platform=machine.platform.value,
+                        endpoint=machine.endpoint,
+                        capacity=machine.capacity,
+                        state=machine.state.value,
+                        disk_used_bytes=0,
+                        registered_at=to_micros(machine.registered_at),
+                        last_heartbeat_at=to_micros(machine.last_heartbeat_at),
+                        changed_at=to_micros(machine.changed_at),
+                    )
                 )
-            )
+            except IntegrityError:
+                raise DuplicateKey(machine.id) from None
 
     async def get_machine(self, machine_id: str) -> Machine | None:
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
             return None if row is None else _machine(row)
 
     async def list_machines(self) -> list[Machine]:
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             return [_machine(r) for r in await conn.execute(select(m).order_by(m.c.registered_at))]
 
     async def machine_stamp(
@@ -86,7 +96,7 @@ class MachineQueries:
         query = select(
             func.max(m.c.changed_at), func.count().filter(lost), func.count().filter(stale)
         )
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             changed, lost_count, stale_count = (await conn.execute(query)).one()
             return int(changed or 0), int(lost_count or 0), int(stale_count or 0)
 
@@ -103,7 +113,7 @@ class MachineQueries:
         query = select(func.max(m.c.last_heartbeat_at)).where(
             m.c.platform == platform.value, could_serve
         )
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             latest = (await conn.execute(query)).scalar_one_or_none()
             return None if latest is None else from_micros(latest)
 
@@ -118,7 +128,7 @@ class MachineQueries:
         now: datetime,
     ) -> Machine | None:
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(select(m).where(m.c.id == machine_id))).first()
             if row is None:
                 return None
@@ -139,7 +149,7 @@ class MachineQueries:
             return _machine(after)
 
     async def set_machine_state(self, machine_id: str, state: MachineState, now: datetime) -> bool:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             result = await conn.execute(
                 update(m)
                 .where(m.c.id == machine_id)
@@ -155,19 +165,12 @@ class MachineQueries:
         platform: Platform,
         now: datetime,
         lost_before: datetime,
-        bind: Callable[[str], Binding],
+        binding: Binding,
     ) -> Machine | None:
-        """The machine serving this build on this platform, binding one if need be.
-
-        In order: the build's own machine while it still serves the project; else the
-        project's machine for the platform; else an idle machine (one that served this project
-        before first, for its cache), bound now with `bind(machine_id)`. None when no machine
-        can be had.
-        """
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _forget_lost_machines(conn, to_micros(lost_before), micros)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             locked = select(p.c.cache_generation).where(
                 p.c.id == project_id, p.c.deleted_at.is_(None)
             )
@@ -199,15 +202,34 @@ class MachineQueries:
             if serving_ids:
                 row = (await conn.execute(select(m).where(m.c.id == serving_ids[0]))).first()
             else:
-                row = await _claim_idle(conn, project_id, platform, generation, micros, bind)
+                row = await _claim_idle(conn, project_id, platform, generation, micros, binding)
             if row is None:
                 return None
             await _open_endpoint(conn, build_id, platform, row.id, micros)
             return _machine(row)
 
+    async def set_server_certificate(
+        self, machine_id: str, *, binding_id: str, cert_pem: str, key_sealed: str
+    ) -> bool:
+        # One row, no other lock: within the lock order whoever runs it. The conditions make
+        # it the second half of the claim: a binding released or replaced meanwhile (the
+        # project deleted, reset, the machine lost) gets no certificate, and of concurrent
+        # callers for one binding only the first stores one.
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(m)
+                .where(
+                    m.c.id == machine_id,
+                    m.c.binding_id == binding_id,
+                    m.c.server_cert.is_(None),
+                )
+                .values(server_cert=cert_pem, server_key_sealed=key_sealed)
+            )
+            return bool(result.rowcount)
+
     async def release_endpoint(self, build_id: str, platform: Platform, now: datetime) -> bool:
         key = and_(e.c.build_id == build_id, e.c.platform == platform.value)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             machine = select(e.c.machine_id).where(key, e.c.released_at.is_(None))
             await _lock_machines(conn, m.c.id.in_(machine.scalar_subquery()))
             return await _release_endpoints(conn, key, to_micros(now))
@@ -217,7 +239,7 @@ class MachineQueries:
     ) -> bool:
         """Unbind the machine if no running build holds it and it has been idle since
         idle_before (idle since its last release, or since the end of its last build)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             if not await _lock_machines(conn, m.c.id == machine_id):
                 return False
             held = (
@@ -261,7 +283,7 @@ class MachineQueries:
         self, project_id: str, *, binding_id: str, generation: int, now: datetime
     ) -> int:
         """Give the project's machines a new binding (their daemons restart clean)."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _lock_machines(conn, m.c.project_id == project_id)
             result = await conn.execute(
                 update(m)
@@ -274,7 +296,7 @@ class MachineQueries:
 
     async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
         micros = to_micros(now)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await _lock_machines(conn, m.c.project_id == project_id)
             machine_ids = select(m.c.id).where(m.c.project_id == project_id).scalar_subquery()
             await _release_endpoints(conn, e.c.machine_id.in_(machine_ids), micros)
@@ -282,105 +304,6 @@ class MachineQueries:
                 update(m).where(m.c.project_id == project_id).values(**_unbound(micros))
             )
             return int(result.rowcount)
-
-    async def get_project_ca(self, project_id: str) -> ProjectCA | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(t.project_cas).where(t.project_cas.c.project_id == project_id)
-                )
-            ).first()
-            return None if row is None else _ca(row)
-
-    async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
-        """Store the CA unless the project has one already; returns the one that counts."""
-        ca_table = t.project_cas
-        try:
-            async with self._write() as conn:
-                row = (
-                    await conn.execute(
-                        select(ca_table).where(ca_table.c.project_id == ca.project_id)
-                    )
-                ).first()
-                if row is not None:
-                    return _ca(row)
-                await conn.execute(
-                    insert(ca_table).values(
-                        project_id=ca.project_id,
-                        cert_pem=ca.cert_pem,
-                        key_sealed=ca.key_sealed,
-                        created_at=to_micros(ca.created_at),
-                    )
-                )
-                return ca
-        except IntegrityError:
-            # Another process stored the project's CA first: theirs counts.
-            stored = await self.get_project_ca(ca.project_id)
-            assert stored is not None
-            return stored
-
-    async def touch_build_health(self, build_id: str, now: datetime) -> bool:
-        """Record a sign of life from a running build's client."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(last_health_at=to_micros(now))
-            )
-            return bool(result.rowcount)
-
-    async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
-        """A running build asks (again) for a machine: a sign of life, and the start of its
-        wait unless one is already under way. Returns when the wait began; None if the build
-        is not running."""
-        micros = to_micros(now)
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    last_health_at=micros,
-                    machine_wanted_since=func.coalesce(b.c.machine_wanted_since, micros),
-                )
-                .returning(b.c.machine_wanted_since)
-            )
-            since = result.scalar_one_or_none()
-            return None if since is None else from_micros(since)
-
-    async def mark_build_started(self, build_id: str, at: datetime) -> None:
-        """The build got its machine: its wait is over (a later wait starts afresh)."""
-        async with self._write() as conn:
-            await conn.execute(
-                update(b)
-                .where(b.c.id == build_id)
-                .values(
-                    started_at=func.coalesce(b.c.started_at, to_micros(at)),
-                    machine_wanted_since=None,
-                )
-            )
-
-    async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
-        """Cancel running builds whose client has not reported since silent_since."""
-        micros = to_micros(now)
-        async with self._write() as conn:
-            stale = and_(
-                b.c.status == BuildStatus.RUNNING.value,
-                b.c.last_health_at.is_not(None),
-                b.c.last_health_at < to_micros(silent_since),
-            )
-            ids = [r.id for r in await conn.execute(select(b.c.id).where(stale))]
-            if not ids:
-                return []
-            await conn.execute(
-                update(b)
-                .where(b.c.id.in_(ids), b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    status=BuildStatus.CANCELED.value,
-                    finished_at=micros,
-                    error_message="canceled: the client stopped reporting health",
-                )
-            )
-            return ids
 
 
 async def _release_endpoints(conn: AsyncConnection, where: Any, micros: int) -> bool:
@@ -419,7 +342,7 @@ async def _claim_idle(
     platform: Platform,
     generation: int,
     micros: int,
-    bind: Callable[[str], Binding],
+    binding: Binding,
 ) -> Row[Any] | None:
     idle = (
         select(m.c.id)
@@ -437,7 +360,6 @@ async def _claim_idle(
     machine_id = (await conn.execute(idle)).scalar_one_or_none()
     if machine_id is None:
         return None
-    binding = bind(machine_id)
     result = await conn.execute(
         update(m)
         .where(m.c.id == machine_id, m.c.project_id.is_(None))  # never two projects
@@ -447,8 +369,10 @@ async def _claim_idle(
             binding_id=binding.binding_id,
             cache_generation=generation,
             server_name=binding.server_name,
-            server_cert=binding.server_cert,
-            server_key_sealed=binding.server_key_sealed,
+            # The certificate follows (set_server_certificate): minting it here would hold
+            # the project's row and this machine's locked meanwhile.
+            server_cert=None,
+            server_key_sealed=None,
             last_used_at=micros,
             changed_at=micros,
         )
@@ -514,7 +438,3 @@ def _machine(r: Row[Any]) -> Machine:
         ready_binding_id=r.ready_binding_id,
         last_used_at=None if r.last_used_at is None else from_micros(r.last_used_at),
     )
-
-
-def _ca(r: Row[Any]) -> ProjectCA:
-    return ProjectCA(r.project_id, r.cert_pem, r.key_sealed, from_micros(r.created_at))
