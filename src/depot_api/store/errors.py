@@ -17,3 +17,13 @@ class DuplicateKey(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database is unreachable, locked or overloaded; the operation did not complete."""
+
+
+class ConstraintViolation(StoreError):
+    """A statement broke a unique or foreign-key constraint; `constraint` names it as the
+    database did (PostgreSQL: the constraint's name; SQLite: its message, which names the
+    columns). The store turns it into NameTaken or DuplicateKey."""
+
+    def __init__(self, constraint: str) -> None:
+        super().__init__(constraint)
+        self.constraint = constraint
