@@ -88,6 +88,16 @@ def main() -> None:
     parser.add_argument(
         "--waiters-only", action="store_true", help="only the waiting GetEndpoint streams"
     )
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        action="append",
+        help="only the rows whose scenario contains TEXT (repeatable), with their bare "
+        "endpoints; no waiting streams",
+    )
+    parser.add_argument(
+        "--processes", type=int, action="append", help="only runs with this many processes"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     if args.waiters_only:
@@ -104,6 +114,8 @@ def main() -> None:
     bare_rps: dict[tuple[str, int], float] = {}
     for workers in plan.workers:
         processes = workers or cores
+        if args.processes and processes not in args.processes:
+            continue
         with servers.bare(processes) as bare:
             for protocol in PROTOCOLS:
                 row = _measure(
@@ -118,12 +130,15 @@ def main() -> None:
                 with servers.depot_api(data_dir, processes, database) as server:
                     fixture = _prepare(server, database, data_dir, plan)
                     for scenario, protocol, run in _scenarios(server, fixture, plan):
+                        if args.only and not any(text in scenario for text in args.only):
+                            continue
                         row = _measure(server, scenario, protocol, backend, processes, plan, run)
                         row.ratio = row.result.rps / bare_rps[(protocol, processes)]
                         rows.append(_print(row))
-    waiting = asyncio.run(waiting_streams(plan.waiters))
-    print()
-    print(waiting.describe())
+    if not args.only:
+        waiting = asyncio.run(waiting_streams(plan.waiters))
+        print()
+        print(waiting.describe())
     if args.json:
         args.json.write_text(json.dumps([_as_dict(r) for r in rows], indent=1))
 

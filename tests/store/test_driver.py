@@ -1,0 +1,182 @@
+"""The SQL driver layer on both databases: compiled statements, transactions, errors, and
+SQLite's write lock shared with other processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, text
+
+from depot_api.store.driver import Driver, Query, SqliteDriver, open_driver
+from depot_api.store.urls import normalize_url
+from depot_api.store.errors import ConstraintViolation, StoreUnavailable
+from tests.databases import BACKENDS, database
+
+metadata = MetaData()
+things = Table(
+    "things",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(32), nullable=False, unique=True),
+)
+_BY_ID = Query(select(things).where(things.c.id == bindparam("id")))
+_ADD = Query(insert(things).values(id=bindparam("id"), name=bindparam("name")))
+_NAMES = Query(select(things.c.name).order_by(things.c.id))
+
+
+@pytest.fixture(params=BACKENDS)
+async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
+    with database(request.param, tmp_path) as url:
+        driver = open_driver(normalize_url(url))
+        async with driver.write() as session:
+            await session.run(
+                text(
+                    "CREATE TABLE things (id INTEGER PRIMARY KEY, name VARCHAR(32) NOT NULL UNIQUE)"
+                )
+            )
+        try:
+            yield driver
+        finally:
+            await driver.close()
+
+
+async def names(driver: Driver) -> list[str]:
+    async with driver.read() as session:
+        return [row["name"] for row in await session.all(_NAMES)]
+
+
+async def test_a_compiled_statement_runs_with_named_parameters(driver: Driver) -> None:
+    async with driver.write() as session:
+        assert await session.run(_ADD, id=1, name="one") == 1
+        assert await session.run(_ADD, name="two", id=2) == 1
+    async with driver.read() as session:
+        row = await session.one(_BY_ID, id=2)
+        assert row is not None and (row["id"], row["name"]) == (2, "two")
+        assert await session.one(_BY_ID, id=3) is None
+        assert await session.value(select(things.c.name).where(things.c.id == 1)) == "one"
+        assert await session.value(_BY_ID, id=3) is None
+
+
+async def test_a_statement_shaped_by_its_values_is_compiled_per_call(driver: Driver) -> None:
+    async with driver.write() as session:
+        for i, name in enumerate(["a", "b", "c", "d"]):
+            await session.run(_ADD, id=i, name=name)
+    async with driver.read() as session:
+        picked = await session.all(select(things.c.name).where(things.c.id.in_([0, 2, 3])))
+        assert sorted(r["name"] for r in picked) == ["a", "c", "d"]
+        assert await session.all(select(things.c.name).where(things.c.id.in_([]))) == []
+
+
+async def test_a_write_commits_as_a_whole_or_not_at_all(driver: Driver) -> None:
+    async with driver.write() as session:
+        await session.run(_ADD, id=1, name="kept")
+
+    async def add_then_fail() -> None:
+        async with driver.write() as session:
+            await session.run(_ADD, id=2, name="dropped")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        await add_then_fail()
+    assert await names(driver) == ["kept"]
+
+
+async def test_a_constraint_violation_is_named_and_nothing_is_kept(driver: Driver) -> None:
+    async with driver.write() as session:
+        await session.run(_ADD, id=1, name="taken")
+
+    async def add_two() -> None:
+        async with driver.write() as session:
+            await session.run(_ADD, id=2, name="other")
+            await session.run(_ADD, id=3, name="taken")
+
+    with pytest.raises(ConstraintViolation) as raised:
+        await add_two()
+    assert "name" in raised.value.constraint  # things_name_key, or "things.name"
+    assert await names(driver) == ["taken"]
+    # The driver is usable after the failure.
+    async with driver.write() as session:
+        await session.run(_ADD, id=2, name="other")
+    assert await names(driver) == ["taken", "other"]
+
+
+async def test_an_unreachable_postgresql_is_unavailable() -> None:
+    driver = open_driver("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StoreUnavailable):
+            async with driver.read() as session:
+                await session.all(_NAMES)
+    finally:
+        await driver.close()
+
+
+async def test_a_sqlite_writer_waits_for_another_process_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    driver = SqliteDriver(path)
+    async with driver.write() as session:
+        await session.run(
+            text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
+        )
+    other = sqlite3.connect(path, isolation_level=None)  # another process's connection
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO things VALUES (1, 'first')")
+
+        async def write() -> None:
+            async with driver.write() as session:
+                await session.run(_ADD, id=2, name="second")
+
+        waiting = asyncio.create_task(write())
+        # Meanwhile the loop serves others: reads go on (WAL), the write waits.
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            assert await names(driver) == []
+        assert not waiting.done()
+        other.execute("COMMIT")
+        await asyncio.wait_for(waiting, 5)
+        assert await names(driver) == ["first", "second"]
+    finally:
+        other.close()
+        await driver.close()
+
+
+async def test_a_sqlite_write_lock_held_too_long_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    driver = SqliteDriver(path, lock_timeout=0.2)
+    async with driver.write() as session:
+        await session.run(text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)"))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+
+        async def add() -> None:
+            async with driver.write() as session:
+                await session.run(_ADD, id=1, name="never")
+
+        with pytest.raises(StoreUnavailable, match=r"held the write lock for 0\.2s"):
+            await add()
+        other.execute("ROLLBACK")
+        async with driver.write() as session:  # and works again once the lock is free
+            await session.run(_ADD, id=1, name="now")
+        assert await names(driver) == ["now"]
+    finally:
+        other.close()
+        await driver.close()
+
+
+async def test_a_sqlite_statement_inside_another_transaction_is_refused(tmp_path: Path) -> None:
+    driver = SqliteDriver(tmp_path / "db.sqlite3")
+    try:
+        async with driver.write() as session:
+            await session.run(text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)"))
+            with pytest.raises(RuntimeError, match="inside another"):
+                async with driver.read():
+                    pass
+    finally:
+        await driver.close()
