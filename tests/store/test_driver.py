@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, text
 
 from depot_api.store.driver import Driver, Query, SqliteDriver, open_driver
-from depot_api.store.urls import normalize_url
 from depot_api.store.errors import ConstraintViolation, StoreUnavailable
+from depot_api.store.urls import normalize_url
 from tests.databases import BACKENDS, database
 
 metadata = MetaData()
