@@ -1,5 +1,5 @@
 """Serve bench.bare:app with pyvoy exactly as depot-api serves its app: N processes on one
-port (SO_REUSEPORT), each with the server options of depot_api.server. pyvoy hands this
+port (SO_REUSEPORT), each with the server options of depot_api.server.supervisor. pyvoy hands this
 process's sys.path (which has the repository root: run it with `python -m`) to its workers."""
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from depot_api.agent_options import AgentOptions, BadOption, agent_options
+from depot_api.agent.options import AgentOptions, BadOption, agent_options
+from depot_api.agent.retrying import Backoff, Trouble
 from depot_api.cli import _parser, main
-from depot_api.retrying import Backoff, Trouble
 
 REQUIRED = ("--server", "http://api:8080", "--platform", "amd64", "--advertise", "bk-1:1234")
 TOKEN = {"DEPOT_API_AGENT_TOKEN": "dpm_secret"}

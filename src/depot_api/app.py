@@ -186,7 +186,7 @@ class DepotAPI:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._sweeper = asyncio.create_task(self._sweep_silent_builds())
-                if self._drain_dir is not None:  # run by a supervisor (server.py)
+                if self._drain_dir is not None:  # run by a supervisor (server/supervisor.py)
                     self._drain_watch = asyncio.create_task(self._watch_for_drain(self._drain_dir))
                     exit_with_the_supervisor()
                 await send({"type": "lifespan.startup.complete"})

@@ -20,9 +20,8 @@ from datetime import datetime, timedelta
 from importlib.metadata import version
 from typing import NoReturn
 
-from depot_api.address import claim_address
-from depot_api.agent import Agent, Refused
-from depot_api.agent_options import BadOption, add_agent_command, agent_options
+from depot_api.agent.agent import Agent, Refused
+from depot_api.agent.options import BadOption, add_agent_command, agent_options
 from depot_api.config import (
     ADMIN,
     MIGRATE,
@@ -38,8 +37,9 @@ from depot_api.config import (
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
-from depot_api.serve_error import ServeError
-from depot_api.server import Supervisor
+from depot_api.server.address import claim_address
+from depot_api.server.errors import ServeError
+from depot_api.server.supervisor import Supervisor
 from depot_api.setting_kinds import LOG_LEVELS
 from depot_api.startup import (
     EnvironmentProblem,

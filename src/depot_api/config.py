@@ -66,7 +66,8 @@ class Settings:
     log_level: str = "info"
     # On SIGTERM, how long calls in flight may take to finish before the server stops anyway.
     shutdown_grace: timedelta = timedelta(seconds=30)
-    # Set by the supervisor for its workers only: where it asks them to drain (server.py).
+    # Set by the supervisor for its workers only: where it asks them to drain
+    # (server/supervisor.py).
     drain_dir: Path | None = None
     # BuildKit machines. Agents heartbeat every machine_heartbeat; one silent for
     # machine_lost_after is lost; a project gives its machine back after machine_idle_release
@@ -277,7 +278,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max_build_duration", "DEPOT_API_MAX_BUILD_DURATION", _MACHINE_TIMING,
         help="seconds a build's client certificates stay valid",
     ),
-    # Set by the supervisor for its workers only (server.py).
+    # Set by the supervisor for its workers only (server/supervisor.py).
     Setting(
         "drain_dir", "DEPOT_API_DRAIN_DIR", path(optional=True),
         help="where the supervisor asks its workers to drain", commands=frozenset(),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pyvoy import PyvoyServer
 
-from depot_api.serve_error import ServeError
-from depot_api.worker import Worker
+from depot_api.server.errors import ServeError
+from depot_api.server.worker import Worker
 
 pytestmark = pytest.mark.e2e
 

@@ -116,9 +116,10 @@ def exit_with_the_supervisor() -> None:
     """Exit at once when the supervisor dies without stopping this worker (it was killed
     outright), so that the port is free for the next server.
 
-    A worker ignores SIGTERM (worker.py), and with it the signal Envoy asks Linux to send when
-    its parent dies; so the supervisor gives it a pipe as standard input instead, and never
-    writes to it: the pipe ends (it becomes readable) only when the supervisor is gone.
+    A worker ignores SIGTERM (server/worker.py), and with it the signal Envoy asks Linux to
+    send when its parent dies; so the supervisor gives it a pipe as standard input instead,
+    and never writes to it: the pipe ends (it becomes readable) only when the supervisor is
+    gone.
     """
     asyncio.get_running_loop().add_reader(_LIFELINE, _supervisor_gone)
 

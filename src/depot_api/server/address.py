@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from depot_api.serve_error import ServeError
+from depot_api.server.errors import ServeError
 
 
 @contextmanager
