@@ -71,6 +71,34 @@ async def test_a_statement_shaped_by_its_values_is_compiled_per_call(driver: Dri
         assert await session.all(select(things.c.name).where(things.c.id.in_([]))) == []
 
 
+async def test_a_compiled_statement_keeps_the_values_written_into_it(driver: Driver) -> None:
+    """A value written into the statement (not a bindparam) is a constant of the Query."""
+    named_b = Query(
+        select(things.c.id).where(things.c.name == "b", things.c.id > bindparam("above"))
+    )
+    async with driver.write() as session:
+        for i, name in enumerate(["a", "b", "c"]):
+            await session.run(_ADD, id=i, name=name)
+    async with driver.read() as session:
+        assert [r["id"] for r in await session.all(named_b, above=0)] == [1]
+        assert await session.all(named_b, above=1) == []
+
+
+async def test_a_compiled_statement_spreads_a_list_parameter(driver: Driver) -> None:
+    among = Query(
+        select(things.c.name)
+        .where(things.c.id.in_(bindparam("ids", expanding=True)), things.c.name != "c")
+        .order_by(things.c.id)
+    )
+    async with driver.write() as session:
+        for i, name in enumerate(["a", "b", "c", "d"]):
+            await session.run(_ADD, id=i, name=name)
+    async with driver.read() as session:
+        assert [r["name"] for r in await session.all(among, ids=[0, 2, 3])] == ["a", "d"]
+        assert [r["name"] for r in await session.all(among, ids=[1])] == ["b"]
+        assert await session.all(among, ids=[]) == []
+
+
 async def test_a_write_commits_as_a_whole_or_not_at_all(driver: Driver) -> None:
     async with driver.write() as session:
         await session.run(_ADD, id=1, name="kept")

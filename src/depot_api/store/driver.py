@@ -24,14 +24,15 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import asyncpg
+from sqlalchemy import BindParameter, bindparam
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as postgres_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -58,28 +59,55 @@ _POSTGRES = postgres_dialect()  # type: ignore[no-untyped-call]
 
 
 class Query:
-    """A statement, compiled once per dialect into SQL text and its parameters' order."""
+    """A statement, compiled once per dialect into SQL text and its parameters' order.
+
+    Its `bindparam`s are given at each call, by name; values written into the statement
+    (`builds.c.status == "running"`) are constants, taken from it. A list parameter
+    (`bindparam("ids", expanding=True)` in an IN) is spread into the text at each call, by
+    SQLAlchemy's expansion of the compiled statement, which costs microseconds."""
 
     __slots__ = ("_compiled", "statement")
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
-    def sql(self, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    def compiled(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
-            c = cast(SQLCompiler, self.statement.compile(dialect=dialect))
-            compiled = self._compiled[dialect.name] = (c.string, tuple(c.positiontup or ()))
+            compiled = self._compiled[dialect.name] = _Compiled(
+                cast(SQLCompiler, self.statement.compile(dialect=dialect))
+            )
         return compiled
+
+
+class _Compiled:
+    __slots__ = ("constants", "expanding", "names", "sql")
+
+    def __init__(self, c: SQLCompiler) -> None:
+        self.sql = c.string
+        self.names = tuple(c.positiontup or ())
+        self.constants = {n: c.binds[n].value for n in self.names if not c.binds[n].required}
+        self.expanding = c if c.post_compile_params or c.literal_execute_params else None
+
+    def args(self, params: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
+        if self.expanding is None:
+            return self.sql, [params[n] if n in params else self.constants[n] for n in self.names]
+        state = self.expanding.construct_expanded_state(dict(params), escape_names=False)
+        return state.statement, state.positional_parameters
+
+
+def bound(*columns: str) -> dict[str, BindParameter[Any]]:
+    """`insert(table).values(bound("id", "name"))`: each column's value is the parameter of
+    the same name."""
+    return {column: bindparam(column) for column in columns}
 
 
 def _sql_and_args(
     dialect: Dialect, query: Query | ClauseElement, params: Mapping[str, Any]
 ) -> tuple[str, Sequence[Any]]:
     if isinstance(query, Query):
-        sql, names = query.sql(dialect)
-        return sql, [params[name] for name in names]
+        return query.compiled(dialect).args(params)
     # A statement shaped by its values: compiled now, its values taken from it.
     c = cast(
         SQLCompiler,
@@ -113,12 +141,12 @@ class Driver(ABC):
     dialect: Dialect
 
     @abstractmethod
-    def read(self) -> Any:
+    def read(self) -> AbstractAsyncContextManager[Session]:
         """`async with driver.read() as session`: single-statement reads, each its own
         transaction (reads here are one SELECT each)."""
 
     @abstractmethod
-    def write(self) -> Any:
+    def write(self) -> AbstractAsyncContextManager[Session]:
         """`async with driver.write() as session`: one transaction, committed at the end of
         the block, rolled back if it raises."""
 
@@ -131,7 +159,10 @@ def open_driver(url: str) -> Driver:
     Nothing connects until the first statement."""
     if url.startswith("postgresql"):
         return PostgresDriver(url)
-    return SqliteDriver(Path(url.split(":///", 1)[1]))
+    # The path as SQLAlchemy reads it (decoded), so that migrations open the same file.
+    database = make_url(url).database
+    assert database, "a normalized SQLite URL names a file"
+    return SqliteDriver(Path(database))
 
 
 # SQLite
