@@ -20,6 +20,7 @@ SqliteDriver). PostgreSQL runs on an asyncpg pool (see PostgresDriver).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -194,22 +195,29 @@ class SqliteDriver(Driver):
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            connection.row_factory = sqlite3.Row
-            # WAL: readers never wait for the writer. synchronous=NORMAL in WAL survives a
-            # crash of the process (only a power loss may drop the last transactions).
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-                connection.execute(f"PRAGMA {pragma}")
+            connection: sqlite3.Connection | None = None
+            try:
+                connection = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False, timeout=0
+                )
+                connection.row_factory = sqlite3.Row
+                # WAL: readers never wait for the writer. synchronous=NORMAL in WAL survives a
+                # crash of the process (only a power loss may drop the last transactions).
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+                    connection.execute(f"PRAGMA {pragma}")
+            except sqlite3.Error as e:
+                if connection is not None:
+                    connection.close()
+                raise StoreUnavailable(f"cannot open {self._path}: {e}") from e
             self._connection = connection
         return self._connection
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Session]:
+        connection = self._connect()
         self._enter()
         try:
-            yield _SqliteSession(self._connect())
+            yield _SqliteSession(connection)
         finally:
             self._busy = False
 
@@ -219,17 +227,25 @@ class SqliteDriver(Driver):
         await self._begin_immediate(connection)
         try:
             yield _SqliteSession(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            self._busy = False
-            raise
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.Error as e:
-            connection.execute("ROLLBACK")
-            raise StoreUnavailable(f"commit failed: {e}") from e
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"commit failed: {e}") from e
         finally:
             self._busy = False
+            # After an error SQLite may have ended the transaction itself (a full disk, an
+            # I/O error): a ROLLBACK then would fail and hide the error that matters.
+            if connection.in_transaction:
+                self._roll_back(connection)
+
+    def _roll_back(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back is not trusted again: the next call opens
+            # another, and SQLite discards what this one left unfinished.
+            connection.close()
+            self._connection = None
 
     async def _begin_immediate(self, connection: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self._lock_timeout
@@ -239,9 +255,9 @@ class SqliteDriver(Driver):
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as e:
+            except sqlite3.Error as e:
                 self._busy = False
-                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
                     raise StoreUnavailable(f"cannot begin a write: {e}") from e
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(
@@ -289,6 +305,9 @@ class _SqliteSession(Session):
 
 # PostgreSQL
 
+# What a failed call of asyncpg may raise, besides a broken constraint.
+_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 class PostgresDriver(Driver):
     """An asyncpg pool, opened at the first statement (the application is built before its
@@ -325,7 +344,7 @@ class PostgresDriver(Driver):
         try:
             pool = await self._get_pool()
             connection = await pool.acquire(timeout=POSTGRES_POOL_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
         try:
             yield connection
@@ -343,17 +362,20 @@ class PostgresDriver(Driver):
             transaction = connection.transaction()
             try:
                 await transaction.start()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _POSTGRES_ERRORS as e:
                 raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
             try:
                 yield _PostgresSession(connection)
             except BaseException:
                 if not connection.is_closed():
-                    await transaction.rollback()
+                    # A connection that fails to roll back is closed by the pool on release;
+                    # the error that matters is the one raised in the block.
+                    with contextlib.suppress(*_POSTGRES_ERRORS):
+                        await transaction.rollback()
                 raise
             try:
                 await transaction.commit()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _POSTGRES_ERRORS as e:
                 raise StoreUnavailable(f"commit failed: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
@@ -374,7 +396,7 @@ class _PostgresSession(Session):
             return await self._connection.fetch(sql, *args)  # type: ignore[no-any-return]
         except asyncpg.IntegrityConstraintViolationError as e:
             raise ConstraintViolation(e.constraint_name or str(e)) from e
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
     async def run(self, query: Query | ClauseElement, /, **params: Any) -> int:
@@ -383,7 +405,7 @@ class _PostgresSession(Session):
             status = await self._connection.execute(sql, *args)
         except asyncpg.IntegrityConstraintViolationError as e:
             raise ConstraintViolation(e.constraint_name or str(e)) from e
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
         # "UPDATE 3", "INSERT 0 1", "DELETE 0": the count is the last word.
         count = status.rsplit(" ", 1)[-1]
