@@ -13,7 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, inse
 
 from depot_api.store.driver import Driver, Query, SqliteDriver, open_driver
 from depot_api.store.errors import ConstraintViolation, StoreUnavailable
-from depot_api.store.urls import normalize_url
+from depot_api.store.urls import normalize_url, sqlite_url
 from tests.databases import BACKENDS, database
 
 metadata = MetaData()
@@ -69,6 +69,34 @@ async def test_a_statement_shaped_by_its_values_is_compiled_per_call(driver: Dri
         picked = await session.all(select(things.c.name).where(things.c.id.in_([0, 2, 3])))
         assert sorted(r["name"] for r in picked) == ["a", "c", "d"]
         assert await session.all(select(things.c.name).where(things.c.id.in_([]))) == []
+
+
+async def test_a_compiled_statement_keeps_the_values_written_into_it(driver: Driver) -> None:
+    """A value written into the statement (not a bindparam) is a constant of the Query."""
+    named_b = Query(
+        select(things.c.id).where(things.c.name == "b", things.c.id > bindparam("above"))
+    )
+    async with driver.write() as session:
+        for i, name in enumerate(["a", "b", "c"]):
+            await session.run(_ADD, id=i, name=name)
+    async with driver.read() as session:
+        assert [r["id"] for r in await session.all(named_b, above=0)] == [1]
+        assert await session.all(named_b, above=1) == []
+
+
+async def test_a_compiled_statement_spreads_a_list_parameter(driver: Driver) -> None:
+    among = Query(
+        select(things.c.name)
+        .where(things.c.id.in_(bindparam("ids", expanding=True)), things.c.name != "c")
+        .order_by(things.c.id)
+    )
+    async with driver.write() as session:
+        for i, name in enumerate(["a", "b", "c", "d"]):
+            await session.run(_ADD, id=i, name=name)
+    async with driver.read() as session:
+        assert [r["name"] for r in await session.all(among, ids=[0, 2, 3])] == ["a", "d"]
+        assert [r["name"] for r in await session.all(among, ids=[1])] == ["b"]
+        assert await session.all(among, ids=[]) == []
 
 
 async def test_a_write_commits_as_a_whole_or_not_at_all(driver: Driver) -> None:
@@ -178,5 +206,68 @@ async def test_a_sqlite_statement_inside_another_transaction_is_refused(tmp_path
             with pytest.raises(RuntimeError, match="inside another"):
                 async with driver.read():
                     pass
+    finally:
+        await driver.close()
+
+
+async def test_a_sqlite_url_names_the_file_as_sqlalchemy_reads_it(tmp_path: Path) -> None:
+    """Migrations open the file through SQLAlchemy, which decodes the URL's %-escapes (a data
+    directory named with @ or : is escaped in the normalized URL); the driver opens that same
+    file."""
+    data_dir = tmp_path / "depot@prod:1"
+    data_dir.mkdir()
+    driver = open_driver(normalize_url(sqlite_url(data_dir)))
+    try:
+        async with driver.write() as session:
+            await session.run(text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)"))
+    finally:
+        await driver.close()
+    assert [f.name for f in data_dir.iterdir()] == ["depot-api.sqlite3"]
+
+
+async def test_a_sqlite_file_that_cannot_be_opened_is_unavailable_until_it_can(
+    tmp_path: Path,
+) -> None:
+    driver = SqliteDriver(tmp_path / "not yet" / "db.sqlite3")
+    try:
+        for _ in range(2):  # and a failed open leaves nothing behind that refuses the next
+            with pytest.raises(StoreUnavailable, match="cannot open"):
+                async with driver.read() as session:
+                    await session.all(_NAMES)
+            with pytest.raises(StoreUnavailable, match="cannot open"):
+                async with driver.write():
+                    pass
+        (tmp_path / "not yet").mkdir()
+        async with driver.write() as session:
+            await session.run(text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)"))
+        assert await names(driver) == []
+    finally:
+        await driver.close()
+
+
+async def test_a_sqlite_transaction_that_sqlite_ended_itself_reports_the_real_error(
+    tmp_path: Path,
+) -> None:
+    """After some errors (a full disk, an I/O error) SQLite rolls the transaction back by
+    itself; here a ROLLBACK inside the block stands in for that."""
+    driver = SqliteDriver(tmp_path / "db.sqlite3")
+    try:
+        async with driver.write() as session:
+            await session.run(text("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)"))
+
+        async def ended_then(error: Exception | None) -> None:
+            async with driver.write() as session:
+                await session.run(_ADD, id=1, name="lost")
+                await session.run(text("ROLLBACK"))
+                if error is not None:
+                    raise error
+
+        with pytest.raises(ValueError, match="the caller's"):
+            await ended_then(ValueError("the caller's"))
+        with pytest.raises(StoreUnavailable, match="commit failed"):
+            await ended_then(None)
+        async with driver.write() as session:  # the driver goes on
+            await session.run(_ADD, id=2, name="kept")
+        assert await names(driver) == ["kept"]
     finally:
         await driver.close()

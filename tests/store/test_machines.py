@@ -234,6 +234,7 @@ async def test_lost_machines_are_declared_gone_and_their_builds_move(store: Stor
     # Heard from again, it is active (and idle).
     back = await _heartbeat(store, lost.id, now=LOST_AFTER + 2)
     assert back is not None and (back.state, back.project_id) == (MachineState.ACTIVE, None)
+    assert back.changed_at == at(LOST_AFTER + 2)  # its coming back may serve a waiting build
 
 
 async def test_a_heartbeat_records_readiness_and_moves_the_stamp_only_on_a_change(
@@ -254,8 +255,11 @@ async def test_a_heartbeat_records_readiness_and_moves_the_stamp_only_on_a_chang
     assert ready is not None and ready.ready and ready.changed_at == at(4)
     again = await _heartbeat(store, machine.id, now=5, running=claimed.binding_id, ready=True)
     assert again is not None and again.changed_at == at(4) and again.last_heartbeat_at == at(5)
-    stamp = await store.machines.machine_stamp(at(5 - LOST_AFTER), at(5 - 3))
-    assert stamp == (to_micros(at(4)), 0, 0)
+    # No longer ready is a change too.
+    stopped = await _heartbeat(store, machine.id, now=6, running=claimed.binding_id)
+    assert stopped is not None and not stopped.ready and stopped.changed_at == at(6)
+    stamp = await store.machines.machine_stamp(at(6 - LOST_AFTER), at(6 - 3))
+    assert stamp == (to_micros(at(6)), 0, 0)
 
 
 async def test_the_stamp_counts_machines_gone_silent(store: Store) -> None:

@@ -6,8 +6,10 @@
     projects.py    projects, cache generations, project CAs
     builds.py      builds, health and machine waits, status reports
     machines.py    machines, bindings, build endpoints (and the lock order)
-    database.py    engines, transactions (read/write), error translation: the SQL plumbing
-    sqlite.py      SQLite's settings, and its statements run inline
+    database.py    Database: read()/write() sessions for the aggregates, the engine that
+                   migrates, and why a database cannot be used (explained_errors)
+    driver.py      statements compiled once (Query), run on sqlite3 or asyncpg: the one
+                   piece of plumbing between SQL and the databases
     urls.py        database URLs
     migrating.py   migrations and the start-up lock; migrations/ holds the revisions
     schema.py      the tables

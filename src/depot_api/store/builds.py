@@ -8,21 +8,115 @@ build's token, so the hot path (CreateBuild, FinishBuild, health) never touches 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Row, and_, func, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BigInteger, and_, bindparam, func, insert, select, tuple_, update
 
 from depot_api.models import Build, BuildStatus, StatusReport, Token
 from depot_api.store import schema as t
 from depot_api.store.database import Database
-from depot_api.store.errors import DuplicateKey
+from depot_api.store.driver import Query, Row, bound
+from depot_api.store.errors import ConstraintViolation, DuplicateKey
 from depot_api.store.interface import BuildStore, Position
 from depot_api.store.orgs import insert_token_row
 from depot_api.store.schema import at_or_none, micros_or_none
 from depot_api.times import from_micros, to_micros
 
-b = t.builds
+b, p, r = t.builds, t.projects, t.build_status_reports
+
+_running = and_(b.c.id == bindparam("id"), b.c.status == BuildStatus.RUNNING.value)
+_newest_first = (b.c.created_at.desc(), b.c.id.desc())
+
+_INSERT_BUILD = Query(
+    insert(b).values(
+        bound(
+            "id",
+            "project_id",
+            "org_id",
+            "status",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error_message",
+        )
+    )
+)
+_BUILD = Query(select(b).where(b.c.id == bindparam("id")))
+_LIVE_BUILD = Query(  # a build whose project is not deleted
+    select(b)
+    .join(p, p.c.id == b.c.project_id)
+    .where(b.c.id == bindparam("id"), p.c.deleted_at.is_(None))
+)
+_BUILDS = Query(
+    select(b)
+    .where(b.c.project_id == bindparam("project_id"))
+    .order_by(*_newest_first)
+    .limit(bindparam("limit"))
+)
+_BUILDS_BEFORE = Query(
+    select(b)
+    .where(
+        b.c.project_id == bindparam("project_id"),
+        tuple_(b.c.created_at, b.c.id)
+        < tuple_(
+            bindparam("before_created_at", type_=BigInteger), bindparam("before_id", type_=t.ID)
+        ),
+    )
+    .order_by(*_newest_first)
+    .limit(bindparam("limit"))
+)
+# The status condition makes the transition atomic: of concurrent finishers, in this process
+# or any other, exactly one update matches a RUNNING row.
+_FINISH = Query(
+    update(b)
+    .where(_running)
+    .values(
+        status=bindparam("new_status"),
+        finished_at=bindparam("at"),
+        error_message=bindparam("message"),
+    )
+    .returning(*b.c)
+)
+_TOUCH_HEALTH = Query(update(b).where(_running).values(last_health_at=bindparam("at")))
+_NOTE_MACHINE_WAIT = Query(
+    update(b)
+    .where(_running)
+    .values(
+        last_health_at=bindparam("at"),
+        machine_wanted_since=func.coalesce(
+            b.c.machine_wanted_since, bindparam("at", type_=BigInteger)
+        ),
+    )
+    .returning(b.c.machine_wanted_since)
+)
+_MARK_STARTED = Query(
+    update(b)
+    .where(b.c.id == bindparam("id"))
+    .values(
+        started_at=func.coalesce(b.c.started_at, bindparam("at", type_=BigInteger)),
+        machine_wanted_since=None,
+    )
+)
+_CANCEL_SILENT = Query(
+    update(b)
+    .where(
+        b.c.status == BuildStatus.RUNNING.value,
+        b.c.last_health_at.is_not(None),
+        b.c.last_health_at < bindparam("silent_since"),
+    )
+    .values(
+        status=BuildStatus.CANCELED.value,
+        finished_at=bindparam("at"),
+        error_message="canceled: the client stopped reporting health",
+    )
+    .returning(b.c.id)
+)
+_REPORTS_SIZE = Query(
+    select(func.coalesce(func.sum(func.length(r.c.report)), 0)).where(
+        r.c.build_id == bindparam("build_id")
+    )
+)
+_INSERT_REPORT = Query(insert(r).values(bound("build_id", "received_at", "report")))
+_REPORTS = Query(select(r).where(r.c.build_id == bindparam("build_id")).order_by(r.c.id))
 
 
 class SqlBuildStore(BuildStore):
@@ -30,157 +124,115 @@ class SqlBuildStore(BuildStore):
         self._db = database
 
     async def insert_build(self, build: Build, token: Token) -> None:
-        async with self._db.write() as conn:
+        async with self._db.write() as session:
             try:
-                await conn.execute(
-                    b.insert().values(
-                        id=build.id,
-                        project_id=build.project_id,
-                        org_id=build.org_id,
-                        status=build.status.value,
-                        created_at=to_micros(build.created_at),
-                        started_at=micros_or_none(build.started_at),
-                        finished_at=micros_or_none(build.finished_at),
-                        error_message=build.error_message,
-                    )
+                await session.run(
+                    _INSERT_BUILD,
+                    id=build.id,
+                    project_id=build.project_id,
+                    org_id=build.org_id,
+                    status=build.status.value,
+                    created_at=to_micros(build.created_at),
+                    started_at=micros_or_none(build.started_at),
+                    finished_at=micros_or_none(build.finished_at),
+                    error_message=build.error_message,
                 )
-            except IntegrityError:
+            except ConstraintViolation:
                 raise DuplicateKey(build.id) from None
-            await insert_token_row(conn, token)
+            await insert_token_row(session, token)
 
     async def get_build(self, build_id: str) -> Build | None:
-        p = t.projects
-        query = (
-            select(b)
-            .join(p, p.c.id == b.c.project_id)
-            .where(b.c.id == build_id, p.c.deleted_at.is_(None))
-        )
-        async with self._db.read() as conn:
-            r = (await conn.execute(query)).first()
-            return None if r is None else _build(r)
+        async with self._db.read() as session:
+            row = await session.one(_LIVE_BUILD, id=build_id)
+        return None if row is None else _build(row)
 
     async def list_builds(
         self, project_id: str, before: Position | None, limit: int
     ) -> list[Build]:
-        query = select(b).where(b.c.project_id == project_id)
-        if before is not None:
-            query = query.where(tuple_(b.c.created_at, b.c.id) < tuple_(*before))
-        query = query.order_by(b.c.created_at.desc(), b.c.id.desc()).limit(limit)
-        async with self._db.read() as conn:
-            return [_build(r) for r in await conn.execute(query)]
+        async with self._db.read() as session:
+            if before is None:
+                rows = await session.all(_BUILDS, project_id=project_id, limit=limit)
+            else:
+                rows = await session.all(
+                    _BUILDS_BEFORE,
+                    project_id=project_id,
+                    before_created_at=before[0],
+                    before_id=before[1],
+                    limit=limit,
+                )
+        return [_build(row) for row in rows]
 
     async def finish_build(
         self, build_id: str, status: BuildStatus, at: datetime, error_message: str | None
     ) -> Build | None:
-        async with self._db.write() as conn:
-            # The status condition makes the transition atomic: of concurrent finishers, in
-            # this process or any other, exactly one update matches a RUNNING row.
-            await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(status=status.value, finished_at=to_micros(at), error_message=error_message)
+        async with self._db.write() as session:
+            row = await session.one(
+                _FINISH,
+                id=build_id,
+                new_status=status.value,
+                at=to_micros(at),
+                message=error_message,
             )
-            r = (await conn.execute(select(b).where(b.c.id == build_id))).first()
-            return None if r is None else _build(r)
+            if row is None:  # not running (finished already), or no such build
+                row = await session.one(_BUILD, id=build_id)
+            return None if row is None else _build(row)
 
     # Health and machine waits
 
     async def touch_build_health(self, build_id: str, now: datetime) -> bool:
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(last_health_at=to_micros(now))
-            )
-            return bool(result.rowcount)
+        async with self._db.write() as session:
+            return bool(await session.run(_TOUCH_HEALTH, id=build_id, at=to_micros(now)))
 
     async def note_machine_wait(self, build_id: str, now: datetime) -> datetime | None:
-        micros = to_micros(now)
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(b)
-                .where(b.c.id == build_id, b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    last_health_at=micros,
-                    machine_wanted_since=func.coalesce(b.c.machine_wanted_since, micros),
-                )
-                .returning(b.c.machine_wanted_since)
-            )
-            since = result.scalar_one_or_none()
-            return None if since is None else from_micros(since)
+        async with self._db.write() as session:
+            since = await session.value(_NOTE_MACHINE_WAIT, id=build_id, at=to_micros(now))
+        return None if since is None else from_micros(since)
 
     async def mark_build_started(self, build_id: str, at: datetime) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(b)
-                .where(b.c.id == build_id)
-                .values(
-                    started_at=func.coalesce(b.c.started_at, to_micros(at)),
-                    machine_wanted_since=None,
-                )
-            )
+        async with self._db.write() as session:
+            await session.run(_MARK_STARTED, id=build_id, at=to_micros(at))
 
     async def cancel_silent_builds(self, *, silent_since: datetime, now: datetime) -> list[str]:
-        micros = to_micros(now)
-        async with self._db.write() as conn:
-            stale = and_(
-                b.c.status == BuildStatus.RUNNING.value,
-                b.c.last_health_at.is_not(None),
-                b.c.last_health_at < to_micros(silent_since),
+        async with self._db.write() as session:
+            rows = await session.all(
+                _CANCEL_SILENT, silent_since=to_micros(silent_since), at=to_micros(now)
             )
-            ids = [r.id for r in await conn.execute(select(b.c.id).where(stale))]
-            if not ids:
-                return []
-            await conn.execute(
-                update(b)
-                .where(b.c.id.in_(ids), b.c.status == BuildStatus.RUNNING.value)
-                .values(
-                    status=BuildStatus.CANCELED.value,
-                    finished_at=micros,
-                    error_message="canceled: the client stopped reporting health",
-                )
-            )
-            return ids
+        return [row["id"] for row in rows]
 
     # Status reports
 
     async def insert_status_report(
         self, build_id: str, received_at: datetime, report: bytes, *, max_total_bytes: int
     ) -> bool:
-        r = t.build_status_reports
-        async with self._db.write() as conn:
-            kept = await conn.scalar(
-                select(func.coalesce(func.sum(func.length(r.c.report)), 0)).where(
-                    r.c.build_id == build_id
-                )
-            )
+        async with self._db.write() as session:
+            kept = await session.value(_REPORTS_SIZE, build_id=build_id)
             if int(kept or 0) + len(report) > max_total_bytes:
                 return False
-            await conn.execute(
-                r.insert().values(
-                    build_id=build_id, received_at=to_micros(received_at), report=report
-                )
+            await session.run(
+                _INSERT_REPORT,
+                build_id=build_id,
+                received_at=to_micros(received_at),
+                report=report,
             )
             return True
 
     async def list_status_reports(self, build_id: str) -> list[StatusReport]:
-        r = t.build_status_reports
-        query = select(r).where(r.c.build_id == build_id).order_by(r.c.id)
-        async with self._db.read() as conn:
-            return [
-                StatusReport(row.build_id, from_micros(row.received_at), bytes(row.report))
-                for row in await conn.execute(query)
-            ]
+        async with self._db.read() as session:
+            rows = await session.all(_REPORTS, build_id=build_id)
+        return [
+            StatusReport(row["build_id"], from_micros(row["received_at"]), bytes(row["report"]))
+            for row in rows
+        ]
 
 
-def _build(r: Row[Any]) -> Build:
+def _build(row: Row) -> Build:
     return Build(
-        id=r.id,
-        project_id=r.project_id,
-        org_id=r.org_id,
-        status=BuildStatus(r.status),
-        created_at=from_micros(r.created_at),
-        started_at=at_or_none(r.started_at),
-        finished_at=at_or_none(r.finished_at),
-        error_message=r.error_message,
+        id=row["id"],
+        project_id=row["project_id"],
+        org_id=row["org_id"],
+        status=BuildStatus(row["status"]),
+        created_at=from_micros(row["created_at"]),
+        started_at=at_or_none(row["started_at"]),
+        finished_at=at_or_none(row["finished_at"]),
+        error_message=row["error_message"],
     )

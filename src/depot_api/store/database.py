@@ -1,11 +1,13 @@
-"""The connection to the database and the one way queries reach it.
+"""The database: the one way store statements reach it, and the engine that migrates it.
 
-Every store query runs inside `Database.read()` or `Database.write()`: one transaction on a
-pooled connection, with the database's own failures reported as StoreUnavailable. This module
-is the store's only plumbing between SQL and the drivers; the aggregates (orgs, projects,
-builds, machines) hold nothing but their statements.
+Every store statement runs inside `Database.read()` or `Database.write()`, which yield a
+driver Session (store.driver): one SELECT, or one transaction, on the database's own driver
+(sqlite3 inline on the event loop, or an asyncpg pool), with the database's failures reported
+as StoreUnavailable and broken constraints as ConstraintViolation. The aggregates (orgs,
+projects, builds, machines) hold nothing but their statements.
 
-Also here: the engines (PostgreSQL's pool and bounded waits; SQLite's are in store.sqlite), and
+SQLAlchemy's AsyncEngine remains for what Alembic needs: migrations and the start-up lock
+(store.migrating). Tests use it (create_engine) to look at the database directly. Also here:
 the messages that say why a database cannot be used at all (explained_errors).
 """
 
@@ -14,130 +16,111 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
+from depot_api.store.driver import (
+    POSTGRES_COMMAND_TIMEOUT_S,
+    POSTGRES_CONNECT_TIMEOUT_S,
+    SQLITE_LOCK_TIMEOUT_S,
+    Query,
+    Session,
+    open_driver,
+)
 from depot_api.store.errors import DatabaseUnusable, StoreUnavailable
-from depot_api.store.sqlite import InlineEngine, configure_sqlite
 from depot_api.store.urls import normalize_url
-
-# Bounds on waiting for PostgreSQL, in seconds: to connect, for a pooled connection, and for
-# one statement.
-POSTGRES_CONNECT_TIMEOUT_S = 5
-POSTGRES_POOL_TIMEOUT_S = 10
-POSTGRES_COMMAND_TIMEOUT_S = 30
 
 # PostgreSQL's error codes (SQLSTATE) for a database that does not exist, and for a login
 # refused (no such role, a wrong password).
 _NO_SUCH_DATABASE = "3D000"
 _REFUSED_LOGIN = ("28000", "28P01")
 
+# Reachable, readable, and migrated: Alembic's table is there.
+_SCHEMA_VERSION = Query(text("SELECT version_num FROM alembic_version"))
+
 
 class Database:
-    """One database: its engines, and transactions on them. Connects on first use."""
+    """One database: its driver for the store's statements, its engine for migrations.
+    Connects on first use."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        # The asynchronous engine: migrations, the start-up lock, and PostgreSQL's queries.
-        self.engine = create_engine(url)
-        # SQLite's statements run inline: faster than aiosqlite's thread hand-offs (see there).
-        self._engine: AsyncEngine | InlineEngine = (
-            InlineEngine.for_url(self.engine.url)
-            if self.engine.dialect.name == "sqlite"
-            else self.engine
-        )
-        # Writes ask SQLite for the write lock up front (BEGIN IMMEDIATE), so two writers never
-        # deadlock upgrading read locks; see depot_api.store.sqlite.
-        self._write_engine = self._engine.execution_options(depot_write=True)
-        # Every read is a single SELECT, which needs no BEGIN and ROLLBACK around it: on
-        # SQLite the statement is its own transaction, on PostgreSQL autocommit makes it one
-        # round trip instead of three.
-        self._read_engine = (
-            self._engine.execution_options(depot_single_statement=True)
-            if isinstance(self._engine, InlineEngine)
-            else self._engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        self.url = normalize_url(url)
+        self._driver = open_driver(self.url)
+        # Migrations and the start-up lock only (store.migrating).
+        self.engine = create_engine(self.url)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one SELECT (it is its own transaction)."""
-        async with _translated(), self._read_engine.connect() as conn:
-            yield conn
+    def read(self) -> AbstractAsyncContextManager[Session]:
+        """A session for single-statement reads (each is its own transaction)."""
+        return self._driver.read()
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    def write(self) -> AbstractAsyncContextManager[Session]:
         """A transaction that commits when the block ends and rolls back if it raises."""
-        async with _translated(), self._write_engine.begin() as conn:
-            yield conn
+        return self._driver.write()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable, readable and migrated."""
-        async with self.read() as conn:
-            await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+        async with self.read() as session:
+            await session.value(_SCHEMA_VERSION)
 
     async def close(self) -> None:
         """Release every connection."""
-        await self._engine.dispose()
+        await self._driver.close()
         await self.engine.dispose()
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An asynchronous engine for the URL, with the settings its database needs. Tests use it
-    to look at the database directly."""
+    """A SQLAlchemy engine for the URL, for migrations and the start-up lock; tests use it to
+    look at the database directly. It keeps no connection between uses (NullPool): it is used
+    at start, and the store's statements go through the driver's own connections."""
     url = normalize_url(url)
     if url.startswith("postgresql"):
-        # No pre-ping: it cost a round trip before every transaction. A connection that died
-        # while idle is found without one instead (see _replace_closed_connections). The pool
-        # is per process.
-        engine = create_async_engine(
+        # Bounded waits: an unreachable database makes start-up fail in seconds, not minutes.
+        return create_async_engine(
             url,
-            pool_size=10,
-            max_overflow=20,
-            pool_timeout=POSTGRES_POOL_TIMEOUT_S,
-            # Bounded waits: an unreachable database makes callers wait seconds, not minutes.
+            poolclass=NullPool,
             connect_args={
                 "timeout": POSTGRES_CONNECT_TIMEOUT_S,
                 "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
             },
         )
-        event.listen(engine.sync_engine, "checkout", _replace_closed_connections)
-        return engine
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, poolclass=NullPool)
     configure_sqlite(engine.sync_engine)
     return engine
 
 
-def _replace_closed_connections(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    """Refuse a pooled connection that PostgreSQL has closed while it sat idle (a restart, or
-    an operator ending sessions), so that the pool replaces it before any statement runs.
+def configure_sqlite(engine: Engine) -> None:
+    """The settings of the engine's SQLite connections: WAL (a setting of the file, which the
+    first migration creates), a busy timeout, foreign keys, and transactions that SQLAlchemy
+    begins itself.
 
-    PostgreSQL says goodbye on the socket when it ends a session, and asyncpg marks its
-    connection closed as soon as the event loop reads that: asking costs no round trip, unlike
-    SQLAlchemy's pre-ping. Raising DisconnectionError here makes the pool discard the
-    connection and check out another (SQLAlchemy's documented custom pessimistic check).
-    A connection cut without a goodbye (a network partition) still fails its first
-    statement, and that call answers `unavailable`.
+    Python's sqlite3 module would otherwise begin transactions lazily and DEFERRED, so two
+    processes migrating at once could deadlock on the upgrade to a write lock. A transaction
+    asked for with the `depot_write` execution option (migrations) begins IMMEDIATE and waits
+    up to the busy timeout for the write lock. (The store's own connection, in store.driver,
+    sets the same pragmas and waits for the lock without blocking the event loop.)
     """
-    if dbapi_connection.driver_connection.is_closed():
-        raise DisconnectionError("the database closed this pooled connection")
 
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    """Report the database's own operational failures as StoreUnavailable. Integrity errors
-    pass through: the aggregate that ran the statement knows what they mean."""
-    try:
-        yield
-    except IntegrityError:
-        raise
-    except (OperationalError, DBAPIError, SQLAlchemyTimeoutError, OSError) as e:
-        raise StoreUnavailable(type(e).__name__) from e
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("depot_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 @asynccontextmanager
@@ -169,7 +152,7 @@ def _explain(url: str, error: BaseException) -> str:
     if sqlstate in _REFUSED_LOGIN:
         return f"{where} refused the connection: {cause}"
     if isinstance(cause, TimeoutError):
-        return f"cannot reach {where}: no answer within {POSTGRES_CONNECT_TIMEOUT_S} s"
+        return f"cannot reach {where}: no answer within {POSTGRES_CONNECT_TIMEOUT_S:g} s"
     if isinstance(cause, socket.gaierror):
         return f"cannot reach {where}: cannot resolve {host} ({cause.strerror})"
     if isinstance(cause, OSError):

@@ -20,18 +20,20 @@ SqliteDriver). PostgreSQL runs on an asyncpg pool (see PostgresDriver).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import asyncpg
+from sqlalchemy import BindParameter, bindparam
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as postgres_dialect
 from sqlalchemy.dialects.sqlite.pysqlite import dialect as sqlite_dialect
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -58,28 +60,55 @@ _POSTGRES = postgres_dialect()  # type: ignore[no-untyped-call]
 
 
 class Query:
-    """A statement, compiled once per dialect into SQL text and its parameters' order."""
+    """A statement, compiled once per dialect into SQL text and its parameters' order.
+
+    Its `bindparam`s are given at each call, by name; values written into the statement
+    (`builds.c.status == "running"`) are constants, taken from it. A list parameter
+    (`bindparam("ids", expanding=True)` in an IN) is spread into the text at each call, by
+    SQLAlchemy's expansion of the compiled statement, which costs microseconds."""
 
     __slots__ = ("_compiled", "statement")
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
-    def sql(self, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    def compiled(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
-            c = cast(SQLCompiler, self.statement.compile(dialect=dialect))
-            compiled = self._compiled[dialect.name] = (c.string, tuple(c.positiontup or ()))
+            compiled = self._compiled[dialect.name] = _Compiled(
+                cast(SQLCompiler, self.statement.compile(dialect=dialect))
+            )
         return compiled
+
+
+class _Compiled:
+    __slots__ = ("constants", "expanding", "names", "sql")
+
+    def __init__(self, c: SQLCompiler) -> None:
+        self.sql = c.string
+        self.names = tuple(c.positiontup or ())
+        self.constants = {n: c.binds[n].value for n in self.names if not c.binds[n].required}
+        self.expanding = c if c.post_compile_params or c.literal_execute_params else None
+
+    def args(self, params: Mapping[str, Any]) -> tuple[str, Sequence[Any]]:
+        if self.expanding is None:
+            return self.sql, [params[n] if n in params else self.constants[n] for n in self.names]
+        state = self.expanding.construct_expanded_state(dict(params), escape_names=False)
+        return state.statement, state.positional_parameters
+
+
+def bound(*columns: str) -> dict[str, BindParameter[Any]]:
+    """`insert(table).values(bound("id", "name"))`: each column's value is the parameter of
+    the same name."""
+    return {column: bindparam(column) for column in columns}
 
 
 def _sql_and_args(
     dialect: Dialect, query: Query | ClauseElement, params: Mapping[str, Any]
 ) -> tuple[str, Sequence[Any]]:
     if isinstance(query, Query):
-        sql, names = query.sql(dialect)
-        return sql, [params[name] for name in names]
+        return query.compiled(dialect).args(params)
     # A statement shaped by its values: compiled now, its values taken from it.
     c = cast(
         SQLCompiler,
@@ -113,12 +142,12 @@ class Driver(ABC):
     dialect: Dialect
 
     @abstractmethod
-    def read(self) -> Any:
+    def read(self) -> AbstractAsyncContextManager[Session]:
         """`async with driver.read() as session`: single-statement reads, each its own
         transaction (reads here are one SELECT each)."""
 
     @abstractmethod
-    def write(self) -> Any:
+    def write(self) -> AbstractAsyncContextManager[Session]:
         """`async with driver.write() as session`: one transaction, committed at the end of
         the block, rolled back if it raises."""
 
@@ -131,7 +160,10 @@ def open_driver(url: str) -> Driver:
     Nothing connects until the first statement."""
     if url.startswith("postgresql"):
         return PostgresDriver(url)
-    return SqliteDriver(Path(url.split(":///", 1)[1]))
+    # The path as SQLAlchemy reads it (decoded), so that migrations open the same file.
+    database = make_url(url).database
+    assert database, "a normalized SQLite URL names a file"
+    return SqliteDriver(Path(database))
 
 
 # SQLite
@@ -163,22 +195,29 @@ class SqliteDriver(Driver):
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            connection.row_factory = sqlite3.Row
-            # WAL: readers never wait for the writer. synchronous=NORMAL in WAL survives a
-            # crash of the process (only a power loss may drop the last transactions).
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-                connection.execute(f"PRAGMA {pragma}")
+            connection: sqlite3.Connection | None = None
+            try:
+                connection = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False, timeout=0
+                )
+                connection.row_factory = sqlite3.Row
+                # WAL: readers never wait for the writer. synchronous=NORMAL in WAL survives a
+                # crash of the process (only a power loss may drop the last transactions).
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+                    connection.execute(f"PRAGMA {pragma}")
+            except sqlite3.Error as e:
+                if connection is not None:
+                    connection.close()
+                raise StoreUnavailable(f"cannot open {self._path}: {e}") from e
             self._connection = connection
         return self._connection
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Session]:
+        connection = self._connect()
         self._enter()
         try:
-            yield _SqliteSession(self._connect())
+            yield _SqliteSession(connection)
         finally:
             self._busy = False
 
@@ -188,17 +227,25 @@ class SqliteDriver(Driver):
         await self._begin_immediate(connection)
         try:
             yield _SqliteSession(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            self._busy = False
-            raise
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.Error as e:
-            connection.execute("ROLLBACK")
-            raise StoreUnavailable(f"commit failed: {e}") from e
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"commit failed: {e}") from e
         finally:
             self._busy = False
+            # After an error SQLite may have ended the transaction itself (a full disk, an
+            # I/O error): a ROLLBACK then would fail and hide the error that matters.
+            if connection.in_transaction:
+                self._roll_back(connection)
+
+    def _roll_back(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back is not trusted again: the next call opens
+            # another, and SQLite discards what this one left unfinished.
+            connection.close()
+            self._connection = None
 
     async def _begin_immediate(self, connection: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self._lock_timeout
@@ -208,9 +255,9 @@ class SqliteDriver(Driver):
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as e:
+            except sqlite3.Error as e:
                 self._busy = False
-                if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                if getattr(e, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
                     raise StoreUnavailable(f"cannot begin a write: {e}") from e
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(
@@ -258,6 +305,9 @@ class _SqliteSession(Session):
 
 # PostgreSQL
 
+# What a failed call of asyncpg may raise, besides a broken constraint.
+_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 class PostgresDriver(Driver):
     """An asyncpg pool, opened at the first statement (the application is built before its
@@ -294,7 +344,7 @@ class PostgresDriver(Driver):
         try:
             pool = await self._get_pool()
             connection = await pool.acquire(timeout=POSTGRES_POOL_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
         try:
             yield connection
@@ -312,17 +362,20 @@ class PostgresDriver(Driver):
             transaction = connection.transaction()
             try:
                 await transaction.start()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _POSTGRES_ERRORS as e:
                 raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
             try:
                 yield _PostgresSession(connection)
             except BaseException:
                 if not connection.is_closed():
-                    await transaction.rollback()
+                    # A connection that fails to roll back is closed by the pool on release;
+                    # the error that matters is the one raised in the block.
+                    with contextlib.suppress(*_POSTGRES_ERRORS):
+                        await transaction.rollback()
                 raise
             try:
                 await transaction.commit()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except _POSTGRES_ERRORS as e:
                 raise StoreUnavailable(f"commit failed: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
@@ -343,7 +396,7 @@ class _PostgresSession(Session):
             return await self._connection.fetch(sql, *args)  # type: ignore[no-any-return]
         except asyncpg.IntegrityConstraintViolationError as e:
             raise ConstraintViolation(e.constraint_name or str(e)) from e
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
     async def run(self, query: Query | ClauseElement, /, **params: Any) -> int:
@@ -352,7 +405,7 @@ class _PostgresSession(Session):
             status = await self._connection.execute(sql, *args)
         except asyncpg.IntegrityConstraintViolationError as e:
             raise ConstraintViolation(e.constraint_name or str(e)) from e
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _POSTGRES_ERRORS as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
         # "UPDATE 3", "INSERT 0 1", "DELETE 0": the count is the last word.
         count = status.rsplit(" ", 1)[-1]

@@ -3,19 +3,80 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Row, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from depot_api.models import Organization, Token, TokenKind, User
 from depot_api.store import schema as t
 from depot_api.store.database import Database
-from depot_api.store.errors import DuplicateKey
+from depot_api.store.driver import Query, Row, Session, bound
+from depot_api.store.errors import ConstraintViolation, DuplicateKey
 from depot_api.store.interface import OrgStore
 from depot_api.store.schema import at_or_none, micros_or_none
 from depot_api.times import from_micros, to_micros
+
+o, u, ms, tk = t.organizations, t.users, t.memberships, t.tokens
+
+_INSERT_ORG = Query(insert(o).values(bound("id", "name", "created_at")))
+_COUNT_ORGS = Query(select(func.count()).select_from(o))
+_ORGS = Query(select(o).order_by(o.c.created_at, o.c.id))
+_INSERT_USER = Query(insert(u).values(bound("id", "name", "created_at")))
+_USER = Query(select(u).where(u.c.id == bindparam("id")))
+_MEMBERSHIP = Query(
+    select(ms.c.user_id).where(
+        ms.c.user_id == bindparam("user_id"), ms.c.org_id == bindparam("org_id")
+    )
+)
+_INSERT_MEMBERSHIP = Query(insert(ms).values(bound("user_id", "org_id", "created_at")))
+_ORG_IDS_OF_USER = Query(
+    select(ms.c.org_id).where(ms.c.user_id == bindparam("user_id")).order_by(ms.c.org_id)
+)
+
+_INSERT_TOKEN = Query(
+    insert(tk).values(
+        bound(
+            "id",
+            "kind",
+            "secret_hash",
+            "description",
+            "org_id",
+            "user_id",
+            "project_id",
+            "build_id",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+        )
+    )
+)
+_TOKEN_BY_HASH = Query(select(tk).where(tk.c.secret_hash == bindparam("secret_hash")))
+_TOKEN = Query(select(tk).where(tk.c.id == bindparam("id")))
+_PROJECT_TOKENS = Query(
+    select(tk)
+    .where(
+        tk.c.project_id == bindparam("project_id"),
+        tk.c.kind == TokenKind.PROJECT.value,
+        tk.c.revoked_at.is_(None),
+    )
+    .order_by(tk.c.created_at, tk.c.id)
+)
+_STANDING_TOKENS = Query(
+    select(tk)
+    .where(tk.c.kind != TokenKind.BUILD.value, tk.c.revoked_at.is_(None))
+    .order_by(tk.c.created_at, tk.c.id)
+)
+_live_token = (tk.c.id == bindparam("id")) & tk.c.revoked_at.is_(None)
+_SET_DESCRIPTION = Query(update(tk).where(_live_token).values(bound("description")))
+_REVOKE = Query(update(tk).where(_live_token).values(revoked_at=bindparam("at")))
+_RECORD_USE = Query(
+    update(tk)
+    .where(
+        tk.c.id == bindparam("id"),
+        # Conditional, so that concurrent calls write once, and never backwards.
+        or_(tk.c.last_used_at.is_(None), tk.c.last_used_at < bindparam("unless_since")),
+    )
+    .values(last_used_at=bindparam("at"))
+)
 
 
 class SqlOrgStore(OrgStore):
@@ -25,201 +86,139 @@ class SqlOrgStore(OrgStore):
     # Organizations and users
 
     async def insert_organization(self, org: Organization) -> None:
-        async with self._db.write() as conn:
+        async with self._db.write() as session:
             try:
-                await conn.execute(
-                    t.organizations.insert().values(
-                        id=org.id, name=org.name, created_at=to_micros(org.created_at)
-                    )
+                await session.run(
+                    _INSERT_ORG, id=org.id, name=org.name, created_at=to_micros(org.created_at)
                 )
-            except IntegrityError:
+            except ConstraintViolation:
                 raise DuplicateKey(org.id) from None
 
     async def count_organizations(self) -> int:
-        async with self._db.read() as conn:
-            return int(
-                (await conn.execute(select(func.count()).select_from(t.organizations))).scalar_one()
-            )
+        async with self._db.read() as session:
+            return int(await session.value(_COUNT_ORGS))
 
     async def get_organizations(self, org_ids: list[str]) -> list[Organization]:
         if not org_ids:
             return []
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(t.organizations)
-                .where(t.organizations.c.id.in_(org_ids))
-                .order_by(t.organizations.c.created_at, t.organizations.c.id)
+        async with self._db.read() as session:
+            rows = await session.all(
+                select(o).where(o.c.id.in_(org_ids)).order_by(o.c.created_at, o.c.id)
             )
-            return [
-                Organization(id=r.id, name=r.name, created_at=from_micros(r.created_at))
-                for r in rows
-            ]
+        return [_organization(r) for r in rows]
 
     async def list_organizations(self) -> list[Organization]:
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(t.organizations).order_by(t.organizations.c.created_at, t.organizations.c.id)
-            )
-            return [
-                Organization(id=r.id, name=r.name, created_at=from_micros(r.created_at))
-                for r in rows
-            ]
+        async with self._db.read() as session:
+            return [_organization(r) for r in await session.all(_ORGS)]
 
     async def insert_user(self, user: User) -> None:
-        async with self._db.write() as conn:
+        async with self._db.write() as session:
             try:
-                await conn.execute(
-                    t.users.insert().values(
-                        id=user.id, name=user.name, created_at=to_micros(user.created_at)
-                    )
+                await session.run(
+                    _INSERT_USER, id=user.id, name=user.name, created_at=to_micros(user.created_at)
                 )
-            except IntegrityError:
+            except ConstraintViolation:
                 raise DuplicateKey(user.id) from None
 
     async def get_user(self, user_id: str) -> User | None:
-        async with self._db.read() as conn:
-            r = (await conn.execute(select(t.users).where(t.users.c.id == user_id))).first()
-            return (
-                None
-                if r is None
-                else User(id=r.id, name=r.name, created_at=from_micros(r.created_at))
-            )
+        async with self._db.read() as session:
+            r = await session.one(_USER, id=user_id)
+        return (
+            None
+            if r is None
+            else User(id=r["id"], name=r["name"], created_at=from_micros(r["created_at"]))
+        )
 
     async def add_membership(self, user_id: str, org_id: str, at: datetime) -> bool:
-        async with self._db.write() as conn:
-            existing = await conn.execute(
-                select(t.memberships.c.user_id).where(
-                    t.memberships.c.user_id == user_id, t.memberships.c.org_id == org_id
-                )
-            )
-            if existing.first() is not None:
+        async with self._db.write() as session:
+            if await session.one(_MEMBERSHIP, user_id=user_id, org_id=org_id) is not None:
                 return False
-            await conn.execute(
-                t.memberships.insert().values(
-                    user_id=user_id, org_id=org_id, created_at=to_micros(at)
-                )
+            await session.run(
+                _INSERT_MEMBERSHIP, user_id=user_id, org_id=org_id, created_at=to_micros(at)
             )
             return True
 
     async def org_ids_of_user(self, user_id: str) -> list[str]:
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(t.memberships.c.org_id)
-                .where(t.memberships.c.user_id == user_id)
-                .order_by(t.memberships.c.org_id)
-            )
-            return [r.org_id for r in rows]
+        async with self._db.read() as session:
+            return [r["org_id"] for r in await session.all(_ORG_IDS_OF_USER, user_id=user_id)]
 
     # Tokens
 
     async def insert_token(self, token: Token) -> None:
-        async with self._db.write() as conn:
-            await insert_token_row(conn, token)
+        async with self._db.write() as session:
+            await insert_token_row(session, token)
 
     async def find_token(self, secret_hash: str) -> Token | None:
-        async with self._db.read() as conn:
-            r = (
-                await conn.execute(select(t.tokens).where(t.tokens.c.secret_hash == secret_hash))
-            ).first()
-            return None if r is None else _token(r)
+        async with self._db.read() as session:
+            r = await session.one(_TOKEN_BY_HASH, secret_hash=secret_hash)
+        return None if r is None else _token(r)
 
     async def get_token(self, token_id: str) -> Token | None:
-        async with self._db.read() as conn:
-            r = (await conn.execute(select(t.tokens).where(t.tokens.c.id == token_id))).first()
-            return None if r is None else _token(r)
+        async with self._db.read() as session:
+            r = await session.one(_TOKEN, id=token_id)
+        return None if r is None else _token(r)
 
     async def list_project_tokens(self, project_id: str) -> list[Token]:
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(t.tokens)
-                .where(
-                    t.tokens.c.project_id == project_id,
-                    t.tokens.c.kind == TokenKind.PROJECT.value,
-                    t.tokens.c.revoked_at.is_(None),
-                )
-                .order_by(t.tokens.c.created_at, t.tokens.c.id)
-            )
-            return [_token(r) for r in rows]
+        async with self._db.read() as session:
+            return [_token(r) for r in await session.all(_PROJECT_TOKENS, project_id=project_id)]
 
     async def list_standing_tokens(self) -> list[Token]:
-        async with self._db.read() as conn:
-            rows = await conn.execute(
-                select(t.tokens)
-                .where(
-                    t.tokens.c.kind != TokenKind.BUILD.value,
-                    t.tokens.c.revoked_at.is_(None),
-                )
-                .order_by(t.tokens.c.created_at, t.tokens.c.id)
-            )
-            return [_token(r) for r in rows]
+        async with self._db.read() as session:
+            return [_token(r) for r in await session.all(_STANDING_TOKENS)]
 
     async def set_token_description(self, token_id: str, description: str) -> bool:
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(t.tokens)
-                .where(t.tokens.c.id == token_id, t.tokens.c.revoked_at.is_(None))
-                .values(description=description)
-            )
-            return bool(result.rowcount)
+        async with self._db.write() as session:
+            return bool(await session.run(_SET_DESCRIPTION, id=token_id, description=description))
 
     async def record_token_use(self, token_id: str, at: datetime, unless_since: datetime) -> None:
-        last_used = t.tokens.c.last_used_at
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(t.tokens)
-                .where(
-                    t.tokens.c.id == token_id,
-                    # Conditional, so that concurrent calls write once, and never backwards.
-                    or_(last_used.is_(None), last_used < to_micros(unless_since)),
-                )
-                .values(last_used_at=to_micros(at))
+        async with self._db.write() as session:
+            await session.run(
+                _RECORD_USE, id=token_id, at=to_micros(at), unless_since=to_micros(unless_since)
             )
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
-        async with self._db.write() as conn:
-            result = await conn.execute(
-                update(t.tokens)
-                .where(t.tokens.c.id == token_id, t.tokens.c.revoked_at.is_(None))
-                .values(revoked_at=to_micros(at))
-            )
-            return bool(result.rowcount)
+        async with self._db.write() as session:
+            return bool(await session.run(_REVOKE, id=token_id, at=to_micros(at)))
 
 
-async def insert_token_row(conn: AsyncConnection, token: Token) -> None:
+async def insert_token_row(session: Session, token: Token) -> None:
     """Insert a token inside a caller's transaction (a build's token goes in with its build).
     Raises DuplicateKey on an ID or secret-hash clash."""
     try:
-        await conn.execute(
-            t.tokens.insert().values(
-                id=token.id,
-                kind=token.kind.value,
-                secret_hash=token.secret_hash,
-                description=token.description,
-                org_id=token.org_id,
-                user_id=token.user_id,
-                project_id=token.project_id,
-                build_id=token.build_id,
-                created_at=to_micros(token.created_at),
-                expires_at=micros_or_none(token.expires_at),
-                revoked_at=micros_or_none(token.revoked_at),
-            )
+        await session.run(
+            _INSERT_TOKEN,
+            id=token.id,
+            kind=token.kind.value,
+            secret_hash=token.secret_hash,
+            description=token.description,
+            org_id=token.org_id,
+            user_id=token.user_id,
+            project_id=token.project_id,
+            build_id=token.build_id,
+            created_at=to_micros(token.created_at),
+            expires_at=micros_or_none(token.expires_at),
+            revoked_at=micros_or_none(token.revoked_at),
         )
-    except IntegrityError:
+    except ConstraintViolation:
         raise DuplicateKey(token.id) from None
 
 
-def _token(r: Row[Any]) -> Token:
+def _organization(r: Row) -> Organization:
+    return Organization(id=r["id"], name=r["name"], created_at=from_micros(r["created_at"]))
+
+
+def _token(r: Row) -> Token:
     return Token(
-        id=r.id,
-        kind=TokenKind(r.kind),
-        secret_hash=r.secret_hash,
-        description=r.description,
-        created_at=from_micros(r.created_at),
-        org_id=r.org_id,
-        user_id=r.user_id,
-        project_id=r.project_id,
-        build_id=r.build_id,
-        expires_at=at_or_none(r.expires_at),
-        revoked_at=at_or_none(r.revoked_at),
-        last_used_at=at_or_none(r.last_used_at),
+        id=r["id"],
+        kind=TokenKind(r["kind"]),
+        secret_hash=r["secret_hash"],
+        description=r["description"],
+        created_at=from_micros(r["created_at"]),
+        org_id=r["org_id"],
+        user_id=r["user_id"],
+        project_id=r["project_id"],
+        build_id=r["build_id"],
+        expires_at=at_or_none(r["expires_at"]),
+        revoked_at=at_or_none(r["revoked_at"]),
+        last_used_at=at_or_none(r["last_used_at"]),
     )
