@@ -40,7 +40,7 @@ async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == head_revision() == "0004"
+            assert await conn.run_sync(_version) == head_revision() == "0005"
     finally:
         await engine.dispose()
 
@@ -54,6 +54,7 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             tables = await conn.run_sync(lambda c: sorted(inspect(c).get_table_names()))
         assert tables == [
             "alembic_version",
+            "auth_epoch",
             "build_endpoints",
             "build_status_reports",
             "builds",
@@ -65,6 +66,17 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             "tokens",
             "users",
         ]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_auth_epoch_starts_with_its_one_row(empty_database_url: str) -> None:
+    engine = create_engine(empty_database_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            rows = (await conn.exec_driver_sql("SELECT id, value FROM auth_epoch")).all()
+        assert [tuple(r) for r in rows] == [(1, 0)]
     finally:
         await engine.dispose()
 

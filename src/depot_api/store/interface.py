@@ -71,7 +71,7 @@ class OrgStore(Protocol):
         """The user, or None when there is none."""
 
     async def add_membership(self, user_id: str, org_id: str, at: datetime) -> bool:
-        """Make the user a member; False when they already were."""
+        """Make the user a member; False when they already were. Moves the auth epoch."""
 
     async def org_ids_of_user(self, user_id: str) -> list[str]:
         """The organizations the user is a member of, by ID."""
@@ -99,7 +99,12 @@ class OrgStore(Protocol):
         unless_since (so a busy token costs one write per interval, not one per call)."""
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
-        """False when the token does not exist or was already revoked."""
+        """False when the token does not exist or was already revoked. Moves the auth epoch."""
+
+    async def auth_epoch(self) -> int:
+        """The auth epoch: it moves, in the same transaction, with every change that could
+        refuse a token or change what it reaches (revoke_token, add_membership,
+        ProjectStore.delete_project). Kept principals are good while it stays put."""
 
 
 class ProjectStore(Protocol):
@@ -129,7 +134,8 @@ class ProjectStore(Protocol):
         """Change the given fields; None when there is no live project. Raises NameTaken."""
 
     async def delete_project(self, project_id: str, at: datetime) -> bool:
-        """Mark the project deleted and revoke its tokens; False when it was not live."""
+        """Mark the project deleted and revoke its tokens; False when it was not live. Moves
+        the auth epoch (OrgStore.auth_epoch)."""
 
     async def bump_cache_generation(self, project_id: str) -> int | None:
         """Start a new cache generation; returns it, or None when there is no live project."""

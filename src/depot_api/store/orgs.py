@@ -10,7 +10,7 @@ from depot_api.models import Organization, Token, TokenKind, User
 from depot_api.store import schema as t
 from depot_api.store.database import Database
 from depot_api.store.driver import Query, Row, Session, bound
-from depot_api.store.errors import ConstraintViolation, DuplicateKey
+from depot_api.store.errors import ConstraintViolation, DuplicateKey, StoreUnavailable
 from depot_api.store.interface import OrgStore
 from depot_api.store.schema import at_or_none, micros_or_none
 from depot_api.times import from_micros, to_micros
@@ -68,6 +68,10 @@ _STANDING_TOKENS = Query(
 _live_token = (tk.c.id == bindparam("id")) & tk.c.revoked_at.is_(None)
 _SET_DESCRIPTION = Query(update(tk).where(_live_token).values(bound("description")))
 _REVOKE = Query(update(tk).where(_live_token).values(revoked_at=bindparam("at")))
+_AUTH_EPOCH = Query(select(t.auth_epoch.c.value).where(t.auth_epoch.c.id == 1))
+_MOVE_AUTH_EPOCH = Query(
+    update(t.auth_epoch).where(t.auth_epoch.c.id == 1).values(value=t.auth_epoch.c.value + 1)
+)
 _RECORD_USE = Query(
     update(tk)
     .where(
@@ -136,6 +140,7 @@ class SqlOrgStore(OrgStore):
             await session.run(
                 _INSERT_MEMBERSHIP, user_id=user_id, org_id=org_id, created_at=to_micros(at)
             )
+            await move_auth_epoch(session)  # the user's tokens reach one more organization
             return True
 
     async def org_ids_of_user(self, user_id: str) -> list[str]:
@@ -178,7 +183,28 @@ class SqlOrgStore(OrgStore):
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         async with self._db.write() as session:
-            return bool(await session.run(_REVOKE, id=token_id, at=to_micros(at)))
+            if not await session.run(_REVOKE, id=token_id, at=to_micros(at)):
+                return False
+            await move_auth_epoch(session)
+            return True
+
+    async def auth_epoch(self) -> int:
+        async with self._db.read() as session:
+            epoch = await session.value(_AUTH_EPOCH)
+        if epoch is None:
+            # Made by the migration and never deleted. Without it no change would reach kept
+            # principals: refuse every call rather than trust them.
+            raise StoreUnavailable(
+                "the auth_epoch table lost its row (emptied by hand?); put it back with "
+                "INSERT INTO auth_epoch (id, value) VALUES (1, 0)"
+            )
+        return int(epoch)
+
+
+async def move_auth_epoch(session: Session) -> None:
+    """Move the auth epoch inside a caller's transaction: for a change that could refuse a
+    token or change what it reaches, so that principals kept by servers are read again."""
+    await session.run(_MOVE_AUTH_EPOCH)
 
 
 async def insert_token_row(session: Session, token: Token) -> None:

@@ -19,6 +19,7 @@ from depot_api.store.database import Database
 from depot_api.store.driver import Query, Row, bound
 from depot_api.store.errors import ConstraintViolation, DuplicateKey, NameTaken
 from depot_api.store.interface import Position, ProjectStore
+from depot_api.store.orgs import move_auth_epoch
 from depot_api.times import from_micros, to_micros
 
 p, tk, ca_table = t.projects, t.tokens, t.project_cas
@@ -160,6 +161,7 @@ class SqlProjectStore(ProjectStore):
             # In the same transaction: no moment in which the project is gone and its tokens
             # still work.
             await session.run(_REVOKE_TOKENS, id=project_id, at=micros)
+            await move_auth_epoch(session)
             return True
 
     async def bump_cache_generation(self, project_id: str) -> int | None:

@@ -98,6 +98,16 @@ tokens = Table(
     Index("ix_tokens_project", "project_id"),
 )
 
+# One row (id 1): a number moved by every change that could refuse a token or change what
+# it reaches (a revocation, a project deleted, a membership added), in the same transaction.
+# Servers keep principals only while it stays where it was (domain.auth).
+auth_epoch = Table(
+    "auth_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 builds = Table(
     "builds",
     metadata,
