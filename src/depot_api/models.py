@@ -9,7 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
+
+from depot_api.times import from_micros
 
 T = TypeVar("T")
 
@@ -112,16 +114,33 @@ class Token:
     last_used_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Build:
+class Build(NamedTuple):
+    """A build. Its times are kept as epoch microseconds, as stored and as sent (a listing
+    turns hundreds of them into messages; a datetime for each would double its cost); the
+    `_at` properties give them as datetimes.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and made in half the time."""
+
     id: str
     project_id: str
     org_id: str
     status: BuildStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_us: int
+    started_us: int | None = None
+    finished_us: int | None = None
     error_message: str | None = None
+
+    @property
+    def created_at(self) -> datetime:
+        return from_micros(self.created_us)
+
+    @property
+    def started_at(self) -> datetime | None:
+        return None if self.started_us is None else from_micros(self.started_us)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return None if self.finished_us is None else from_micros(self.finished_us)
 
 
 @dataclass(frozen=True, slots=True)

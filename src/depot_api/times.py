@@ -18,4 +18,5 @@ def to_micros(at: datetime) -> int:
 
 
 def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
+    seconds, micros = divmod(value, 1_000_000)
+    return _EPOCH + timedelta(0, seconds, micros)

@@ -24,6 +24,7 @@ from depot_api.models import (
     TokenKind,
 )
 from depot_api.store import Store, open_store
+from depot_api.times import to_micros
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -106,7 +107,7 @@ def build_records(project: Project, created: float = 0) -> tuple[Build, Token]:
         project_id=project.id,
         org_id=project.org_id,
         status=BuildStatus.RUNNING,
-        created_at=at(created),
+        created_us=to_micros(at(created)),
     )
     token = token_record(
         TokenKind.BUILD,

@@ -26,7 +26,7 @@ async def test_a_build_and_its_token_are_stored_together_or_not_at_all(store: St
     # The build's ID is taken: its token is not stored either.
     clash, clash_token = build_records(project)
     with pytest.raises(DuplicateKey):
-        await store.builds.insert_build(replace(clash, id=build.id), clash_token)
+        await store.builds.insert_build(clash._replace(id=build.id), clash_token)
     assert await store.orgs.get_token(clash_token.id) is None
     # Its token's ID is taken: the build is not stored either.
     other, other_token = build_records(project)

@@ -4,7 +4,10 @@ seed's GetBuild and ListBuilds (a bare Build with BUILD_STATUS_* names)."""
 from __future__ import annotations
 
 from depot_api.api.build_listing import builds_page
-from depot_api.api.convert import optional_timestamp, timestamp
+from depot_api.api.convert import (
+    micros_timestamp,
+    optional_micros_timestamp,
+)
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, Outcome, duration_seconds
 from depot_api.domain.errors import InvalidArgument
@@ -70,8 +73,8 @@ def seed_build_message(build: Build) -> pb.Build:
         build_id=build.id,
         project_id=build.project_id,
         status=_SEED_STATUS[build.status],
-        created_at=timestamp(build.created_at),
+        created_at=micros_timestamp(build.created_us),
         build_duration_seconds=duration_seconds(build),
-        started_at=optional_timestamp(build.started_at),
-        finished_at=optional_timestamp(build.finished_at),
+        started_at=optional_micros_timestamp(build.started_us),
+        finished_at=optional_micros_timestamp(build.finished_us),
     )

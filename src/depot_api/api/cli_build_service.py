@@ -17,7 +17,11 @@ from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
 from depot_api.api.build_listing import builds_page
-from depot_api.api.convert import optional_timestamp, timestamp
+from depot_api.api.convert import (
+    micros_timestamp,
+    optional_micros_timestamp,
+    optional_timestamp,
+)
 from depot_api.api.guard import Context, current_principal
 from depot_api.api.platforms import platform_from_wire
 from depot_api.domain.build_reports import BuildReports
@@ -190,6 +194,6 @@ def _build_message(build: Build) -> pb.Build:
     return pb.Build(
         id=build.id,
         status=_STATUS[build.status],
-        created_at=timestamp(build.created_at),
-        finished_at=optional_timestamp(build.finished_at),
+        created_at=micros_timestamp(build.created_us),
+        finished_at=optional_micros_timestamp(build.finished_us),
     )

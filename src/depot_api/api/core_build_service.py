@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from depot_api.api.build_listing import builds_page
-from depot_api.api.convert import optional_timestamp, timestamp
+from depot_api.api.convert import (
+    micros_timestamp,
+    optional_micros_timestamp,
+)
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, duration_seconds
 from depot_api.gen.depot.core.v1 import build_connect
@@ -41,9 +44,9 @@ def build_message(build: Build) -> pb.Build:
     return pb.Build(
         build_id=build.id,
         status=_STATUS[build.status],
-        created_at=timestamp(build.created_at),
-        started_at=optional_timestamp(build.started_at),
-        finished_at=optional_timestamp(build.finished_at),
+        created_at=micros_timestamp(build.created_us),
+        started_at=optional_micros_timestamp(build.started_us),
+        finished_at=optional_micros_timestamp(build.finished_us),
         # The real field is an int32 of whole seconds.
         build_duration_seconds=None if duration is None else round(duration),
     )

@@ -78,7 +78,7 @@ class Builds:
             project_id=project.id,
             org_id=project.org_id,
             status=BuildStatus.RUNNING,
-            created_at=self._now(),
+            created_us=to_micros(self._now()),
         )
         token, secret = self._tokens.new_token(
             TokenKind.BUILD,
@@ -120,7 +120,7 @@ class Builds:
             raise PermissionDenied("a build token can only drive its own build")
         project = await self._projects.get_for_builds(principal, project_id)
         rows = await self._build_store.list_builds(project.id, before, limit + 1)
-        return page_of(rows, limit, lambda b: (to_micros(b.created_at), b.id))
+        return page_of(rows, limit, lambda b: (b.created_us, b.id))
 
     async def _reachable(self, principal: Principal, build_id: str) -> Build:
         require_id(build_id, "build_id")
@@ -141,7 +141,7 @@ class Builds:
 
 def duration_seconds(build: Build) -> float | None:
     """Seconds from the build's start (machine acquired, else creation) to its end."""
-    if build.finished_at is None:
+    if build.finished_us is None:
         return None
-    start = build.started_at or build.created_at
-    return max((build.finished_at - start).total_seconds(), 0.0)
+    start = build.started_us if build.started_us is not None else build.created_us
+    return max((build.finished_us - start) / 1_000_000, 0.0)

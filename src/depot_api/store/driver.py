@@ -24,7 +24,7 @@ import contextlib
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -42,9 +42,11 @@ from depot_api.store.errors import ConstraintViolation, StoreUnavailable
 
 class Row(Protocol):
     """A row from either driver (sqlite3.Row, asyncpg.Record): indexed by column name, or by
-    position."""
+    position, or unpacked in the order of the statement's columns."""
 
     def __getitem__(self, key: str | int, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 # Bounds on waiting, in seconds: for SQLite's write lock; for PostgreSQL, to connect, for a
