@@ -53,11 +53,15 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
         self._driver = open_driver(self.url)
+        # "sqlite" or "postgresql": for the few statements each database writes its own way.
+        self.dialect_name: str = self._driver.dialect.name
         # Migrations and the start-up lock only (store.migrating).
         self.engine = create_engine(self.url)
 
     def read(self) -> AbstractAsyncContextManager[Session]:
-        """A session for single-statement reads (each is its own transaction)."""
+        """A session for single statements, each its own transaction: reads, and on
+        PostgreSQL a write that is one statement (SQLite's writers wait for the write lock
+        in write() only)."""
         return self._driver.read()
 
     def write(self) -> AbstractAsyncContextManager[Session]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 
@@ -32,23 +33,23 @@ _ORG_IDS_OF_USER = Query(
     select(ms.c.org_id).where(ms.c.user_id == bindparam("user_id")).order_by(ms.c.org_id)
 )
 
-_INSERT_TOKEN = Query(
-    insert(tk).values(
-        bound(
-            "id",
-            "kind",
-            "secret_hash",
-            "description",
-            "org_id",
-            "user_id",
-            "project_id",
-            "build_id",
-            "created_at",
-            "expires_at",
-            "revoked_at",
-        )
+# A token's row, with a parameter per column (token_values gives them).
+INSERT_TOKEN = insert(tk).values(
+    bound(
+        "id",
+        "kind",
+        "secret_hash",
+        "description",
+        "org_id",
+        "user_id",
+        "project_id",
+        "build_id",
+        "created_at",
+        "expires_at",
+        "revoked_at",
     )
 )
+_INSERT_TOKEN = Query(INSERT_TOKEN)
 _TOKEN_BY_HASH = Query(select(tk).where(tk.c.secret_hash == bindparam("secret_hash")))
 _TOKEN = Query(select(tk).where(tk.c.id == bindparam("id")))
 _PROJECT_TOKENS = Query(
@@ -211,22 +212,26 @@ async def insert_token_row(session: Session, token: Token) -> None:
     """Insert a token inside a caller's transaction (a build's token goes in with its build).
     Raises DuplicateKey on an ID or secret-hash clash."""
     try:
-        await session.run(
-            _INSERT_TOKEN,
-            id=token.id,
-            kind=token.kind.value,
-            secret_hash=token.secret_hash,
-            description=token.description,
-            org_id=token.org_id,
-            user_id=token.user_id,
-            project_id=token.project_id,
-            build_id=token.build_id,
-            created_at=to_micros(token.created_at),
-            expires_at=micros_or_none(token.expires_at),
-            revoked_at=micros_or_none(token.revoked_at),
-        )
+        await session.run(_INSERT_TOKEN, **token_values(token))
     except ConstraintViolation:
         raise DuplicateKey(token.id) from None
+
+
+def token_values(token: Token) -> dict[str, Any]:
+    """The parameters of INSERT_TOKEN for this token."""
+    return {
+        "id": token.id,
+        "kind": token.kind.value,
+        "secret_hash": token.secret_hash,
+        "description": token.description,
+        "org_id": token.org_id,
+        "user_id": token.user_id,
+        "project_id": token.project_id,
+        "build_id": token.build_id,
+        "created_at": to_micros(token.created_at),
+        "expires_at": micros_or_none(token.expires_at),
+        "revoked_at": micros_or_none(token.revoked_at),
+    }
 
 
 def _organization(r: Row) -> Organization:
