@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import machine_pb
-from .machine_pb import HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse
+from .machine_pb import AdmitConnectionRequest, AdmitConnectionResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ReportConnectionsRequest, ReportConnectionsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -40,6 +40,21 @@ class MachineService(Protocol):
     async def heartbeat(self, request: HeartbeatRequest, ctx: RequestContext[HeartbeatRequest, HeartbeatResponse], /) -> HeartbeatResponse:
         """
         Report health and learn the desired state.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def admit_connection(self, request: AdmitConnectionRequest, ctx: RequestContext[AdmitConnectionRequest, AdmitConnectionResponse], /) -> AdmitConnectionResponse:
+        """
+        The agent is the machine's front door: after the TLS handshake of each client connection
+        it asks whether the build named by the client certificate may use this machine now. Not a
+        byte is forwarded to the daemon before the answer.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def report_connections(self, request: ReportConnectionsRequest, ctx: RequestContext[ReportConnectionsRequest, ReportConnectionsResponse], /) -> ReportConnectionsResponse:
+        """
+        What became of client connections, admitted or refused, sent in batches once they end (and
+        for long ones, while they last), so operators can see who used a machine.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -82,6 +97,28 @@ class MachineServiceASGIApplication(ConnectASGIApplication[MachineService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.heartbeat,
+                ),
+                "/depotapi.machine.v1.MachineService/AdmitConnection": Endpoint.unary(
+                    method=MethodInfo(
+                        name="AdmitConnection",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=AdmitConnectionRequest,
+                        output=AdmitConnectionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.admit_connection,
+                ),
+                "/depotapi.machine.v1.MachineService/ReportConnections": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ReportConnections",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=ReportConnectionsRequest,
+                        output=ReportConnectionsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.report_connections,
                 ),
             },
             interceptors=interceptors,
@@ -143,6 +180,55 @@ class MachineServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def admit_connection(
+        self,
+        request: AdmitConnectionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AdmitConnectionResponse:
+        """
+        The agent is the machine's front door: after the TLS handshake of each client connection
+        it asks whether the build named by the client certificate may use this machine now. Not a
+        byte is forwarded to the daemon before the answer.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AdmitConnection",
+                service_name="depotapi.machine.v1.MachineService",
+                input=AdmitConnectionRequest,
+                output=AdmitConnectionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def report_connections(
+        self,
+        request: ReportConnectionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportConnectionsResponse:
+        """
+        What became of client connections, admitted or refused, sent in batches once they end (and
+        for long ones, while they last), so operators can see who used a machine.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportConnections",
+                service_name="depotapi.machine.v1.MachineService",
+                input=ReportConnectionsRequest,
+                output=ReportConnectionsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class MachineServiceSync(Protocol):
     def register(self, request: RegisterRequest, ctx: RequestContext[RegisterRequest, RegisterResponse], /) -> RegisterResponse:
@@ -154,6 +240,21 @@ class MachineServiceSync(Protocol):
     def heartbeat(self, request: HeartbeatRequest, ctx: RequestContext[HeartbeatRequest, HeartbeatResponse], /) -> HeartbeatResponse:
         """
         Report health and learn the desired state.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def admit_connection(self, request: AdmitConnectionRequest, ctx: RequestContext[AdmitConnectionRequest, AdmitConnectionResponse], /) -> AdmitConnectionResponse:
+        """
+        The agent is the machine's front door: after the TLS handshake of each client connection
+        it asks whether the build named by the client certificate may use this machine now. Not a
+        byte is forwarded to the daemon before the answer.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def report_connections(self, request: ReportConnectionsRequest, ctx: RequestContext[ReportConnectionsRequest, ReportConnectionsResponse], /) -> ReportConnectionsResponse:
+        """
+        What became of client connections, admitted or refused, sent in batches once they end (and
+        for long ones, while they last), so operators can see who used a machine.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -194,6 +295,28 @@ class MachineServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.heartbeat,
+                ),
+                "/depotapi.machine.v1.MachineService/AdmitConnection": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="AdmitConnection",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=AdmitConnectionRequest,
+                        output=AdmitConnectionResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.admit_connection,
+                ),
+                "/depotapi.machine.v1.MachineService/ReportConnections": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ReportConnections",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=ReportConnectionsRequest,
+                        output=ReportConnectionsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.report_connections,
                 ),
             },
             interceptors=interceptors,
@@ -249,6 +372,55 @@ class MachineServiceClientSync(ConnectClientSync):
                 service_name="depotapi.machine.v1.MachineService",
                 input=HeartbeatRequest,
                 output=HeartbeatResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def admit_connection(
+        self,
+        request: AdmitConnectionRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AdmitConnectionResponse:
+        """
+        The agent is the machine's front door: after the TLS handshake of each client connection
+        it asks whether the build named by the client certificate may use this machine now. Not a
+        byte is forwarded to the daemon before the answer.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AdmitConnection",
+                service_name="depotapi.machine.v1.MachineService",
+                input=AdmitConnectionRequest,
+                output=AdmitConnectionResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def report_connections(
+        self,
+        request: ReportConnectionsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportConnectionsResponse:
+        """
+        What became of client connections, admitted or refused, sent in batches once they end (and
+        for long ones, while they last), so operators can see who used a machine.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportConnections",
+                service_name="depotapi.machine.v1.MachineService",
+                input=ReportConnectionsRequest,
+                output=ReportConnectionsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

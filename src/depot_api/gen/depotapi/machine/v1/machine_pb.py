@@ -13,9 +13,11 @@ from typing import Literal, NoReturn, TYPE_CHECKING, TypeAlias
 
 from protobuf import Enum, Message
 from protobuf._codegen import file_desc
+from protobuf.wkt.google.protobuf import timestamp_pb
 
 if TYPE_CHECKING:
     from protobuf import DescFile, Oneof
+    from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 
 _RegisterRequestFields: TypeAlias = Literal["platform", "endpoint", "capacity"]
@@ -120,13 +122,13 @@ class HeartbeatRequest(Message[_HeartbeatRequestFields]):
             string running_binding_id = 2;
             ```
         buildkit_ready:
-            Whether that daemon accepts connections.
+            Whether that daemon answers (BuildKit's ListWorkers names at least one worker).
 
             ```proto
             bool buildkit_ready = 3;
             ```
         disk_used_bytes:
-            Bytes used by the cache directories.
+            Bytes of build cache the daemon holds (BuildKit's DiskUsage).
 
             ```proto
             int64 disk_used_bytes = 4;
@@ -316,6 +318,236 @@ class HeartbeatResponse(Message[_HeartbeatResponseFields]):
             ) -> None:
                 pass
 
+_AdmitConnectionRequestFields: TypeAlias = Literal["machine_id", "binding_id", "build_id"]
+
+class AdmitConnectionRequest(Message[_AdmitConnectionRequestFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.AdmitConnectionRequest
+    ```
+
+    Attributes:
+        machine_id:
+            ```proto
+            string machine_id = 1;
+            ```
+        binding_id:
+            The binding whose server certificate the client's handshake completed with.
+
+            ```proto
+            string binding_id = 2;
+            ```
+        build_id:
+            The build the client certificate names (its URI SAN urn:depot-api:build:<id>).
+
+            ```proto
+            string build_id = 3;
+            ```
+    """
+
+    __slots__ = ("machine_id", "binding_id", "build_id")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            machine_id: str = "",
+            binding_id: str = "",
+            build_id: str = "",
+        ) -> None:
+            pass
+
+        machine_id: str
+        binding_id: str
+        build_id: str
+
+_AdmitConnectionResponseFields: TypeAlias = Literal["admitted", "refusal"]
+
+class AdmitConnectionResponse(Message[_AdmitConnectionResponseFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.AdmitConnectionResponse
+    ```
+
+    Attributes:
+        admitted:
+            ```proto
+            bool admitted = 1;
+            ```
+        refusal:
+            Why not, in one line, when not admitted (for the agent's log and the connection report).
+
+            ```proto
+            string refusal = 2;
+            ```
+    """
+
+    __slots__ = ("admitted", "refusal")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            admitted: bool = False,
+            refusal: str = "",
+        ) -> None:
+            pass
+
+        admitted: bool
+        refusal: str
+
+_ConnectionReportFields: TypeAlias = Literal["build_id", "binding_id", "peer", "opened_at", "closed_at", "admitted", "refusal", "bytes_from_client", "bytes_to_client", "connection_id"]
+
+class ConnectionReport(Message[_ConnectionReportFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.ConnectionReport
+    ```
+
+    Attributes:
+        build_id:
+            The build the client certificate named; "" when the connection never got that far (no
+            certificate, not TLS, a certificate another CA signed).
+
+            ```proto
+            string build_id = 1;
+            ```
+        binding_id:
+            The binding the agent served when the connection came; "" when none.
+
+            ```proto
+            string binding_id = 2;
+            ```
+        peer:
+            The client's address, host:port.
+
+            ```proto
+            string peer = 3;
+            ```
+        opened_at:
+            ```proto
+            optional google.protobuf.Timestamp opened_at = 4;
+            ```
+        closed_at:
+            Unset while the connection is still open (an interim report of a long connection).
+
+            ```proto
+            optional google.protobuf.Timestamp closed_at = 5;
+            ```
+        admitted:
+            ```proto
+            bool admitted = 6;
+            ```
+        refusal:
+            Why the connection was refused ("" when admitted).
+
+            ```proto
+            string refusal = 7;
+            ```
+        bytes_from_client:
+            Bytes forwarded from the client to the daemon, and back, so far.
+
+            ```proto
+            int64 bytes_from_client = 8;
+            ```
+        bytes_to_client:
+            ```proto
+            int64 bytes_to_client = 9;
+            ```
+        connection_id:
+            An agent-chosen ID, unique per machine: an interim report and the final one of one
+            connection share it, and a report sent twice (a retried batch) is stored once.
+
+            ```proto
+            string connection_id = 10;
+            ```
+    """
+
+    __slots__ = ("build_id", "binding_id", "peer", "opened_at", "closed_at", "admitted", "refusal", "bytes_from_client", "bytes_to_client", "connection_id")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+            binding_id: str = "",
+            peer: str = "",
+            opened_at: Timestamp | None = None,
+            closed_at: Timestamp | None = None,
+            admitted: bool = False,
+            refusal: str = "",
+            bytes_from_client: int = 0,
+            bytes_to_client: int = 0,
+            connection_id: str = "",
+        ) -> None:
+            pass
+
+        build_id: str
+        binding_id: str
+        peer: str
+        opened_at: Timestamp | None
+        closed_at: Timestamp | None
+        admitted: bool
+        refusal: str
+        bytes_from_client: int
+        bytes_to_client: int
+        connection_id: str
+
+_ReportConnectionsRequestFields: TypeAlias = Literal["machine_id", "connections"]
+
+class ReportConnectionsRequest(Message[_ReportConnectionsRequestFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.ReportConnectionsRequest
+    ```
+
+    Attributes:
+        machine_id:
+            ```proto
+            string machine_id = 1;
+            ```
+        connections:
+            ```proto
+            repeated depotapi.machine.v1.ConnectionReport connections = 2;
+            ```
+    """
+
+    __slots__ = ("machine_id", "connections")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            machine_id: str = "",
+            connections: list[ConnectionReport] | None = None,
+        ) -> None:
+            pass
+
+        machine_id: str
+        connections: list[ConnectionReport]
+
+_ReportConnectionsResponseFields: TypeAlias = NoReturn
+
+class ReportConnectionsResponse(Message[_ReportConnectionsResponseFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.ReportConnectionsResponse
+    ```
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+        ) -> None:
+            pass
+
 class Platform(Enum):
     """
     ```proto
@@ -343,8 +575,10 @@ class Platform(Enum):
 
 
 _DESC = file_desc(
-    b'\n!depotapi/machine/v1/machine.proto\x12\x13depotapi.machine.v1"\x84\x01\n\x0fRegisterRequest\x129\n\x08platform\x18\x01 \x01(\x0e2\x1d.depotapi.machine.v1.PlatformR\x08platform\x12\x1a\n\x08endpoint\x18\x02 \x01(\tR\x08endpoint\x12\x1a\n\x08capacity\x18\x03 \x01(\x05R\x08capacity"e\n\x10RegisterResponse\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs"\xd5\x01\n\x10HeartbeatRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12,\n\x12running_binding_id\x18\x02 \x01(\tR\x10runningBindingId\x12%\n\x0ebuildkit_ready\x18\x03 \x01(\x08R\rbuildkitReady\x12&\n\x0fdisk_used_bytes\x18\x04 \x01(\x03R\rdiskUsedBytes\x12%\n\x0ebuildkit_error\x18\x05 \x01(\tR\rbuildkitError"\xb1\x04\n\x11HeartbeatResponse\x12A\n\x04idle\x18\x01 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.IdleH\x00R\x04idle\x12S\n\nassignment\x18\x02 \x01(\x0b21.depotapi.machine.v1.HeartbeatResponse.AssignmentH\x00R\nassignment\x12A\n\x04stop\x18\x03 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.StopH\x00R\x04stop\x1a\x06\n\x04Idle\x1a\xa5\x02\n\nAssignment\x12\x1d\n\nbinding_id\x18\x01 \x01(\tR\tbindingId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x12)\n\x10cache_generation\x18\x03 \x01(\x05R\x0fcacheGeneration\x12\x1f\n\x0bserver_cert\x18\x04 \x01(\tR\nserverCert\x12\x1d\n\nserver_key\x18\x05 \x01(\tR\tserverKey\x12\x17\n\x07ca_cert\x18\x06 \x01(\tR\x06caCert\x12\x1f\n\x0bserver_name\x18\x07 \x01(\tR\nserverName\x12\x17\n\x07keep_gb\x18\x08 \x01(\x05R\x06keepGb\x12\x1b\n\tkeep_days\x18\t \x01(\x05R\x08keepDays\x1a\x06\n\x04StopB\t\n\x07desired*L\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x12\n\x0ePLATFORM_AMD64\x10\x01\x12\x12\n\x0ePLATFORM_ARM64\x10\x022\xc5\x01\n\x0eMachineService\x12W\n\x08Register\x12$.depotapi.machine.v1.RegisterRequest\x1a%.depotapi.machine.v1.RegisterResponse\x12Z\n\tHeartbeat\x12%.depotapi.machine.v1.HeartbeatRequest\x1a&.depotapi.machine.v1.HeartbeatResponseb\x06proto3',
-    [],
+    b'\n!depotapi/machine/v1/machine.proto\x12\x13depotapi.machine.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x84\x01\n\x0fRegisterRequest\x129\n\x08platform\x18\x01 \x01(\x0e2\x1d.depotapi.machine.v1.PlatformR\x08platform\x12\x1a\n\x08endpoint\x18\x02 \x01(\tR\x08endpoint\x12\x1a\n\x08capacity\x18\x03 \x01(\x05R\x08capacity"e\n\x10RegisterResponse\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs"\xd5\x01\n\x10HeartbeatRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12,\n\x12running_binding_id\x18\x02 \x01(\tR\x10runningBindingId\x12%\n\x0ebuildkit_ready\x18\x03 \x01(\x08R\rbuildkitReady\x12&\n\x0fdisk_used_bytes\x18\x04 \x01(\x03R\rdiskUsedBytes\x12%\n\x0ebuildkit_error\x18\x05 \x01(\tR\rbuildkitError"\xb1\x04\n\x11HeartbeatResponse\x12A\n\x04idle\x18\x01 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.IdleH\x00R\x04idle\x12S\n\nassignment\x18\x02 \x01(\x0b21.depotapi.machine.v1.HeartbeatResponse.AssignmentH\x00R\nassignment\x12A\n\x04stop\x18\x03 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.StopH\x00R\x04stop\x1a\x06\n\x04Idle\x1a\xa5\x02\n\nAssignment\x12\x1d\n\nbinding_id\x18\x01 \x01(\tR\tbindingId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x12)\n\x10cache_generation\x18\x03 \x01(\x05R\x0fcacheGeneration\x12\x1f\n\x0bserver_cert\x18\x04 \x01(\tR\nserverCert\x12\x1d\n\nserver_key\x18\x05 \x01(\tR\tserverKey\x12\x17\n\x07ca_cert\x18\x06 \x01(\tR\x06caCert\x12\x1f\n\x0bserver_name\x18\x07 \x01(\tR\nserverName\x12\x17\n\x07keep_gb\x18\x08 \x01(\x05R\x06keepGb\x12\x1b\n\tkeep_days\x18\t \x01(\x05R\x08keepDays\x1a\x06\n\x04StopB\t\n\x07desired"q\n\x16AdmitConnectionRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x19\n\x08build_id\x18\x03 \x01(\tR\x07buildId"O\n\x17AdmitConnectionResponse\x12\x1a\n\x08admitted\x18\x01 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x02 \x01(\tR\x07refusal"\x81\x03\n\x10ConnectionReport\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x12\n\x04peer\x18\x03 \x01(\tR\x04peer\x127\n\topened_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08openedAt\x127\n\tclosed_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08closedAt\x12\x1a\n\x08admitted\x18\x06 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x07 \x01(\tR\x07refusal\x12*\n\x11bytes_from_client\x18\x08 \x01(\x03R\x0fbytesFromClient\x12&\n\x0fbytes_to_client\x18\t \x01(\x03R\rbytesToClient\x12#\n\rconnection_id\x18\n \x01(\tR\x0cconnectionId"\x82\x01\n\x18ReportConnectionsRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12G\n\x0bconnections\x18\x02 \x03(\x0b2%.depotapi.machine.v1.ConnectionReportR\x0bconnections"\x1b\n\x19ReportConnectionsResponse*L\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x12\n\x0ePLATFORM_AMD64\x10\x01\x12\x12\n\x0ePLATFORM_ARM64\x10\x022\xa7\x03\n\x0eMachineService\x12W\n\x08Register\x12$.depotapi.machine.v1.RegisterRequest\x1a%.depotapi.machine.v1.RegisterResponse\x12Z\n\tHeartbeat\x12%.depotapi.machine.v1.HeartbeatRequest\x1a&.depotapi.machine.v1.HeartbeatResponse\x12l\n\x0fAdmitConnection\x12+.depotapi.machine.v1.AdmitConnectionRequest\x1a,.depotapi.machine.v1.AdmitConnectionResponse\x12r\n\x11ReportConnections\x12-.depotapi.machine.v1.ReportConnectionsRequest\x1a..depotapi.machine.v1.ReportConnectionsResponseb\x06proto3',
+    [
+        timestamp_pb.desc(),
+    ],
     {
         "RegisterRequest": RegisterRequest,
         "RegisterResponse": RegisterResponse,
@@ -353,6 +587,11 @@ _DESC = file_desc(
         "HeartbeatResponse.Idle": HeartbeatResponse.Idle,
         "HeartbeatResponse.Assignment": HeartbeatResponse.Assignment,
         "HeartbeatResponse.Stop": HeartbeatResponse.Stop,
+        "AdmitConnectionRequest": AdmitConnectionRequest,
+        "AdmitConnectionResponse": AdmitConnectionResponse,
+        "ConnectionReport": ConnectionReport,
+        "ReportConnectionsRequest": ReportConnectionsRequest,
+        "ReportConnectionsResponse": ReportConnectionsResponse,
         "Platform": Platform,
     },
 )
