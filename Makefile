@@ -6,9 +6,9 @@ NODE_E2E := tests/e2e/node
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast check lint typecheck generate generate-check clean \
-	bench bench-smoke bench-tools crash-loop crash-loop-smoke
+	bench bench-smoke bench-tools test-daemon-tools crash-loop crash-loop-smoke
 
-install: $(STAMP) $(NODE_E2E)/node_modules/.installed
+install: $(STAMP) $(NODE_E2E)/node_modules/.installed test-daemon-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ test: install
 
 # The in-process tests only (no server processes, agents or real clients): a quick loop.
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not buildkit"
 
 # Benchmarks (bench/README.md): the full run, and a short bounded one that CI runs.
 bench: install bench-tools
@@ -56,6 +56,14 @@ bench-tools:
 	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get install -y -q nghttp2-client wrk || \
 	   (apt-get update -q && apt-get install -y -q nghttp2-client wrk))
+
+# The real BuildKit the tests build on (tests/docker_engine.py): Debian's Docker Engine, whose
+# dockerd embeds BuildKit, and a static busybox for the tests' base image. Debian's client is
+# /usr/bin/docker; the tests call it by that path.
+test-daemon-tools:
+	@test -x /usr/sbin/dockerd && test -x /usr/bin/docker && test -x /bin/busybox || \
+	  (apt-get install -y -q docker.io busybox-static || \
+	   (apt-get update -q && apt-get install -y -q docker.io busybox-static))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard campaigns)

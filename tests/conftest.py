@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClie
 from depot_api.startup import prepare
 
 from .databases import BACKENDS, drop_reusable_databases, reusable_database
+from .docker_engine import HOW_TO_DESELECT, DockerEngine, EngineUnavailable, running_engine
 
 PROTOCOLS = {
     "connect-json": (ProtocolType.CONNECT, "json"),
@@ -104,6 +106,56 @@ def sqlite_database_url(tmp_path: Path) -> Iterator[str]:
 def _drop_reusable_databases() -> Iterator[None]:
     yield
     drop_reusable_databases()
+
+
+# Set by CI, where the tests on the real BuildKit must run: deselecting them fails the run.
+REQUIRE_BUILDKIT = "DEPOT_API_REQUIRE_BUILDKIT"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the private Docker Engine is a `buildkit` test, marked or not, so that
+    `-m "not buildkit"` always deselects exactly the tests that need it."""
+    for item in items:
+        if "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.buildkit)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if os.environ.get(REQUIRE_BUILDKIT) != "1":
+        return
+    dropped = [item.nodeid for item in items if item.get_closest_marker("buildkit")]
+    if dropped:
+        raise pytest.UsageError(
+            f"{REQUIRE_BUILDKIT}=1, but {len(dropped)} buildkit tests were deselected "
+            f"(the first: {dropped[0]}); they must run here"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A buildkit test is never skipped: it runs, fails, or is deselected by its marker."""
+    report: pytest.TestReport = yield
+    if report.skipped and item.get_closest_marker("buildkit") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"a buildkit test may not be skipped ({report.longrepr!r}); {HOW_TO_DESELECT}"
+        )
+    return report
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A private dockerd (the real BuildKit) for the whole session, with the base image."""
+    try:
+        with running_engine() as engine:
+            yield engine
+    except EngineUnavailable as error:
+        pytest.fail(
+            f"cannot start a private dockerd for the buildkit tests ({HOW_TO_DESELECT}): {error}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
