@@ -139,9 +139,8 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = yield
     if report.skipped and item.get_closest_marker("buildkit") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
-        report.longrepr = (
-            f"a buildkit test may not be skipped ({report.longrepr!r}); {HOW_TO_DESELECT}"
-        )
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"a buildkit test may not be skipped ({reason}); {HOW_TO_DESELECT}"
     return report
 
 
@@ -151,11 +150,14 @@ def docker_engine() -> Iterator[DockerEngine]:
     try:
         with running_engine() as engine:
             yield engine
+            return
     except EngineUnavailable as error:
-        pytest.fail(
-            f"cannot start a private dockerd for the buildkit tests ({HOW_TO_DESELECT}): {error}",
-            pytrace=False,
-        )
+        reason = str(error)
+    # Outside the except block, so that the report is this line alone, with no chained error.
+    pytest.fail(
+        f"cannot start a private dockerd for the buildkit tests ({HOW_TO_DESELECT}): {reason}",
+        pytrace=False,
+    )
 
 
 @pytest.fixture

@@ -107,6 +107,8 @@ def running_engine() -> Iterator[DockerEngine]:
         yield engine
     finally:
         if process is not None:
+            if process.poll() is None:
+                _remove_containers(engine)
             _stop(process, directory)
         _unmount_under(directory)
         shutil.rmtree(directory, ignore_errors=True)
@@ -232,6 +234,14 @@ def _import_base_image(engine: DockerEngine) -> None:
     except subprocess.CalledProcessError as error:
         message = error.stderr.decode(errors="replace").strip().replace("\n", " ")
         raise EngineUnavailable(f"docker import of the base image failed: {message}") from None
+
+
+def _remove_containers(engine: DockerEngine) -> None:
+    """Kill what tests left running: dockerd would give each container 10 s to stop."""
+    with suppress(subprocess.SubprocessError):
+        listed = engine.docker("ps", "--all", "--quiet", timeout=STOP_TIMEOUT).stdout.split()
+        if listed:
+            engine.docker("rm", "--force", *(c.decode() for c in listed), timeout=STOP_TIMEOUT)
 
 
 def _stop(process: subprocess.Popen[bytes], directory: Path) -> None:

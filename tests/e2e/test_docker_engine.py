@@ -67,3 +67,10 @@ def test_a_dockerd_that_exits_is_one_clear_line(
     assert str(unavailable.value) == (
         "dockerd exited with status 3 while starting: failed to start daemon: no luck"
     )
+
+
+def test_not_root_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(EngineUnavailable) as unavailable, running_engine():
+        pass
+    assert str(unavailable.value) == "dockerd needs root, and the tests do not run as root"
