@@ -3,21 +3,17 @@
 
 It takes buildkitd's command line, so the code under test can launch it exactly as it would
 launch `buildkitd`, and it does the part of buildkitd's job those tests care about: it serves
-mutual TLS on the TCP address it is given, with the server certificate it is given, and admits
-only clients whose certificate the given CA signed. Then:
-
-- a client that negotiates HTTP/2 (ALPN "h2", as every gRPC client does) gets gRPC: BuildKit's
-  readiness probe, moby.buildkit.v1.Control/ListWorkers, is answered with one worker of this
-  host's platform; every other method is answered `unimplemented` (it cannot build);
-- any other client gets one line, `standin-buildkitd ok <client certificate CN>`, and the
-  connection is closed.
+gRPC (HTTP/2 without TLS, as buildkitd does on a unix socket) on the `--addr unix://PATH` it is
+given. BuildKit's readiness probe, moby.buildkit.v1.Control/ListWorkers, is answered with one
+worker of this host's platform, DiskUsage with one record of 1 MiB; every other method is
+answered `unimplemented` (it cannot build).
 
 What it was given and when it ran are left in its --root directory for tests to inspect:
 
     standin-started   one JSON line: {"pid", "config" (text of --config, or null), "argv"}
                       written once the listener is up, so its presence means "ready"
     standin-events    "started" and "stopped", one line each, appended; and for each gRPC
-                      call, "grpc <method path> <client certificate CN>"
+                      call, "grpc <method path>"
 
 It runs on whatever `python3` is first on PATH, because it may be launched directly by path
 (`--buildkitd tests/standin_buildkitd.py`). Its greeting uses only the standard library; its
@@ -35,28 +31,23 @@ import platform
 import selectors
 import signal
 import socket
-import ssl
 import sys
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 PROGRAM = "standin-buildkitd"
-HANDSHAKE_TIMEOUT = 10.0
-LINGER = 1.0  # how long to wait for the client to close after the greeting
 
 
 def main(argv: list[str]) -> int:
     options = parse(argv)
     try:
         return run(options, argv)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:
         log(f"cannot start: {exc}")
         return 1
 
 
 def run(options: argparse.Namespace, argv: list[str]) -> int:
-    host, port = options.tcp
     root = options.root
     if not os.path.isdir(root):
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -66,14 +57,11 @@ def run(options: argparse.Namespace, argv: list[str]) -> int:
         with open(options.config, encoding="utf-8") as file:
             config = file.read()
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(options.tlscert, options.tlskey)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=options.tlscacert)
-    context.set_alpn_protocols(["h2", "http/1.1"])
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, backlog=64)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(options.unix)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(options.unix)
+    listener.listen(64)
 
     # Signals only set a flag and wake the selector through the wakeup fd, so the accept loop
     # never sees an exception in the middle of its work.
@@ -86,8 +74,7 @@ def run(options: argparse.Namespace, argv: list[str]) -> int:
         signal.signal(signum, lambda *_: stopping.set())
 
     record_start(root, config, argv)
-    bound_host, bound_port = listener.getsockname()[:2]
-    log(f"listening on {bound_host}:{bound_port}")
+    log(f"listening on unix://{options.unix}")
 
     with selectors.DefaultSelector() as selector:
         selector.register(listener, selectors.EVENT_READ)
@@ -97,8 +84,10 @@ def run(options: argparse.Namespace, argv: list[str]) -> int:
                 if key.fileobj is wake_reader:
                     drain(wake_reader)
                 elif not stopping.is_set():
-                    accept(listener, context, root, options.debug)
+                    accept(listener, root, options.debug)
     listener.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(options.unix)
     append_event(root, "stopped")
     log("stopped")
     signal.set_wakeup_fd(-1)
@@ -109,67 +98,38 @@ def run(options: argparse.Namespace, argv: list[str]) -> int:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROGRAM, allow_abbrev=False)
-    parser.add_argument("--addr", action="append", default=[], help="tcp://HOST:PORT")
-    parser.add_argument("--tlscert", required=True)
-    parser.add_argument("--tlskey", required=True)
-    parser.add_argument("--tlscacert", required=True)
+    parser.add_argument("--addr", action="append", default=[], help="unix://PATH")
     parser.add_argument("--root", required=True)
     parser.add_argument("--config")
     parser.add_argument("--debug", action="store_true")
     options, ignored = parser.parse_known_args(argv)
     if ignored and options.debug:
         log(f"ignoring {ignored}")
-    tcp = [address for address in options.addr if address.startswith("tcp://")]
-    if not tcp:
-        parser.error("no --addr tcp://HOST:PORT given")
-    parts = urlsplit(tcp[0])
-    if parts.hostname is None or parts.port is None:
-        parser.error(f"--addr {tcp[0]} has no host and port")
-    options.tcp = (parts.hostname, parts.port)
+    unix = [address for address in options.addr if address.startswith("unix://")]
+    if not unix:
+        parser.error("no --addr unix://PATH given")
+    options.unix = unix[0].removeprefix("unix://")
     return options
 
 
-def accept(listener: socket.socket, context: ssl.SSLContext, root: str, debug: bool) -> None:
+def accept(listener: socket.socket, root: str, debug: bool) -> None:
     try:
-        conn, peer = listener.accept()
+        conn, _ = listener.accept()
     except OSError as exc:
         log(f"accept failed: {exc}")
         return
     if debug:
-        log(f"connection from {peer[0]}:{peer[1]}")
-    threading.Thread(target=serve, args=(conn, peer, context, root), daemon=True).start()
-
-
-def serve(conn: socket.socket, peer: tuple[str, int], context: ssl.SSLContext, root: str) -> None:
-    conn.settimeout(HANDSHAKE_TIMEOUT)
-    try:
-        tls = context.wrap_socket(conn, server_side=True)
-    except (OSError, ValueError) as exc:
-        log(f"handshake with {peer[0]}:{peer[1]} failed: {exc}")
-        conn.close()
-        return
-    with tls:
-        if tls.selected_alpn_protocol() == "h2":
-            serve_grpc(tls, common_name(tls), root)
-            return
-        try:
-            tls.sendall(f"{PROGRAM} ok {common_name(tls)}\n".encode())
-            # Half-close and wait briefly for the client to close too: closing with its bytes
-            # unread would reset the connection and could destroy the greeting in flight.
-            # (socket.socket's own shutdown: SSLSocket.shutdown would also drop the TLS state.)
-            tls.settimeout(LINGER)
-            socket.socket.shutdown(tls, socket.SHUT_WR)
-            while tls.recv(4096):
-                pass
-        except OSError:
-            pass
+        log("connection")
+    threading.Thread(target=serve_grpc, args=(conn, root), daemon=True).start()
 
 
 LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
+DISK_USAGE = "/moby.buildkit.v1.Control/DiskUsage"
+CACHE_BYTES = 1 << 20
 _events_lock = threading.Lock()
 
 
-def serve_grpc(tls: ssl.SSLSocket, client: str, root: str) -> None:
+def serve_grpc(conn: socket.socket, root: str) -> None:
     """Answer gRPC calls on one HTTP/2 connection until the client closes it."""
     import h2.config
     import h2.connection
@@ -180,14 +140,13 @@ def serve_grpc(tls: ssl.SSLSocket, client: str, root: str) -> None:
         h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
     )
     connection.initiate_connection()
-    tls.settimeout(None)  # gRPC clients keep idle connections open
     try:
-        tls.sendall(connection.data_to_send())
-        while data := tls.recv(65536):
+        conn.sendall(connection.data_to_send())
+        while data := conn.recv(65536):
             for event in connection.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
                     path = dict(event.headers).get(":path", "")
-                    append_event(root, f"grpc {path} {client}")
+                    append_event(root, f"grpc {path}")
                     answer_grpc(connection, event.stream_id, path)
                 elif isinstance(event, h2.events.DataReceived):
                     # The client may still send on a stream this side has answered.
@@ -197,14 +156,17 @@ def serve_grpc(tls: ssl.SSLSocket, client: str, root: str) -> None:
                         )
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     return
-            tls.sendall(connection.data_to_send())
+            conn.sendall(connection.data_to_send())
     except (OSError, h2.exceptions.ProtocolError) as exc:
-        log(f"gRPC connection from {client} ended: {exc!r}")
+        log(f"gRPC connection ended: {exc!r}")
+    finally:
+        conn.close()
 
 
 def answer_grpc(connection: Any, stream_id: int, path: str) -> None:
-    """ListWorkers gets one worker; anything else `unimplemented` (a trailers-only answer)."""
-    if path != LIST_WORKERS:
+    """ListWorkers gets one worker, DiskUsage one record; anything else `unimplemented` (a
+    trailers-only answer)."""
+    if path not in (LIST_WORKERS, DISK_USAGE):
         connection.send_headers(
             stream_id,
             [
@@ -216,7 +178,7 @@ def answer_grpc(connection: Any, stream_id: int, path: str) -> None:
             end_stream=True,
         )
         return
-    message = list_workers_response()
+    message = list_workers_response() if path == LIST_WORKERS else disk_usage_response()
     connection.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
     connection.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message)
     connection.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
@@ -228,6 +190,12 @@ def list_workers_response() -> bytes:
     architecture = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
     platform_message = _field(1, architecture.encode()) + _field(2, b"linux")
     record = _field(1, PROGRAM.encode()) + _field(3, platform_message)
+    return _field(1, record)
+
+
+def disk_usage_response() -> bytes:
+    """moby.buildkit.v1.DiskUsageResponse{record: [{ID, Size}]}."""
+    record = _field(1, b"standin-cache") + _varint(4 << 3) + _varint(CACHE_BYTES)
     return _field(1, record)
 
 
@@ -243,13 +211,6 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
-
-
-def common_name(tls: ssl.SSLSocket) -> str:
-    certificate = tls.getpeercert() or {}
-    subject = certificate.get("subject", ())
-    names = [pair[1] for rdn in subject for pair in rdn if pair[0] == "commonName"]
-    return str(names[0]) if names else ""
 
 
 def record_start(root: str, config: str | None, argv: list[str]) -> None:

@@ -1,5 +1,6 @@
 """End-to-end support for BuildKit machines: a server with quick machine timings, agents that
-run the stand-in BuildKit daemon, and a mutual-TLS probe with what GetEndpoint returned."""
+run the stand-in BuildKit daemon, and a probe that calls BuildKit through a machine's front
+door with what GetEndpoint returned."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from depot_api.gen.depot.buildkit.v1.buildkit_connect import BuildKitServiceClie
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from depot_api.gen.moby.buildkit.v1 import daemon_pb
 from tests.databases import BACKENDS, database
+from tests.grpc_probe import grpc_unary_over
 from tests.helpers import BIN, ServerProcess, running_server, stop_process
 
 from .conftest import admin
@@ -36,6 +39,8 @@ AMD64 = buildkit_pb.Platform.AMD64
 SUCCESS = Oneof("success", build_pb.FinishBuildRequest.BuildSuccess())
 
 STANDIN = Path(__file__).resolve().parent.parent / "standin_buildkitd.py"
+# The one worker the stand-in names in ListWorkers.
+STANDIN_WORKER = "standin-buildkitd"
 
 # Quick timings so the tests see machines come and go in seconds.
 QUICK = {
@@ -141,15 +146,17 @@ def wait_for(condition: object, timeout: float = 10.0, what: str = "condition") 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def mtls_greeting(
+def mtls_list_workers(
     endpoint: str, server_name: str, cert: str, key: str, ca: str, timeout: float = 5.0
-) -> str:
-    """Open mutual TLS to the endpoint with the given material; return the daemon's greeting.
+) -> list[str]:
+    """Call BuildKit's ListWorkers through a machine's front door with the given material, as
+    a gRPC client does (mutual TLS, ALPN h2, HTTP/2); return the worker IDs it names.
 
-    Raises ssl.SSLError (or OSError) when either side refuses the other.
-    """
+    Raises ssl.SSLError or ConnectionError when either side refuses the other (the front door
+    closes a connection it does not admit without a word)."""
     host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)
+    context.set_alpn_protocols(["h2"])
     with tempfile.TemporaryDirectory() as scratch:
         cert_file, key_file = Path(scratch) / "cert.pem", Path(scratch) / "key.pem"
         cert_file.write_text(cert)
@@ -160,13 +167,9 @@ def mtls_greeting(
         socket.create_connection((host, int(port)), timeout=timeout) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = tls.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode()
+        body = grpc_unary_over(tls, server_name, "/moby.buildkit.v1.Control/ListWorkers")
+    answer = daemon_pb.ListWorkersResponse.from_binary(body)
+    return [record.ID for record in answer.record]
 
 
 @dataclass
@@ -272,8 +275,10 @@ async def get_endpoint(
     return pending, active
 
 
-def greet(active: buildkit_pb.GetEndpointResponse.ActiveConnection, server_name: str = "") -> str:
-    return mtls_greeting(
+def list_workers(
+    active: buildkit_pb.GetEndpointResponse.ActiveConnection, server_name: str = ""
+) -> list[str]:
+    return mtls_list_workers(
         active.endpoint,
         server_name or active.server_name,
         active.cert.cert.cert,

@@ -22,12 +22,13 @@ from .conftest import admin
 from .machines import (
     QUICK,
     STANDIN,
+    STANDIN_WORKER,
     agent,
     agent_env,
     api_for,
     free_port,
     get_endpoint,
-    greet,
+    list_workers,
     wait_for,
 )
 
@@ -262,7 +263,7 @@ async def test_a_missing_buildkitd_is_one_warning_and_found_once_installed(
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)  # a failed test's, too
         assert active.endpoint == machine.endpoint
-        assert build.build_id in await asyncio.to_thread(greet, active)
+        assert await asyncio.to_thread(list_workers, active) == [STANDIN_WORKER]
         assert len(logged(log, f"found buildkitd: {program}")) == 1
         await api.finish(build.build_id)
 
@@ -309,7 +310,7 @@ async def test_a_daemon_that_keeps_failing_is_restarted_less_often_and_logged_on
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)  # a failed test's, too
         assert active.endpoint == machine.endpoint
-        assert build.build_id in await asyncio.to_thread(greet, active)
+        assert await asyncio.to_thread(list_workers, active) == [STANDIN_WORKER]
         await asyncio.to_thread(
             wait_for, lambda: logged(log, "buildkitd is running again"), 10, "the recovery line"
         )
@@ -340,7 +341,7 @@ async def test_every_setting_may_come_from_the_environment(
         build = await api.build(project)
         _, active = await asyncio.wait_for(get_endpoint(api.buildkit, build), 60)
         assert active.endpoint == f"tcp://127.0.0.1:{port}"
-        assert build.build_id in await asyncio.to_thread(greet, active)
+        assert await asyncio.to_thread(list_workers, active) == [STANDIN_WORKER]
         assert (tmp_path / "env-state" / "cache" / project).is_dir()
         (machine,) = admin_lines(server, "list-machines")
         assert f" amd64 127.0.0.1:{port} " in machine

@@ -25,6 +25,7 @@ from tests.helpers import ServerProcess, running_server
 from .machines import (
     AMD64,
     QUICK,
+    STANDIN_WORKER,
     Api,
     Cluster,
     agent,
@@ -33,8 +34,8 @@ from .machines import (
     bearer,
     cluster,
     get_endpoint,
-    greet,
-    mtls_greeting,
+    list_workers,
+    mtls_list_workers,
     wait_for,
 )
 
@@ -55,11 +56,10 @@ async def test_get_endpoint_opens_mutual_tls(api: Api, cluster: Cluster, protoco
     assert active.server_name.endswith(".machines.depot-api.internal")
     assert "BEGIN CERTIFICATE" in active.ca_cert.cert
     assert "PRIVATE KEY" in active.cert.key.key
-    greeting = await asyncio.to_thread(greet, active)
-    assert greeting == f"standin-buildkitd ok build {build.build_id}\n"
+    assert await asyncio.to_thread(list_workers, active) == [STANDIN_WORKER]
     # The server's certificate names server_name and nothing else.
     with pytest.raises(ssl.SSLCertVerificationError):
-        await asyncio.to_thread(greet, active, "someone-else.example")
+        await asyncio.to_thread(list_workers, active, "someone-else.example")
     # The machine's start sets the build's start.
     seen = await api.core_builds.get_build(
         core_build_pb.GetBuildRequest(build_id=build.build_id), headers=api.org
@@ -80,15 +80,15 @@ async def test_plain_json_view_answers_one_object(api: Api) -> None:
     body = json.loads(response.content)
     assert sorted(body) == ["caCert", "cert", "endpoint", "serverName"]
     assert sorted(body["cert"]) == ["cert", "key"]
-    greeting = await asyncio.to_thread(
-        mtls_greeting,
+    workers = await asyncio.to_thread(
+        mtls_list_workers,
         body["endpoint"],
         body["serverName"],
         body["cert"]["cert"],
         body["cert"]["key"],
         body["caCert"]["cert"],
     )
-    assert build.build_id in greeting
+    assert workers == [STANDIN_WORKER]
     await api.finish(build.build_id)
 
 
@@ -135,7 +135,7 @@ async def test_projects_are_isolated(api: Api) -> None:
     # Project A's client certificate is refused by project B's machine.
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await asyncio.to_thread(
-            mtls_greeting,
+            mtls_list_workers,
             b.endpoint,
             b.server_name,
             a.cert.cert.cert,
@@ -211,7 +211,7 @@ async def test_reset_restarts_the_machine_with_an_empty_cache(api: Api, cluster:
     )
     assert (cache / ".generation").read_text().strip() == "1"
     _, again = await get_endpoint(api.buildkit, build)
-    assert build.build_id in await asyncio.to_thread(greet, again)
+    assert await asyncio.to_thread(list_workers, again) == [STANDIN_WORKER]
     await api.finish(build.build_id)
 
 

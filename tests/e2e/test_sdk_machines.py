@@ -25,7 +25,7 @@ import pytest
 
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 
-from .machines import AMD64, Api, Cluster, api, cluster, mtls_greeting, wait_for
+from .machines import AMD64, STANDIN_WORKER, Api, Cluster, api, cluster, mtls_list_workers, wait_for
 
 __all__ = ["api", "cluster"]  # fixtures, imported for pytest to find
 
@@ -140,15 +140,15 @@ async def test_sdk_node_gets_keeps_and_releases_a_machine(
         (machine,) = [a for a in cluster.agents if a.endpoint == held["endpoint"]]
         assert machine.events(project) == ["started"]
         # Real mutual TLS with exactly the PEMs the SDK handed back.
-        greeting = await asyncio.to_thread(
-            mtls_greeting,
+        workers = await asyncio.to_thread(
+            mtls_list_workers,
             held["endpoint"],
             held["serverName"],
             held["clientCert"],
             held["clientKey"],
             held["caCert"],
         )
-        assert greeting == f"standin-buildkitd ok build {build_id}\n"
+        assert workers == [STANDIN_WORKER]
         assert await build_status(api, build_id) == core_build_pb.Build.Status.RUNNING
         script.go_on()
 

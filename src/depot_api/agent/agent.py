@@ -1,11 +1,14 @@
-"""`depot-api agent`: runs on a BuildKit host and keeps its daemon as the server wants it.
+"""`depot-api agent`: runs on a BuildKit host, keeps its daemon as the server wants it, and is
+the machine's front door (front_door.py): clients reach the daemon only through the agent.
 
 Every heartbeat reports what runs here and answers what should: nothing (Idle), a BuildKit
 daemon for one project (Assignment), or nothing ever again (Stop, after a drain). For an
-assignment the agent writes the daemon's certificate, key and the project's CA (mode 0600),
-a configuration whose garbage collection follows the project's cache policy, and starts the
-daemon with BuildKit's own flags on the project's cache directory. A new binding restarts
-the daemon; a new cache generation deletes the old cache first.
+assignment the agent writes the binding's certificate, key and the project's CA (mode 0600),
+which its front door serves TLS with, and readies the daemon (daemons.py): either a
+`buildkitd` it starts on a unix socket, with the project's cache directory and garbage
+collection that follows the project's cache policy, or an existing Docker Engine's BuildKit.
+A new binding restarts the daemon; a new cache generation starts from an empty cache.
+Readiness is BuildKit's own answer (ListWorkers), and the cache size its DiskUsage.
 
 Failures that may pass (the server unreachable, the daemon exiting or not starting) are
 retried with growing delays and logged when they start, change and end, not at every attempt;
@@ -15,8 +18,12 @@ fix (the token refused, a server that is not depot-api) raises Refused.
 State directory layout:
 
     <state>/bindings/<binding>/{server.pem,server-key.pem,ca.pem,buildkitd.toml}
-    <state>/cache/<project>/            the daemon's --root
+    <state>/cache/<project>/            buildkitd's --root
     <state>/cache/<project>/.generation the cache generation that directory belongs to
+    <state>/run/buildkitd.sock          buildkitd's socket (the only one it listens on)
+    <state>/run/engine.sock             with a Docker Engine: the agent's own way to its BuildKit
+    <state>/engine-cache                with a Docker Engine: the project and cache generation
+                                        its build cache belongs to
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ from pathlib import Path
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
+from depot_api.agent.control import DaemonUnavailable
+from depot_api.agent.daemons import (
+    Buildkitd,
+    Daemon,
+    DaemonFailed,
+    DockerEngine,
+    reset_engine_cache,
+)
+from depot_api.agent.front_door import Connection, ConnectionLog, Door, FrontDoor, tls_context
 from depot_api.agent.retrying import Backoff, Trouble
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
@@ -42,8 +59,11 @@ from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClie
 log = logging.getLogger("depot_api.agent")
 
 _GIB = 1 << 30
-_STOP_GRACE_SECONDS = 10.0
 _DISK_EVERY_SECONDS = 30.0
+# How often the builds of forwarded connections are asked about again.
+_RECHECK_EVERY_SECONDS = 5.0
+# A buildkitd that has not answered this long after its start is reported as not answering.
+_DAEMON_START_GRACE = 30.0
 # A server that accepts the connection and then never answers must not hang the agent.
 _CALL_TIMEOUT_MS = 10_000
 # Retry delays, in seconds (first, cap), doubling while the failure lasts. Registering retries
@@ -54,6 +74,7 @@ _REGISTER_BACKOFF = (1.0, 30.0)
 _DAEMON_BACKOFF = (1.0, 60.0)
 _DAEMON_HEALTHY_AFTER = 60.0
 _PR_SET_PDEATHSIG = 1
+_REPORTS_PER_CALL = 500  # what the server takes in one ReportConnections
 
 
 class Refused(Exception):
@@ -67,58 +88,21 @@ class AgentConfig:
     token: str
     platform: str  # amd64 | arm64
     advertise: str  # host:port clients reach
-    listen: str  # host:port the daemon binds
+    listen: str  # host:port the front door binds
     buildkitd: str
     state_dir: Path
     capacity: int = 1
-
-
-class Daemon:
-    """One BuildKit daemon process for one binding."""
-
-    def __init__(
-        self, binding_id: str, process: asyncio.subprocess.Process, listen: str, started_at: float
-    ) -> None:
-        self.binding_id = binding_id
-        self.process = process
-        self.started_at = started_at  # event loop time
-        self._listen = listen
+    # Front an existing Docker Engine's BuildKit through this API socket, instead of
+    # starting buildkitd.
+    docker_socket: Path | None = None
+    # How long a client may take to complete TLS and send its first bytes.
+    handshake_timeout: float = 10.0
 
     @property
-    def exited(self) -> bool:
-        return self.process.returncode is not None
-
-    @property
-    def exit_reason(self) -> str:
-        status = self.process.returncode
-        if status is not None and status < 0:
-            return f"buildkitd was killed by signal {signal.Signals(-status).name}"
-        return f"buildkitd exited with status {status}"
-
-    async def accepting(self) -> bool:
-        """Whether the daemon accepts TCP connections on its address."""
-        if self.exited:
-            return False
-        host, port = self._listen.rsplit(":", 1)
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")  # noqa: S104
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    async def stop(self) -> None:
-        if self.exited:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), _STOP_GRACE_SECONDS)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+    def daemon_name(self) -> str:
+        if self.docker_socket is not None:
+            return f"the Docker Engine at {self.docker_socket}"
+        return "buildkitd"
 
 
 class Agent:
@@ -128,7 +112,7 @@ class Agent:
         self._machine_id = ""
         self._interval = 1.0
         self._disk_used = 0
-        self._disk_measured_at = 0.0
+        self._disk_measured_at = -_DISK_EVERY_SECONDS
         self._headers = {"authorization": f"Bearer {config.token}"}
         self._registrations = Backoff(*_REGISTER_BACKOFF)
         # What keeps the daemon from running ("" when nothing), reported in the heartbeats;
@@ -138,16 +122,27 @@ class Agent:
         self._restarts = Backoff(*_DAEMON_BACKOFF)
         self._daemon_trouble = Trouble(log)
         self._server_trouble = Trouble(log)
+        self._door_trouble = Trouble(log)
+        self._connections = ConnectionLog()
+        self._door: FrontDoor | None = None
+        self._rechecked_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until stop is set or the server says Stop; returns the exit status.
 
         Raises Refused when the server turns the agent away for good."""
-        if not await self._find_buildkitd(stop):
+        if self._config.docker_socket is None and not await self._find_buildkitd(stop):
             return 0
         async with MachineServiceClient(self._config.server, timeout_ms=_CALL_TIMEOUT_MS) as client:
+            self._door = FrontDoor(
+                self._config.listen,
+                lambda binding_id, build_id: self._admit(client, binding_id, build_id),
+                self._connections,
+                handshake_timeout=self._config.handshake_timeout,
+            )
             try:
                 while not stop.is_set():
+                    await self._open_door()
                     if not self._machine_id:
                         retry_in = await self._register(client)
                         if retry_in is not None:
@@ -157,10 +152,77 @@ class Agent:
                     desired = await self._heartbeat(client)
                     if desired is not None and await self._converge(desired):
                         return 0
+                    await self._report_connections(client)
+                    await self._recheck_connections()
                     await _wait(stop, self._interval)
             finally:
+                await self._door.close()
                 await self._stop_daemon()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._report_connections(client), 2.0)
         return 0
+
+    async def _open_door(self) -> None:
+        """Listen on --listen, unless already; a failure is reported and tried again."""
+        assert self._door is not None
+        if self._door.listening:
+            return
+        try:
+            await self._door.open()
+        except OSError as e:
+            self._door_trouble.report(
+                str(e.errno),
+                f"cannot listen on {self._config.listen} ({e.strerror or e}); this machine gets "
+                "no builds until it can, and the agent keeps trying",
+            )
+            return
+        self._door_trouble.clear(f"listening on {self._config.listen} again")
+        log.info("front door listening on %s", self._config.listen)
+
+    async def _admit(self, client: MachineServiceClient, binding_id: str, build_id: str) -> str:
+        """The server's word on a build's connection: "" to admit, else the refusal. A server
+        that cannot be asked refuses: the front door fails closed."""
+        if not self._machine_id:
+            return "the agent is not registered yet"
+        try:
+            answer = await client.admit_connection(
+                pb.AdmitConnectionRequest(
+                    machine_id=self._machine_id, binding_id=binding_id, build_id=build_id
+                ),
+                headers=self._headers,
+                timeout_ms=5_000,
+            )
+        except ConnectError as e:
+            return f"the server could not be asked ({e.code.value}: {e.message})"
+        if answer.admitted:
+            return ""
+        return answer.refusal or "refused by the server"
+
+    async def _report_connections(self, client: MachineServiceClient) -> None:
+        due = self._connections.due()
+        if not due or not self._machine_id:
+            self._connections.retry(due)
+            return
+        try:
+            for start in range(0, len(due), _REPORTS_PER_CALL):
+                batch = due[start : start + _REPORTS_PER_CALL]
+                await client.report_connections(
+                    pb.ReportConnectionsRequest(
+                        machine_id=self._machine_id,
+                        connections=[_connection_report(c) for c in batch],
+                    ),
+                    headers=self._headers,
+                )
+                due = due[start + _REPORTS_PER_CALL :]
+        except ConnectError as e:
+            log.debug("connection reports not taken (%s: %s); kept for later", e.code.value, e)
+            self._connections.retry(due)
+
+    async def _recheck_connections(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._door is not None and now - self._rechecked_at >= _RECHECK_EVERY_SECONDS:
+            self._rechecked_at = now
+            await self._door.recheck()
 
     async def _find_buildkitd(self, stop: asyncio.Event) -> bool:
         """Wait, without registering, while the daemon's program cannot be found: a machine
@@ -171,8 +233,9 @@ class Agent:
             return True
         log.warning(
             "--buildkitd %s: no such executable program%s. Install BuildKit, or pass "
-            "--buildkitd PATH (or DEPOT_API_AGENT_BUILDKITD); until then the agent waits, "
-            "unregistered, and this host gets no builds",
+            "--buildkitd PATH (or DEPOT_API_AGENT_BUILDKITD), or --docker-socket PATH to use "
+            "a Docker Engine's BuildKit; until then the agent waits, unregistered, and this "
+            "host gets no builds",
             program,
             "" if os.sep in program else " on PATH",
         )
@@ -226,17 +289,15 @@ class Agent:
 
     async def _heartbeat(self, client: MachineServiceClient) -> pb.HeartbeatResponse | None:
         daemon = self._daemon
-        ready = daemon is not None and await daemon.accepting()
-        if ready and daemon is not None:
-            self._daemon_runs(daemon)
+        ready, error = await self._readiness(daemon)
         try:
             answer = await client.heartbeat(
                 pb.HeartbeatRequest(
                     machine_id=self._machine_id,
                     running_binding_id="" if daemon is None or daemon.exited else daemon.binding_id,
                     buildkit_ready=ready,
-                    disk_used_bytes=await self._disk_usage(),
-                    buildkit_error=self._daemon_error,
+                    disk_used_bytes=await self._disk_usage(daemon if ready else None),
+                    buildkit_error=error,
                 ),
                 headers=self._headers,
             )
@@ -260,10 +321,65 @@ class Agent:
         self._server_trouble.clear(f"{self._config.server} answers heartbeats again")
         return answer
 
+    async def _readiness(self, daemon: Daemon | None) -> tuple[bool, str]:
+        """Whether builds may come (BuildKit names a worker, and the front door listens), and
+        what keeps them from coming ("" when nothing, or nothing worth saying yet)."""
+        if self._door is None or not self._door.listening:
+            return (
+                False,
+                f"cannot listen on {self._config.listen}" if self._door_trouble.current else "",
+            )
+        if daemon is None:
+            # Idle. An engine that is not there is worth saying now: no project should be
+            # bound to a machine that cannot build for it.
+            if self._config.docker_socket is not None:
+                return False, await self._engine_absence()
+            return False, self._daemon_error
+        if daemon.exited:
+            return False, self._daemon_error
+        try:
+            workers = await daemon.control.workers()
+        except DaemonUnavailable as e:
+            loop = asyncio.get_running_loop()
+            if (
+                isinstance(daemon, Buildkitd)
+                and loop.time() - daemon.started_at < _DAEMON_START_GRACE
+            ):
+                return False, ""  # still starting
+            error = f"{self._config.daemon_name} does not answer: {e}"
+            self._daemon_trouble.report(error, f"{error}; asking again with every heartbeat")
+            self._daemon_error = error
+            return False, error
+        if workers == 0:
+            error = f"{self._config.daemon_name} names no BuildKit workers; it cannot build"
+            self._daemon_trouble.report(error, error)
+            self._daemon_error = error
+            return False, error
+        self._daemon_runs(daemon)
+        return True, ""
+
+    async def _engine_absence(self) -> str:
+        """Why the Docker Engine cannot build for this machine now ("" when it can)."""
+        assert self._config.docker_socket is not None
+        probe = DockerEngine("", self._config.docker_socket, self._run_dir() / "engine.sock", 0.0)
+        try:
+            _, writer = await probe.connect()
+        except (OSError, DaemonFailed) as e:
+            error = str(e)
+            self._daemon_trouble.report(
+                error, f"{error}; this machine gets no builds, and the agent keeps trying"
+            )
+            return error
+        writer.close()
+        self._daemon_trouble.clear(f"{self._config.daemon_name} answers again")
+        return ""
+
     def _daemon_runs(self, daemon: Daemon) -> None:
-        """The daemon accepts connections: any earlier failure is over."""
+        """The daemon answers: any earlier failure is over."""
         self._daemon_error = ""
-        self._daemon_trouble.clear(f"buildkitd is running again (binding {daemon.binding_id})")
+        self._daemon_trouble.clear(
+            f"{self._config.daemon_name} is ready again (binding {daemon.binding_id})"
+        )
         if asyncio.get_running_loop().time() - daemon.started_at >= _DAEMON_HEALTHY_AFTER:
             self._restarts.reset()
 
@@ -306,6 +422,8 @@ class Agent:
         await self._stop_daemon()
         try:
             self._daemon = await self._start_daemon(assignment)
+        except DaemonFailed as e:
+            self._daemon_failed(str(e))
         except OSError as e:
             # Reported with the next heartbeats; the server keeps the machine not ready.
             self._daemon_failed(_start_error(self._config.buildkitd, e))
@@ -313,7 +431,6 @@ class Agent:
 
     async def _start_daemon(self, a: pb.HeartbeatResponse.Assignment) -> Daemon:
         state = self._config.state_dir
-        cache = _prepare_cache(state / "cache" / a.project_id, a.cache_generation)
         binding_dir = state / "bindings" / a.binding_id
         for old in (state / "bindings").glob("*") if (state / "bindings").exists() else ():
             if old != binding_dir:
@@ -322,40 +439,120 @@ class Agent:
         cert = _write_private(binding_dir / "server.pem", a.server_cert)
         key = _write_private(binding_dir / "server-key.pem", a.server_key)
         ca = _write_private(binding_dir / "ca.pem", a.ca_cert)
-        config = _write_private(binding_dir / "buildkitd.toml", gc_config(a.keep_gb, a.keep_days))
-        argv = [
-            self._config.buildkitd,
-            "--addr", f"tcp://{self._config.listen}",
-            "--tlscert", str(cert),
-            "--tlskey", str(key),
-            "--tlscacert", str(ca),
-            "--root", str(cache),
-            "--config", str(config),
-        ]  # fmt: skip
+        try:
+            tls = tls_context(cert, key, ca)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise DaemonFailed(f"the binding's TLS material is unusable: {e}") from None
         # While the daemon keeps failing, each attempt is a debug line only.
         log.log(
             logging.DEBUG if self._daemon_trouble.current else logging.INFO,
-            "starting buildkitd for project %s (binding %s)",
+            "readying %s for project %s (binding %s)",
+            self._config.daemon_name,
             a.project_id,
             a.binding_id,
         )
+        if self._config.docker_socket is not None:
+            daemon: Daemon = await self._ready_engine(a, self._config.docker_socket)
+        else:
+            daemon = await self._start_buildkitd(a, binding_dir)
+        assert self._door is not None
+        self._door.use(Door(a.binding_id, tls, daemon))
+        return daemon
+
+    async def _start_buildkitd(
+        self, a: pb.HeartbeatResponse.Assignment, binding_dir: Path
+    ) -> Buildkitd:
+        cache = _prepare_cache(self._config.state_dir / "cache" / a.project_id, a.cache_generation)
+        config = _write_private(binding_dir / "buildkitd.toml", gc_config(a.keep_gb, a.keep_days))
+        socket = self._run_dir() / "buildkitd.sock"
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+        argv = [
+            self._config.buildkitd,
+            "--addr", f"unix://{socket}",
+            "--root", str(cache),
+            "--config", str(config),
+        ]  # fmt: skip
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
-        return Daemon(a.binding_id, process, self._config.listen, asyncio.get_running_loop().time())
+        return Buildkitd(a.binding_id, process, socket, asyncio.get_running_loop().time())
+
+    async def _ready_engine(
+        self, a: pb.HeartbeatResponse.Assignment, engine_socket: Path
+    ) -> DockerEngine:
+        """The engine's BuildKit for this binding: its build cache pruned first when it was
+        another project's or an older generation's, so that no project builds on another's."""
+        engine = DockerEngine(
+            a.binding_id,
+            engine_socket,
+            self._run_dir() / "engine.sock",
+            asyncio.get_running_loop().time(),
+        )
+        await engine.open()
+        marker = self._config.state_dir / "engine-cache"
+        wanted = f"{a.project_id} {a.cache_generation}"
+        try:
+            current = marker.read_text().strip()
+        except OSError:
+            current = ""
+        if current != wanted:
+            try:
+                freed = await reset_engine_cache(engine)
+            except DaemonFailed:
+                await engine.stop()
+                raise
+            log.info(
+                "Docker Engine build cache pruned (%s → project %s, generation %s): %d bytes freed",
+                current or "unknown",
+                a.project_id,
+                a.cache_generation,
+                freed,
+            )
+            marker.write_text(wanted + "\n")
+        return engine
+
+    def _run_dir(self) -> Path:
+        run = self._config.state_dir / "run"
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return run
 
     async def _stop_daemon(self) -> None:
+        if self._door is not None:
+            self._door.use(None)
         if self._daemon is not None:
-            log.info("stopping buildkitd (binding %s)", self._daemon.binding_id)
+            log.info("stopping %s (binding %s)", self._config.daemon_name, self._daemon.binding_id)
             await self._daemon.stop()
             self._daemon = None
 
-    async def _disk_usage(self) -> int:
+    async def _disk_usage(self, daemon: Daemon | None) -> int:
+        """The daemon's cache size, measured now and then (the last one while it is down)."""
         loop = asyncio.get_running_loop()
-        if loop.time() - self._disk_measured_at >= _DISK_EVERY_SECONDS:
+        if daemon is not None and loop.time() - self._disk_measured_at >= _DISK_EVERY_SECONDS:
             self._disk_measured_at = loop.time()
-            self._disk_used = await asyncio.to_thread(_tree_size, self._config.state_dir / "cache")
+            with contextlib.suppress(DaemonUnavailable):
+                self._disk_used = await daemon.control.cache_bytes()
         return self._disk_used
+
+
+def _connection_report(c: Connection) -> pb.ConnectionReport:
+    return pb.ConnectionReport(
+        connection_id=c.id,
+        build_id=c.build_id,
+        binding_id=c.binding_id,
+        peer=c.peer,
+        opened_at=_timestamp(c.opened_at),
+        closed_at=None if c.closed_at is None else _timestamp(c.closed_at),
+        admitted=c.admitted,
+        refusal=c.refusal,
+        bytes_from_client=c.counts.from_client,
+        bytes_to_client=c.counts.to_client,
+    )
+
+
+def _timestamp(epoch_seconds: float) -> Timestamp:
+    micros = round(epoch_seconds * 1_000_000)
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def _refusal(e: ConnectError, server: str) -> str | None:
@@ -425,15 +622,6 @@ def _write_private(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return path
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -56,10 +56,22 @@ _OPTIONS = (
     _Option(
         "listen",
         "HOST:PORT",
-        "where the daemon listens",
+        "where the agent's front door listens: the only way in to the daemon",
         default_help="default 0.0.0.0 and the advertised port",
     ),
-    _Option("buildkitd", "PROGRAM", "BuildKit's daemon: a name on PATH or a path", "buildkitd"),
+    _Option(
+        "buildkitd",
+        "PROGRAM",
+        "BuildKit's daemon, started by the agent on a unix socket: a name on PATH or a path",
+        "buildkitd",
+    ),
+    _Option(
+        "docker_socket",
+        "PATH",
+        "instead of starting buildkitd, use the BuildKit built into the Docker Engine whose "
+        "API socket this is (e.g. /var/run/docker.sock)",
+        default_help="not used unless given",
+    ),
     _Option(
         "state_dir",
         "DIR",
@@ -126,6 +138,13 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         listen = _host_port(*given["listen"], empty_host=True)
     else:
         listen = "0.0.0.0:" + advertise.rsplit(":", 1)[1]
+    docker_socket = given.get("docker_socket")
+    buildkitd_chosen = args.buildkitd is not None or bool(environ.get("DEPOT_API_AGENT_BUILDKITD"))
+    if docker_socket is not None and buildkitd_chosen:
+        raise BadOption(
+            f"{docker_socket[1]} and --buildkitd (or DEPOT_API_AGENT_BUILDKITD) choose two "
+            "different daemons; give one of them"
+        )
     config = AgentConfig(
         server=_server_url(*given["server"]),
         token=_token(*given["token"]),
@@ -135,6 +154,7 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         buildkitd=_not_empty(*given["buildkitd"]),
         state_dir=Path(_not_empty(*given["state_dir"])),
         capacity=_capacity(*given["capacity"]),
+        docker_socket=None if docker_socket is None else Path(_not_empty(*docker_socket)),
     )
     return AgentOptions(config, _one_of(*given["log_level"], _LOG_LEVELS).lower())
 
