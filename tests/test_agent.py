@@ -105,6 +105,30 @@ def test_every_option_comes_from_its_variable_and_a_flag_wins() -> None:
     assert flagged.config.server == "https://depot.example.com/api"  # the rest from the variables
 
 
+def test_docker_socket_chooses_the_engine_and_excludes_buildkitd() -> None:
+    assert options(*REQUIRED).config.docker_socket is None
+    chosen = options(*REQUIRED, "--docker-socket", "/var/run/docker.sock").config
+    assert chosen.docker_socket == Path("/var/run/docker.sock")
+    assert chosen.daemon_name == "the Docker Engine at /var/run/docker.sock"
+    from_env = options(
+        *REQUIRED, environ={**TOKEN, "DEPOT_API_AGENT_DOCKER_SOCKET": "/run/d.sock"}
+    ).config
+    assert from_env.docker_socket == Path("/run/d.sock")
+    with pytest.raises(BadOption, match=r"^--docker-socket and --buildkitd .*give one of them$"):
+        options(*REQUIRED, "--docker-socket", "/d.sock", "--buildkitd", "/bin/buildkitd")
+    with pytest.raises(BadOption, match="DEPOT_API_AGENT_DOCKER_SOCKET and --buildkitd"):
+        options(
+            *REQUIRED,
+            environ={
+                **TOKEN,
+                "DEPOT_API_AGENT_DOCKER_SOCKET": "/d.sock",
+                "DEPOT_API_AGENT_BUILDKITD": "/bin/buildkitd",
+            },
+        )
+    with pytest.raises(BadOption, match="--docker-socket must not be empty"):
+        options(*REQUIRED, "--docker-socket", " ")
+
+
 def test_an_empty_variable_counts_as_unset() -> None:
     parsed = options(*REQUIRED, environ={**TOKEN, "DEPOT_API_AGENT_BUILDKITD": ""})
     assert parsed.config.buildkitd == "buildkitd"

@@ -1,4 +1,5 @@
-"""The BuildKit stand-in: buildkitd's flags, mutual TLS against the project CA, clean stops."""
+"""The BuildKit stand-in: buildkitd's flags, plain gRPC on the unix socket it is given (as
+buildkitd serves behind the agent's front door), what it records, clean stops."""
 
 from __future__ import annotations
 
@@ -6,77 +7,26 @@ import json
 import os
 import signal
 import socket
-import ssl
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from depot_api.domain.pki import KeyPair, issue_client_cert, issue_server_cert, new_project_ca
+from tests.grpc_probe import grpc_unary_over
 
 STANDIN = Path(__file__).with_name("standin_buildkitd.py")
-SERVER = "bk-1.machines.test"
-DAY = timedelta(days=1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def write_private(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "w", encoding="ascii") as file:
-        file.write(text)
-    return path
-
-
-@dataclass
-class PKI:
-    """One project's CA, its machine's server certificate, and a directory to write PEMs to."""
-
-    tmp: Path
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def __post_init__(self) -> None:
-        self.ca = new_project_ca("proj000001", now=self.now)
-        self.server = issue_server_cert(self.ca, SERVER, now=self.now, not_after=self.now + DAY)
-
-    def write(self, name: str, pair: KeyPair) -> tuple[Path, Path]:
-        return (
-            write_private(self.tmp / f"{name}.crt", pair.cert_pem),
-            write_private(self.tmp / f"{name}.key", pair.key_pem),
-        )
-
-    def client_context(
-        self, build_id: str | None, *, ca: KeyPair | None = None, alpn: list[str] | None = None
-    ) -> ssl.SSLContext:
-        """A client trusting this project's CA, presenting a certificate signed by ca."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cadata=self.ca.cert_pem)
-        if build_id is not None:
-            pair = issue_client_cert(
-                ca or self.ca, build_id, now=self.now, not_after=self.now + DAY
-            )
-            context.load_cert_chain(*self.write(f"client-{build_id}-{os.urandom(3).hex()}", pair))
-        if alpn is not None:
-            context.set_alpn_protocols(alpn)
-        return context
 
 
 @dataclass
 class Daemon:
     process: subprocess.Popen[bytes]
-    port: int
+    socket: Path
     root: Path
     stderr_path: Path
 
@@ -90,16 +40,11 @@ class Daemon:
     def events(self) -> list[str]:
         return (self.root / "standin-events").read_text().splitlines()
 
-    def greet(self, context: ssl.SSLContext) -> tuple[bytes, str | None]:
-        """Connect, handshake, read until the daemon closes; the bytes and the ALPN choice."""
-        with (
-            socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw,
-            context.wrap_socket(raw, server_hostname=SERVER) as tls,
-        ):
-            received = b""
-            while chunk := tls.recv(1024):
-                received += chunk
-            return received, tls.selected_alpn_protocol()
+    def call(self, path: str) -> bytes:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(str(self.socket))
+            return grpc_unary_over(conn, "localhost", path)
 
     def wait_for_stderr(self, text: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -110,43 +55,28 @@ class Daemon:
 
 
 class Launcher:
-    def __init__(self, tmp: Path, pki: PKI) -> None:
+    def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.pki = pki
         self.running: list[subprocess.Popen[bytes]] = []
+        self.count = 0
 
-    def flags(self, port: int, root: Path, *extra: str) -> list[str]:
-        cert, key = self.pki.write(f"server-{port}", self.pki.server)
-        ca = write_private(self.tmp / f"ca-{port}.crt", self.pki.ca.cert_pem)
-        return [
-            "--addr",
-            f"tcp://127.0.0.1:{port}",
-            "--tlscert",
-            str(cert),
-            "--tlskey",
-            str(key),
-            "--tlscacert",
-            str(ca),
-            "--root",
-            str(root),
-            *extra,
-        ]
-
-    def start(self, command: list[str], port: int, root: Path) -> Daemon:
-        stderr_path = self.tmp / f"stderr-{port}.log"
+    def start(self, command: list[str], sock: Path, root: Path) -> Daemon:
+        self.count += 1
+        stderr_path = self.tmp / f"stderr-{self.count}.log"
+        # Run by path, it takes the first python3 on PATH: the project's, which has h2.
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
         with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=stderr)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=stderr, env=env)
         self.running.append(process)
-        daemon = Daemon(process, port, root, stderr_path)
-        daemon.wait_for_stderr(f"standin-buildkitd listening on 127.0.0.1:{port}\n")
+        daemon = Daemon(process, sock, root, stderr_path)
+        daemon.wait_for_stderr(f"standin-buildkitd listening on unix://{sock}\n")
         return daemon
 
     def launch(self, *extra: str, root: Path | None = None) -> Daemon:
-        port = free_port()
-        root = root or self.tmp / f"root-{port}"
-        return self.start(
-            [sys.executable, str(STANDIN), *self.flags(port, root, *extra)], port, root
-        )
+        sock = self.tmp / f"bk-{self.count}.sock"
+        root = root or self.tmp / f"root-{self.count}"
+        command = [sys.executable, str(STANDIN), "--addr", f"unix://{sock}", "--root", str(root)]
+        return self.start([*command, *extra], sock, root)
 
     def stop_all(self) -> None:
         for process in self.running:
@@ -160,53 +90,23 @@ class Launcher:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    return PKI(tmp_path)
-
-
-@pytest.fixture
-def launcher(tmp_path: Path, pki: PKI) -> Iterator[Launcher]:
-    launcher = Launcher(tmp_path, pki)
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path)
     try:
         yield launcher
     finally:
         launcher.stop_all()
 
 
-def test_admits_a_client_of_the_project_ca(launcher: Launcher, pki: PKI) -> None:
+def test_grpc_clients_get_buildkits_probes_and_nothing_else(launcher: Launcher) -> None:
+    """A real gRPC client (grpcio over the unix socket): ListWorkers answers one worker,
+    DiskUsage one record; any other BuildKit method is unimplemented."""
     daemon = launcher.launch()
-    received, alpn = daemon.greet(pki.client_context("b1c2d3e4f5"))
-    assert received == b"standin-buildkitd ok build b1c2d3e4f5\n"
-    assert alpn is None  # the client offered none
-
-
-def test_http1_alpn_gets_the_greeting(launcher: Launcher, pki: PKI) -> None:
-    daemon = launcher.launch()
-    received, alpn = daemon.greet(pki.client_context("b", alpn=["http/1.1"]))
-    assert received == b"standin-buildkitd ok build b\n"
-    assert alpn == "http/1.1"
-
-
-def test_grpc_clients_get_buildkits_readiness_probe_and_nothing_else(
-    launcher: Launcher, pki: PKI
-) -> None:
-    """A real gRPC client (grpcio, ALPN h2) with a client certificate of the project's CA:
-    ListWorkers answers one worker; any other BuildKit method is unimplemented."""
-    daemon = launcher.launch()
-    client = issue_client_cert(pki.ca, "grpcbuild", now=pki.now, not_after=pki.now + DAY)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca.cert_pem.encode(),
-        private_key=client.key_pem.encode(),
-        certificate_chain=client.cert_pem.encode(),
-    )
-    with grpc.secure_channel(
-        f"127.0.0.1:{daemon.port}", credentials, options=[("grpc.ssl_target_name_override", SERVER)]
-    ) as channel:
-        list_workers = channel.unary_unary("/moby.buildkit.v1.Control/ListWorkers")
-        answer = list_workers(b"", timeout=10)
-        solve = channel.unary_unary("/moby.buildkit.v1.Control/Solve")
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        answer = channel.unary_unary("/moby.buildkit.v1.Control/ListWorkers")(b"", timeout=10)
+        usage = channel.unary_unary("/moby.buildkit.v1.Control/DiskUsage")(b"", timeout=10)
         with pytest.raises(grpc.RpcError) as raised:
-            solve(b"", timeout=10)
+            channel.unary_unary("/moby.buildkit.v1.Control/Solve")(b"", timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "standin-buildkitd cannot build" in (raised.value.details() or "")
     # ListWorkersResponse{record: [{ID: "standin-buildkitd", platforms: [{amd64|arm64, linux}]}]}
@@ -215,9 +115,12 @@ def test_grpc_clients_get_buildkits_readiness_probe_and_nothing_else(
     [(id_field, worker_id), (platforms_field, platform)] = _fields(record)
     assert (id_field, worker_id, platforms_field) == (1, b"standin-buildkitd", 3)
     assert _fields(platform) in ([(1, b"amd64"), (2, b"linux")], [(1, b"arm64"), (2, b"linux")])
-    assert daemon.events()[-2:] == [
-        "grpc /moby.buildkit.v1.Control/ListWorkers build grpcbuild",
-        "grpc /moby.buildkit.v1.Control/Solve build grpcbuild",
+    # DiskUsageResponse{record: [{ID: "standin-cache", Size: 1 MiB}]}
+    assert usage == b"\x0a\x13\x0a\x0dstandin-cache\x20\x80\x80\x40"
+    assert daemon.events()[-3:] == [
+        "grpc /moby.buildkit.v1.Control/ListWorkers",
+        "grpc /moby.buildkit.v1.Control/DiskUsage",
+        "grpc /moby.buildkit.v1.Control/Solve",
     ]
 
 
@@ -233,35 +136,11 @@ def _fields(message: bytes) -> list[tuple[int, bytes]]:
     return fields
 
 
-def test_refuses_another_projects_client_and_keeps_serving(launcher: Launcher, pki: PKI) -> None:
+def test_a_stalled_connection_does_not_block_others(launcher: Launcher) -> None:
     daemon = launcher.launch()
-    other_ca = new_project_ca("proj000002", now=pki.now)
-    with pytest.raises(ssl.SSLError, match=r"UNKNOWN_CA|unknown ca"):
-        # TLS 1.3: the refusal arrives as an alert after the client's side of the handshake.
-        daemon.greet(pki.client_context("intruder", ca=other_ca))
-    daemon.wait_for_stderr("certificate verify failed")
-    assert "ok build intruder" not in daemon.stderr()
-
-    received, _ = daemon.greet(pki.client_context("next"))
-    assert received == b"standin-buildkitd ok build next\n"
-    assert daemon.process.poll() is None
-
-
-def test_refuses_a_client_without_a_certificate(launcher: Launcher, pki: PKI) -> None:
-    daemon = launcher.launch()
-    with pytest.raises(ssl.SSLError, match=r"CERTIFICATE_REQUIRED|certificate required"):
-        daemon.greet(pki.client_context(None))
-    daemon.wait_for_stderr("peer did not return a certificate")
-    received, _ = daemon.greet(pki.client_context("after"))
-    assert received == b"standin-buildkitd ok build after\n"
-
-
-def test_a_stalled_connection_does_not_block_others(launcher: Launcher, pki: PKI) -> None:
-    daemon = launcher.launch()
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10):
-        # Connected, never handshakes: the next client is still served at once.
-        received, _ = daemon.greet(pki.client_context("b"))
-        assert received == b"standin-buildkitd ok build b\n"
+    with socket.socket(socket.AF_UNIX) as stalled:
+        stalled.connect(str(daemon.socket))  # connected, never speaks
+        assert daemon.call("/moby.buildkit.v1.Control/ListWorkers")
 
 
 def test_records_its_flags_and_config(launcher: Launcher, tmp_path: Path) -> None:
@@ -283,7 +162,7 @@ def test_records_its_flags_and_config(launcher: Launcher, tmp_path: Path) -> Non
     assert record["config"] == config.read_text()
     argv = record["argv"]
     assert isinstance(argv, list)
-    assert argv[:2] == ["--addr", f"tcp://127.0.0.1:{daemon.port}"]
+    assert argv[:2] == ["--addr", f"unix://{daemon.socket}"]
     assert argv[-len(extra) :] == extra
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert daemon.events() == ["started"]
@@ -294,31 +173,26 @@ def test_config_is_null_without_config_flag(launcher: Launcher) -> None:
     assert daemon.started()["config"] is None
 
 
-def test_serves_the_first_tcp_address(launcher: Launcher, pki: PKI, tmp_path: Path) -> None:
-    port, ignored = free_port(), free_port()
-    root = tmp_path / "root"
-    flags = launcher.flags(port, root)
-    command = [sys.executable, str(STANDIN), "--addr", "unix:///run/buildkit/buildkitd.sock"]
-    command += [*flags, "--addr", f"tcp://127.0.0.1:{ignored}"]
-    daemon = launcher.start(command, port, root)
-    received, _ = daemon.greet(pki.client_context("b"))
-    assert received == b"standin-buildkitd ok build b\n"
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", ignored), timeout=10).close()
+def test_serves_the_first_unix_address(launcher: Launcher, tmp_path: Path) -> None:
+    sock, ignored, root = tmp_path / "first.sock", tmp_path / "second.sock", tmp_path / "root"
+    command = [sys.executable, str(STANDIN), "--addr", "tcp://127.0.0.1:1234"]
+    command += ["--addr", f"unix://{sock}", "--addr", f"unix://{ignored}", "--root", str(root)]
+    daemon = launcher.start(command, sock, root)
+    assert daemon.call("/moby.buildkit.v1.Control/ListWorkers")
+    assert not ignored.exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stops_cleanly_on_signal(launcher: Launcher, pki: PKI, signum: signal.Signals) -> None:
+def test_stops_cleanly_on_signal(launcher: Launcher, signum: signal.Signals) -> None:
     daemon = launcher.launch()
-    daemon.greet(pki.client_context("b"))
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10):
-        # Even with a connection mid-handshake the daemon stops at once.
+    with socket.socket(socket.AF_UNIX) as open_connection:
+        open_connection.connect(str(daemon.socket))
+        # Even with a connection open the daemon stops at once.
         os.kill(daemon.process.pid, signum)
         assert daemon.process.wait(timeout=1) == 0
     assert daemon.events() == ["started", "stopped"]
     assert (daemon.root / "standin-started").exists()  # kept for the test to inspect
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", daemon.port), timeout=10).close()
+    assert not daemon.socket.exists()
 
 
 def test_restart_appends_events(launcher: Launcher, tmp_path: Path) -> None:
@@ -330,28 +204,34 @@ def test_restart_appends_events(launcher: Launcher, tmp_path: Path) -> None:
     assert daemon.events() == ["started", "stopped", "started", "stopped"]
 
 
-def test_runs_directly_by_path(launcher: Launcher, pki: PKI, tmp_path: Path) -> None:
+def test_runs_directly_by_path(launcher: Launcher, tmp_path: Path) -> None:
     assert os.access(STANDIN, os.X_OK)
     assert STANDIN.read_text().startswith("#!/usr/bin/env python3\n")
-    port = free_port()
-    root = tmp_path / "root"
-    daemon = launcher.start([str(STANDIN), *launcher.flags(port, root)], port, root)
-    received, _ = daemon.greet(pki.client_context("b"))
-    assert received == b"standin-buildkitd ok build b\n"
+    sock, root = tmp_path / "direct.sock", tmp_path / "root"
+    daemon = launcher.start(
+        [str(STANDIN), "--addr", f"unix://{sock}", "--root", str(root)], sock, root
+    )
+    assert daemon.call("/moby.buildkit.v1.Control/ListWorkers")
     os.kill(daemon.process.pid, signal.SIGTERM)
     assert daemon.process.wait(timeout=5) == 0
-    assert daemon.events() == ["started", "stopped"]
+    assert daemon.events() == ["started", "grpc /moby.buildkit.v1.Control/ListWorkers", "stopped"]
 
 
-def test_refuses_to_start_without_a_tcp_address(tmp_path: Path) -> None:
-    flags = ["--tlscert", "c", "--tlskey", "k", "--tlscacert", "ca", "--root", str(tmp_path / "r")]
+def test_refuses_to_start_without_a_unix_address(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(STANDIN), "--addr", "unix:///tmp/x.sock", *flags],
+        [
+            sys.executable,
+            str(STANDIN),
+            "--addr",
+            "tcp://127.0.0.1:1",
+            "--root",
+            str(tmp_path / "r"),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert result.returncode == 2
-    assert "no --addr tcp://HOST:PORT given" in result.stderr
+    assert "no --addr unix://PATH given" in result.stderr
     assert not (tmp_path / "r").exists()

@@ -127,6 +127,25 @@ async def test_draining_and_gone_machines_take_no_project(store: Store) -> None:
     assert await _acquire(store, (await new_build(store, project)).id, project) is None
 
 
+async def test_an_idle_machine_reporting_trouble_takes_no_project_until_well(
+    store: Store,
+) -> None:
+    machine = await new_machine(store)
+    await store.machines.record_heartbeat(
+        machine.id,
+        running_binding_id="",
+        ready=False,
+        disk_used_bytes=0,
+        error="the Docker Engine at /run/docker.sock cannot be reached",
+        now=at(1),
+    )
+    project = await new_project(store, (await new_org(store)).id)
+    assert await _acquire(store, (await new_build(store, project)).id, project, now=2) is None
+    await _heartbeat(store, machine.id, 3)  # no error any more
+    claimed = await _acquire(store, (await new_build(store, project)).id, project, now=4)
+    assert claimed is not None and claimed.id == machine.id
+
+
 async def test_concurrent_claims_never_bind_one_machine_to_two_projects(
     store: Store, second_store: Store
 ) -> None:

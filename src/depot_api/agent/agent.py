@@ -334,7 +334,8 @@ class Agent:
             # bound to a machine that cannot build for it.
             if self._config.docker_socket is not None:
                 return False, await self._engine_absence()
-            return False, self._daemon_error
+            # buildkitd starts with a binding: an earlier binding's failure says nothing now.
+            return False, ""
         if daemon.exited:
             return False, self._daemon_error
         try:

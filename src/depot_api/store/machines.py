@@ -184,7 +184,14 @@ _OWN = Query(
 _LOCK_SERVING = Query(select(m).where(_serving).order_by(m.c.id).with_for_update())
 _IDLE = Query(
     select(m.c.id)
-    .where(m.c.platform == bindparam("platform"), m.c.state == ACTIVE, m.c.project_id.is_(None))
+    .where(
+        m.c.platform == bindparam("platform"),
+        m.c.state == ACTIVE,
+        m.c.project_id.is_(None),
+        # An idle machine that reports trouble (its Docker Engine is not there, its front
+        # door cannot listen) could not build: it gets no project until it is well.
+        m.c.buildkit_error.is_(None),
+    )
     # Cache affinity: a machine that served this project before still has its cache.
     .order_by((m.c.last_project_id == bindparam("project_id")).desc(), m.c.last_used_at)
     .limit(1)
