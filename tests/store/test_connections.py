@@ -13,6 +13,8 @@ from depot_api.store import Store
 from .conftest import at, new_build, new_machine, new_org, new_project
 
 AMD64 = Platform.AMD64
+# A bound the tests' reports are all within, unless a test moves it.
+KEEP_ALL = at(-1)
 
 
 async def _bound(store: Store) -> tuple[Machine, Build]:
@@ -63,7 +65,7 @@ def _report(
 
 
 async def _record(
-    store: Store, machine_id: str, *reports: MachineConnection, keep_since: datetime = at(-1)
+    store: Store, machine_id: str, *reports: MachineConnection, keep_since: datetime = KEEP_ALL
 ) -> None:
     await store.connections.record_connections(machine_id, list(reports), keep_since=keep_since)
 
