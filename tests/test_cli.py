@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command as alembic
@@ -20,13 +21,16 @@ from sqlalchemy import Connection
 import depot_api.store
 from depot_api.cli import _parser, main, resolve_args
 from depot_api.config import SettingError, Settings
+from depot_api.domain.connections import ReportedConnection
+from depot_api.domain.principal import Principal
 from depot_api.domain.token_format import kind_of
-from depot_api.models import TokenKind
+from depot_api.models import Platform, TokenKind
 from depot_api.startup import prepare
 from depot_api.store import open_store
 from depot_api.store.database import create_engine
 from depot_api.store.migrating import head_revision
 from depot_api.store.urls import sqlite_url
+from depot_api.times import utc_now
 from depot_api.wiring import build_domain
 
 from .databases import BACKENDS, database
@@ -432,3 +436,119 @@ def test_the_wait_for_machines_flag_wins_over_the_environment(
     args = _parser().parse_args(["serve", *([flag] if flag else [])])
     resolved = resolve_args(args, {"DEPOT_API_WAIT_FOR_MACHINES": env})
     assert resolved.settings.wait_for_machines is waits
+
+
+def test_admin_list_connections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database_url: str
+) -> None:
+    d = ["--data-dir", str(tmp_path), "--database", database_url]
+    code, out, err = run(capsys, "admin", "list-connections", *d)
+    assert (code, out) == (0, "")  # standard output stays one line per connection
+    assert err.strip() == ("no connections: machines report their connections, kept for 7 days")
+    machine_id, other_id = asyncio.run(_report_connections(tmp_path, database_url))
+
+    code, out, err = run(capsys, "admin", "list-connections", *d)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    opened = [line.split()[0] for line in lines]
+    assert opened == sorted(opened, reverse=True) and len(lines) == 3
+    assert lines[0].endswith(
+        f" {other_id} build=- peer=10.0.0.9:1 refused='not TLS' in=0 out=0 duration=0.002s"
+    )
+    assert lines[1].endswith(
+        f" {machine_id} build=abcdefghij peer=10.0.0.7:2 admitted in=300 out=9000 open"
+    )
+    assert lines[2].endswith(
+        f" {machine_id} build=abcdefghij peer=10.0.0.7:1 admitted in=10 out=20 duration=9.000s"
+    )
+
+    code, out, _ = run(capsys, "admin", "list-connections", "--machine", machine_id, *d)
+    assert out.splitlines() == lines[1:]
+    code, out, _ = run(capsys, "admin", "list-connections", "--build", "abcdefghij", *d)
+    assert out.splitlines() == lines[1:]
+    code, out, _ = run(capsys, "admin", "list-connections", "--limit", "1", *d)
+    assert out.splitlines() == lines[:1]
+    code, out, err = run(
+        capsys, "admin", "list-connections", "--machine", other_id, "--build", "abcdefghij", *d
+    )
+    assert (code, out) == (0, "")
+    assert err.startswith(f"no connections of machine {other_id} and build abcdefghij: ")
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (("--limit", "0"), "limit must be between 1 and 10000, got 0"),
+        (("--limit", "many"), "argument --limit: invalid int value: 'many'"),
+        (("--machine", "nope"), 'machine "nope" is not a valid ID'),
+        (("--build", "NOPE"), 'build "NOPE" is not a valid ID'),
+    ],
+)
+def test_admin_list_connections_names_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], problem: str
+) -> None:
+    argv = ("admin", "list-connections", *flags, "--data-dir", str(tmp_path))
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as exit:  # argparse's own checks end the program
+        code, (out, err) = int(str(exit.code)), capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert problem in err and len(err.splitlines()) == 1
+
+
+async def _report_connections(data_dir: Path, url: str) -> tuple[str, str]:
+    """Two machines, and connections their agents reported: one admitted and closed, one
+    admitted and still open (opened later), one refused (latest)."""
+    store = open_store(url)
+    try:
+        domain = build_domain(store, Settings(data_dir=data_dir, database=url))
+        agents = []
+        for endpoint in ("10.0.0.1:1", "10.0.0.2:1"):
+            token, _ = await domain.tokens.create_machine_token("agents")
+            principal = Principal(token.id, TokenKind.MACHINE, frozenset())
+            machine = await domain.machines.register(principal, Platform.AMD64, endpoint, 1)
+            agents.append((principal, machine.id))
+        now = utc_now().replace(microsecond=0)
+
+        def report(connection_id: str, peer: str, opened: float, **fields: Any) -> Any:
+            values: dict[str, Any] = {
+                "connection_id": connection_id,
+                "build_id": "abcdefghij",
+                "binding_id": "0123456789",
+                "peer": peer,
+                "opened_at": now + timedelta(seconds=opened),
+                "closed_at": None,
+                "admitted": True,
+                "refusal": "",
+                "bytes_from_client": 0,
+                "bytes_to_client": 0,
+            }
+            return ReportedConnection(**{**values, **fields})
+
+        (principal, machine_id), (other_principal, other_id) = agents
+        await domain.connections.report(
+            principal,
+            machine_id,
+            [
+                report(
+                    "a", "10.0.0.7:1", -60, closed_at=now - timedelta(seconds=51),
+                    bytes_from_client=10, bytes_to_client=20,
+                ),
+                report("b", "10.0.0.7:2", -30, bytes_from_client=300, bytes_to_client=9000),
+            ],
+        )  # fmt: skip
+        await domain.connections.report(
+            other_principal,
+            other_id,
+            [
+                report(
+                    "c", "10.0.0.9:1", -10, build_id="", binding_id="", admitted=False,
+                    refusal="not TLS", closed_at=now - timedelta(seconds=10) + timedelta(
+                        milliseconds=2
+                    ),
+                )
+            ],
+        )  # fmt: skip
+        return machine_id, other_id
+    finally:
+        await store.close()

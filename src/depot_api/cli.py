@@ -34,9 +34,11 @@ from depot_api.config import (
     resolve,
     settings_of,
 )
+from depot_api.domain.connections import CONNECTION_RETENTION, LIST_DEFAULT, LIST_MAX
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
+from depot_api.models import MachineConnection
 from depot_api.server.address import claim_address
 from depot_api.server.errors import ServeError
 from depot_api.server.supervisor import Supervisor
@@ -184,6 +186,20 @@ def _parser() -> argparse.ArgumentParser:
         "--token", required=True, metavar="TOKEN_ID", help="the token's ID (not its secret)"
     )
     action("list-machines", "list BuildKit machines")
+    connections = action(
+        "list-connections",
+        "list client connections to machines, newest first: who used a machine, and who was "
+        "refused",
+    )
+    connections.add_argument("--machine", metavar="MACHINE_ID", help="only this machine's")
+    connections.add_argument("--build", metavar="BUILD_ID", help="only this build's")
+    connections.add_argument(
+        "--limit",
+        type=int,
+        default=LIST_DEFAULT,
+        metavar="N",
+        help=f"at most this many (default: {LIST_DEFAULT}, at most {LIST_MAX})",
+    )
     drain = action(
         "drain-machine",
         "take no new project on a machine; its agent stops once the machine is free",
@@ -330,6 +346,14 @@ async def _administer(args: argparse.Namespace, domain: Domain) -> None:
                 )
             if not machines:
                 _none("no machines: none has registered (run `depot-api agent` on a BuildKit host)")
+        case "list-connections":
+            found = await domain.connections.list(
+                machine_id=args.machine, build_id=args.build, limit=args.limit
+            )
+            for connection in found:
+                print(_connection_line(connection))
+            if not found:
+                _none(_no_connections(args.machine, args.build))
         case "drain-machine":
             await domain.machines.drain(args.machine)
             print(f"machine {args.machine} is draining")
@@ -340,6 +364,29 @@ async def _administer(args: argparse.Namespace, domain: Domain) -> None:
 def _none(message: str) -> None:
     """Say that a listing is empty, on standard error: standard output stays one line per item."""
     print(message, file=sys.stderr)
+
+
+def _connection_line(c: MachineConnection) -> str:
+    outcome = "admitted" if c.admitted else f"refused={c.refusal or '-'!r}"
+    took = "open" if c.closed_at is None else f"duration={_seconds(c.closed_at - c.opened_at)}"
+    return (
+        f"{c.opened_at.isoformat()} {c.machine_id} build={c.build_id or '-'} peer={c.peer} "
+        f"{outcome} in={c.bytes_from_client} out={c.bytes_to_client} {took}"
+    )
+
+
+def _seconds(span: timedelta) -> str:
+    return f"{span.total_seconds():.3f}s"
+
+
+def _no_connections(machine_id: str | None, build_id: str | None) -> str:
+    of = " and ".join(
+        f"{kind} {value}"
+        for kind, value in (("machine", machine_id), ("build", build_id))
+        if value is not None
+    )
+    kept = f"machines report their connections, kept for {CONNECTION_RETENTION.days} days"
+    return f"no connections{f' of {of}' if of else ''}: {kept}"
 
 
 def _lifetime(args: argparse.Namespace) -> timedelta | None:

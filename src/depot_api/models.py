@@ -206,3 +206,40 @@ class ProjectCA:
     cert_pem: str
     key_sealed: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionFacts:
+    """What admitting a client connection to a machine depends on, read together: the machine
+    as it is bound now, and the build the client certificate names."""
+
+    machine_token_id: str
+    machine_project_id: str | None
+    machine_binding_id: str | None
+    # None when there is no such build, or its project was deleted.
+    build: Build | None
+    # The build holds an endpoint on this machine that has not been released.
+    endpoint_held: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MachineConnection:
+    """One client connection to a machine's front door, as its agent reported it."""
+
+    machine_id: str
+    # Chosen by the agent, unique per machine.
+    connection_id: str
+    # "" when the connection never named a build (no certificate, not TLS, another CA's).
+    build_id: str
+    binding_id: str
+    peer: str
+    opened_at: datetime
+    # None while the connection is open.
+    closed_at: datetime | None
+    admitted: bool
+    refusal: str
+    bytes_from_client: int
+    bytes_to_client: int
+    reported_at: datetime
+    # The build's project, when the build is known; filled in by the store.
+    project_id: str | None = None

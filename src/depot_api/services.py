@@ -78,7 +78,7 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
         ),
         Service(
             machine_connect.MachineServiceASGIApplication,
-            MachineServiceImpl(domain.machines, heartbeat_ms),
+            MachineServiceImpl(domain.machines, domain.connections, heartbeat_ms),
             machine_pb.desc(),
             Guard.MACHINE,
         ),

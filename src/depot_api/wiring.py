@@ -10,6 +10,7 @@ from depot_api.config import Settings
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.build_reports import BuildReports
 from depot_api.domain.builds import Builds
+from depot_api.domain.connections import Connections
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
 from depot_api.domain.health import Health
 from depot_api.domain.machines import Machines
@@ -30,6 +31,7 @@ class Domain:
     builds: Builds
     organizations: Organizations
     machines: Machines
+    connections: Connections
     endpoints: Endpoints
     build_reports: BuildReports
     health: Health
@@ -76,6 +78,12 @@ def build_domain(
             project_store=store.projects,
             box=box,
             idle_release=settings.machine_idle_release,
+            now=now,
+        ),
+        connections=Connections(
+            connection_store=store.connections,
+            machine_store=store.machines,
+            max_build_duration=settings.max_build_duration,
             now=now,
         ),
         endpoints=Endpoints(

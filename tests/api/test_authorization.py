@@ -358,6 +358,22 @@ TABLE += [
             machine_pb.HeartbeatRequest(machine_id=w.machine_id), headers=h
         ),
     ),
+    # The world's machine serves no project: getting past authorization shows as a refusal.
+    machine_only(
+        M + "AdmitConnection",
+        lambda c, w, h: c.machines.admit_connection(
+            machine_pb.AdmitConnectionRequest(
+                machine_id=w.machine_id, binding_id="0123456789", build_id=w.build_a
+            ),
+            headers=h,
+        ),
+    ),
+    machine_only(
+        M + "ReportConnections",
+        lambda c, w, h: c.machines.report_connections(
+            machine_pb.ReportConnectionsRequest(machine_id=w.machine_id), headers=h
+        ),
+    ),
 ]
 
 

@@ -6,16 +6,21 @@ from typing import Literal
 
 from protobuf import Oneof
 
+from depot_api.api.convert import time_of
 from depot_api.api.guard import Context, current_principal
 from depot_api.api.platforms import platform_from_wire
+from depot_api.domain.connections import Connections, ReportedConnection
 from depot_api.domain.machines import Assignment, HealthReport, Machines, Stop
 from depot_api.gen.depotapi.machine.v1 import machine_connect
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 
 
 class MachineServiceImpl(machine_connect.MachineService):
-    def __init__(self, machines: Machines, heartbeat_interval_ms: int) -> None:
+    def __init__(
+        self, machines: Machines, connections: Connections, heartbeat_interval_ms: int
+    ) -> None:
         self._machines = machines
+        self._connections = connections
         self._interval_ms = heartbeat_interval_ms
 
     async def register(self, request: pb.RegisterRequest, ctx: Context) -> pb.RegisterResponse:
@@ -57,6 +62,39 @@ class MachineServiceImpl(machine_connect.MachineService):
         if isinstance(desired, Stop):
             return pb.HeartbeatResponse(desired=_STOP)
         return pb.HeartbeatResponse(desired=_IDLE)
+
+    async def admit_connection(
+        self, request: pb.AdmitConnectionRequest, ctx: Context
+    ) -> pb.AdmitConnectionResponse:
+        admission = await self._connections.admit(
+            current_principal(), request.machine_id, request.binding_id, request.build_id
+        )
+        return pb.AdmitConnectionResponse(admitted=admission.admitted, refusal=admission.refusal)
+
+    async def report_connections(
+        self, request: pb.ReportConnectionsRequest, ctx: Context
+    ) -> pb.ReportConnectionsResponse:
+        await self._connections.report(
+            current_principal(),
+            request.machine_id,
+            [_reported(i, report) for i, report in enumerate(request.connections)],
+        )
+        return pb.ReportConnectionsResponse()
+
+
+def _reported(index: int, report: pb.ConnectionReport) -> ReportedConnection:
+    return ReportedConnection(
+        connection_id=report.connection_id,
+        build_id=report.build_id,
+        binding_id=report.binding_id,
+        peer=report.peer,
+        opened_at=time_of(report.opened_at, f"connections[{index}].opened_at"),
+        closed_at=time_of(report.closed_at, f"connections[{index}].closed_at"),
+        admitted=report.admitted,
+        refusal=report.refusal,
+        bytes_from_client=report.bytes_from_client,
+        bytes_to_client=report.bytes_to_client,
+    )
 
 
 _STOP: Oneof[Literal["stop"], pb.HeartbeatResponse.Stop] = Oneof(

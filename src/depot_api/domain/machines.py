@@ -78,7 +78,7 @@ class Machines:
     async def register(
         self, principal: Principal, platform: Platform, endpoint: str, capacity: int
     ) -> Machine:
-        _require_machine_token(principal)
+        require_machine_token(principal)
         if _ENDPOINT.fullmatch(endpoint) is None or not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
             raise InvalidField(
                 "endpoint",
@@ -108,7 +108,7 @@ class Machines:
     async def heartbeat(
         self, principal: Principal, machine_id: str, report: HealthReport
     ) -> Desired:
-        _require_machine_token(principal)
+        require_machine_token(principal)
         require_id(machine_id, "machine_id")
         if report.running_binding_id:
             require_id(report.running_binding_id, "running_binding_id")
@@ -173,6 +173,6 @@ class Machines:
         return await self._machine_store.list_machines()
 
 
-def _require_machine_token(principal: Principal) -> None:
+def require_machine_token(principal: Principal) -> None:
     if principal.kind is not TokenKind.MACHINE:
         raise PermissionDenied("the machine service takes machine tokens only")

@@ -1,8 +1,8 @@
 """What the domain may ask of persistence: one interface per aggregate, with its contract.
 
 The domain depends on these Protocols (and store.errors) only; store.orgs, store.projects,
-store.builds and store.machines implement them over SQL, and store.opening puts the four
-together as the Store.
+store.builds, store.machines and store.connections implement them over SQL, and store.opening
+puts them together as the Store.
 
 Contract for every method of every aggregate:
 - It is one transaction: it happens whole or not at all.
@@ -24,12 +24,14 @@ from datetime import datetime
 from typing import Protocol
 
 from depot_api.models import (
+    AdmissionFacts,
     Binding,
     Build,
     BuildStatus,
     CachePolicy,
     Hardware,
     Machine,
+    MachineConnection,
     MachineState,
     Organization,
     Platform,
@@ -284,3 +286,28 @@ class MachineStore(Protocol):
 
     async def unbind_project_machines(self, project_id: str, now: datetime) -> int:
         """Release the project's machines and their endpoints; returns how many."""
+
+
+class ConnectionStore(Protocol):
+    """Client connections to machines' front doors: what admitting one depends on, and the
+    agents' reports of them."""
+
+    async def admission_facts(self, machine_id: str, build_id: str) -> AdmissionFacts | None:
+        """The machine's binding and the build as they are now, read by one statement (it is
+        asked before every client connection); None when there is no such machine."""
+
+    async def record_connections(
+        self, machine_id: str, connections: list[MachineConnection], *, keep_since: datetime
+    ) -> None:
+        """Store the machine's reports, one row per (machine, connection ID): a report of a
+        connection already stored updates it (closed_at once set stays; byte counts only
+        grow; the rest stays as first reported), so a batch sent twice is stored once. Each
+        row takes the project of its build, when the build exists. Then the machine's rows of
+        connections opened before keep_since, and closed or last reported before it, are
+        deleted. The machine must exist (a broken constraint otherwise)."""
+
+    async def list_connections(
+        self, *, machine_id: str | None, build_id: str | None, limit: int
+    ) -> list[MachineConnection]:
+        """At most limit connections, newest opened first, of the machine and/or the build
+        when given (of every machine otherwise)."""

@@ -1,12 +1,19 @@
-"""The Store: one database seen as its four aggregates, and open_store, the one way to make it."""
+"""The Store: one database seen as its aggregates, and open_store, the one way to make it."""
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 
 from depot_api.store.builds import SqlBuildStore
+from depot_api.store.connections import SqlConnectionStore
 from depot_api.store.database import Database
-from depot_api.store.interface import BuildStore, MachineStore, OrgStore, ProjectStore
+from depot_api.store.interface import (
+    BuildStore,
+    ConnectionStore,
+    MachineStore,
+    OrgStore,
+    ProjectStore,
+)
 from depot_api.store.machines import SqlMachineStore
 from depot_api.store.migrating import Migration, migrate, startup_lock
 from depot_api.store.orgs import SqlOrgStore
@@ -16,7 +23,8 @@ from depot_api.store.projects import SqlProjectStore
 class Store:
     """Persistence, by aggregate: `orgs` (organizations, users, tokens), `projects` (with
     their CAs), `builds` (with health and status reports), `machines` (with bindings and
-    endpoints). Each method of each is one transaction (store.interface has the contracts)."""
+    endpoints), `connections` (client connections to machines' front doors). Each method
+    of each is one transaction (store.interface has the contracts)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -24,6 +32,7 @@ class Store:
         self.projects: ProjectStore = SqlProjectStore(database)
         self.builds: BuildStore = SqlBuildStore(database)
         self.machines: MachineStore = SqlMachineStore(database)
+        self.connections: ConnectionStore = SqlConnectionStore(database)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -193,6 +194,33 @@ build_status_reports = Table(
     Column("received_at", BigInteger, nullable=False),
     Column("report", LargeBinary, nullable=False),
     Index("ix_build_status_reports_build", "build_id", "id"),
+)
+
+
+# Client connections to machines' front doors, as the agents report them: who used a machine.
+# One row per connection (an interim report and the final one update it); a machine's rows
+# are kept for a week (store.connections).
+machine_connections = Table(
+    "machine_connections",
+    metadata,
+    Column("machine_id", ID, ForeignKey("machines.id"), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    # "" when the connection never named a build; not a foreign key: a refused connection
+    # may name a build that does not exist.
+    Column("build_id", String(64), nullable=False),
+    Column("project_id", ID, nullable=True),
+    Column("binding_id", String(64), nullable=False),
+    Column("peer", String(255), nullable=False),
+    Column("opened_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    Column("admitted", Boolean, nullable=False),
+    Column("refusal", String(1024), nullable=False),
+    Column("bytes_from_client", BigInteger, nullable=False),
+    Column("bytes_to_client", BigInteger, nullable=False),
+    Column("reported_at", BigInteger, nullable=False),
+    # Listings newest first, by machine and by build; the week's bound walks the first.
+    Index("ix_machine_connections_machine", "machine_id", "opened_at", "connection_id"),
+    Index("ix_machine_connections_build", "build_id", "opened_at"),
 )
 
 
