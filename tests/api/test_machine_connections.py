@@ -232,25 +232,18 @@ def _json_report(**fields: object) -> dict[str, object]:
     [
         ([_json_report(connectionId="")], ("connections[0].connectionId is required",)),
         (
+            [_json_report(connectionId="x" * 65)],
+            ("connections[0].connectionId is too long: 65 characters, at most 64",),
+        ),
+        ([_json_report(buildId="a\u0000b")], ("connections[0].buildId", "control characters")),
+        (
             [_json_report(), _json_report(peer="p" * 256)],
             ("connections[1].peer is too long: 256 characters, at most 255",),
         ),
-        (
-            [_json_report(refusal="r" * 1025)],
-            ("connections[0].refusal is too long: 1025 characters, at most 1024",),
-        ),
         ([_json_report(openedAt=None)], ("connections[0].openedAt is required",)),
-        (
-            [_json_report(closedAt="2026-01-02T03:04:04Z")],
-            ("connections[0].closedAt must not be before opened_at",),
-        ),
         (
             [_json_report(bytesToClient="-1")],
             ("connections[0].bytesToClient must not be negative",),
-        ),
-        (
-            [_json_report(admitted=True, refusal="why")],
-            ("connections[0].refusal must be empty for an admitted connection",),
         ),
         (
             [_json_report(connectionId=f"c{i}") for i in range(501)],

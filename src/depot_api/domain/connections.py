@@ -12,6 +12,7 @@ refusal is an answer, with one line that says why; only bad input is an error.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from depot_api.store.interface import ConnectionStore, MachineStore
 
 # How long a machine's connections are kept after they end (docs/decisions.md).
 CONNECTION_RETENTION = timedelta(days=7)
-# Bounds on one ReportConnections call, and on each report's text.
+# Bounds on one ReportConnections call, and on each report's text (a longer refusal is cut).
 MAX_REPORTS_PER_CALL = 500
 _CONNECTION_ID_MAX = 64
 _REPORTED_ID_MAX = 64  # a build or binding ID as the agent read it
@@ -115,7 +116,9 @@ class Connections:
         self, principal: Principal, machine_id: str, reports: Sequence[ReportedConnection]
     ) -> None:
         """Keep the machine's reports (see ConnectionStore.record_connections); the whole
-        batch is refused, naming the report and field, if any report is malformed."""
+        batch is refused, naming the report and field, if any report is malformed. A refusal's
+        text is kept as one line, cut to its bound; a close before the opening (the agent's
+        clock stepped back) counts as at the opening."""
         require_machine_token(principal)
         require_id(machine_id, "machine_id")
         if len(reports) > MAX_REPORTS_PER_CALL:
@@ -162,13 +165,13 @@ def _checked(
     require_description(report.build_id, field("build_id"), max_length=_REPORTED_ID_MAX)
     require_description(report.binding_id, field("binding_id"), max_length=_REPORTED_ID_MAX)
     require_description(report.peer, field("peer"), max_length=_PEER_MAX)
-    require_description(report.refusal, field("refusal"), max_length=_REFUSAL_MAX)
-    if report.admitted and report.refusal:
-        raise InvalidField(field("refusal"), "must be empty for an admitted connection")
     if report.opened_at is None:
         raise InvalidField(field("opened_at"), "is required")
-    if report.closed_at is not None and report.closed_at < report.opened_at:
-        raise InvalidField(field("closed_at"), "must not be before opened_at")
+    closed_at = report.closed_at
+    if closed_at is not None and closed_at < report.opened_at:
+        # The agent's clock stepped back while the connection lasted: not worth losing the
+        # batch over (the agent would send it again and again).
+        closed_at = report.opened_at
     for name, count in (
         ("bytes_from_client", report.bytes_from_client),
         ("bytes_to_client", report.bytes_to_client),
@@ -182,10 +185,18 @@ def _checked(
         binding_id=report.binding_id,
         peer=report.peer,
         opened_at=report.opened_at,
-        closed_at=report.closed_at,
+        closed_at=closed_at,
         admitted=report.admitted,
-        refusal=report.refusal,
+        refusal=_one_line(report.refusal, _REFUSAL_MAX),
         bytes_from_client=report.bytes_from_client,
         bytes_to_client=report.bytes_to_client,
         reported_at=now,
     )
+
+
+def _one_line(text: str, max_length: int) -> str:
+    """Free text an agent composed (it may carry an exception's message), kept as one line of
+    at most max_length characters rather than refused: a report refused would come back with
+    every retry of its batch."""
+    flat = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+    return flat if len(flat) <= max_length else flat[: max_length - 1] + "…"
