@@ -215,6 +215,14 @@ class Agent:
                 )
                 due = due[start + _REPORTS_PER_CALL :]
         except ConnectError as e:
+            if e.code == Code.INVALID_ARGUMENT:
+                # Sending the same batch again would be refused again, forever.
+                log.warning(
+                    "the server refused %d connection reports (%s); they are dropped",
+                    len(due),
+                    e.message,
+                )
+                return
             log.debug("connection reports not taken (%s: %s); kept for later", e.code.value, e)
             self._connections.retry(due)
 
