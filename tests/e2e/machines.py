@@ -90,8 +90,10 @@ def agent(
     log: Path | None = None,
     log_level: str = "info",
     registered: bool = True,
+    docker_socket: Path | None = None,
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon (or another --buildkitd), its log in
+    """A `depot-api agent` running the stand-in daemon (or another --buildkitd, or fronting the
+    Docker Engine at docker_socket), its log in
     the file `log` (by default one beside the state directory); stopped (by its PID) at the
     end. Unless told not to wait, the block starts once the agent has registered: a build
     asking before any agent was heard from would be refused."""
@@ -105,7 +107,11 @@ def agent(
                 "--platform", platform,
                 "--advertise", f"127.0.0.1:{port}",
                 "--listen", f"127.0.0.1:{port}",
-                "--buildkitd", str(buildkitd),
+                *(
+                    ["--docker-socket", str(docker_socket)]
+                    if docker_socket is not None
+                    else ["--buildkitd", str(buildkitd)]
+                ),
                 "--state-dir", str(state_dir),
                 "--log-level", log_level,
             ],
