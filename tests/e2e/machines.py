@@ -75,8 +75,11 @@ class AgentProcess:
         return sorted(cache.iterdir()) if cache.exists() else []
 
     def events(self, project_id: str) -> list[str]:
+        """The stand-in's starts and stops for the project (its gRPC calls left out: the
+        agent itself asks ListWorkers and DiskUsage with its heartbeats)."""
         path = self.state_dir / "cache" / project_id / "standin-events"
-        return path.read_text().splitlines() if path.exists() else []
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [line for line in lines if not line.startswith("grpc ")]
 
 
 @contextmanager

@@ -142,12 +142,13 @@ class Agent:
             )
             try:
                 while not stop.is_set():
-                    await self._open_door()
                     if not self._machine_id:
                         retry_in = await self._register(client)
                         if retry_in is not None:
                             await _wait(stop, retry_in)
                             continue
+                    # Once registered: an agent the server turns away never listens.
+                    await self._open_door()
                     self._notice_exit()
                     desired = await self._heartbeat(client)
                     if desired is not None and await self._converge(desired):
@@ -342,8 +343,8 @@ class Agent:
             # bound to a machine that cannot build for it.
             if self._config.docker_socket is not None:
                 return False, await self._engine_absence()
-            # buildkitd starts with a binding: an earlier binding's failure says nothing now.
-            return False, ""
+            # Bound, and the daemon failed: why (none when idle, see _converge).
+            return False, self._daemon_error
         if daemon.exited:
             return False, self._daemon_error
         try:
@@ -414,6 +415,10 @@ class Agent:
         choice = desired.desired
         if choice is None or choice.field == "idle":
             await self._stop_daemon()
+            if self._config.docker_socket is None:
+                # buildkitd starts with a binding: a failure of the last one says nothing
+                # about the next, and would keep an idle machine from being chosen.
+                self._daemon_error = ""
             return False
         if choice.field == "stop":
             log.info("drained: stopping")
@@ -455,7 +460,8 @@ class Agent:
         # While the daemon keeps failing, each attempt is a debug line only.
         log.log(
             logging.DEBUG if self._daemon_trouble.current else logging.INFO,
-            "readying %s for project %s (binding %s)",
+            "%s %s for project %s (binding %s)",
+            "starting" if self._config.docker_socket is None else "readying",
             self._config.daemon_name,
             a.project_id,
             a.binding_id,
