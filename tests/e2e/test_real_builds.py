@@ -74,10 +74,17 @@ def site(
         yield Site(server, machine, docker_engine)
 
 
+@pytest.fixture(scope="module")
+def org_token_of_site(site: Site) -> str:
+    """One organization for the module's tests (each test makes projects of its own): the
+    admin commands cost seconds each."""
+    org_id = admin(site.server, "create-org", "--name", "real builds")
+    return admin(site.server, "create-token", "--org", org_id)
+
+
 @pytest.fixture
-async def api(site: Site, request: pytest.FixtureRequest) -> Api:
-    org_id = admin(site.server, "create-org", "--name", request.node.name[:100])
-    return api_for(site.server, admin(site.server, "create-token", "--org", org_id))
+async def api(site: Site, org_token_of_site: str) -> Api:
+    return api_for(site.server, org_token_of_site)
 
 
 @pytest.fixture
