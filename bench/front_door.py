@@ -28,6 +28,7 @@ import ssl
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from protobuf import Oneof
 from pyqwest import Client, HTTPTransport, HTTPVersion
 
 from bench import servers
+from depot_api.agent.splice import splice
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
@@ -73,7 +75,9 @@ class Throughput:
     context_bytes: int
     front_door_seconds: list[float]
     direct_seconds: list[float]
+    forwarded_seconds: list[float]
     agent_cpu_seconds: list[float]
+    forwarder_cpu_seconds: list[float]
 
     @property
     def front_door_mb_s(self) -> float:
@@ -82,6 +86,10 @@ class Throughput:
     @property
     def direct_mb_s(self) -> float:
         return self.context_bytes / MB / statistics.median(self.direct_seconds)
+
+    @property
+    def forwarded_mb_s(self) -> float:
+        return self.context_bytes / MB / statistics.median(self.forwarded_seconds)
 
     def describe(self) -> str:
         def seconds(values: list[float]) -> str:
@@ -96,7 +104,11 @@ class Throughput:
             f"(builds of {seconds(self.direct_seconds)} s)\n"
             f"  front door / direct: {self.front_door_mb_s / self.direct_mb_s:.0%}; the agent "
             f"used {statistics.median(self.agent_cpu_seconds):.2f} CPU seconds per build "
-            f"({seconds(self.agent_cpu_seconds)})"
+            f"({seconds(self.agent_cpu_seconds)})\n"
+            f"  the docker CLI through a plain forwarder (the agent's splice, no TLS): "
+            f"{self.forwarded_mb_s:.1f} MB/s (builds of {seconds(self.forwarded_seconds)} s), "
+            f"{self.forwarded_mb_s / self.direct_mb_s:.0%} of direct; the forwarder used "
+            f"{statistics.median(self.forwarder_cpu_seconds):.2f} CPU seconds per build"
         )
 
 
@@ -195,32 +207,38 @@ def throughput(stage: Stage, plan: Plan) -> Throughput:
     )
     size = plan.context_mb * MB
     agent = psutil.Process(stage.agent.pid)
-    result = Throughput(size + (context / "Dockerfile").stat().st_size, [], [], [])
-    # One warm-up build through each path (the machine binding, the base image's first use),
-    # then the two paths in turn, so that a drift in the machine's speed touches both.
-    for index in range(plan.builds_each_way + 1):
-        for path in ("front door", "direct"):
-            _new_content(context / "big", size)
-            _prune(stage.engine)
-            output = stage.scratch / f"out-{path.replace(' ', '-')}-{index}"
-            cpu_before = _cpu_seconds(agent)
-            started = time.monotonic()
-            if path == "front door":
-                _depot_build(stage, context, output)
-            else:
-                _docker_build(stage.engine, context, output)
-            elapsed = time.monotonic() - started
-            cpu = _cpu_seconds(agent) - cpu_before
-            written = (output / "size").read_text().split()[0]
-            if int(written) != size:
-                raise RuntimeError(f"the {path} build saw {written} bytes of {size}")
-            if index == 0:
-                continue
-            if path == "front door":
-                result.front_door_seconds.append(elapsed)
-                result.agent_cpu_seconds.append(cpu)
-            else:
-                result.direct_seconds.append(elapsed)
+    result = Throughput(size + (context / "Dockerfile").stat().st_size, [], [], [], [], [])
+    # One warm-up build by each path (the machine binding, the base image's first use), then
+    # the paths in turn, so that a drift in the machine's speed touches all of them.
+    with _forwarder(stage.engine.socket) as forwarder:
+        for index in range(plan.builds_each_way + 1):
+            for path in ("front door", "direct", "forwarded"):
+                _new_content(context / "big", size)
+                _prune(stage.engine)
+                output = stage.scratch / f"out-{path.replace(' ', '-')}-{index}"
+                agent_before = _cpu_seconds(agent)
+                forwarder_before = forwarder.cpu_seconds()
+                started = time.monotonic()
+                if path == "front door":
+                    _depot_build(stage, context, output)
+                elif path == "direct":
+                    _docker_build(stage.engine, stage.engine.host, context, output)
+                else:
+                    _docker_build(stage.engine, forwarder.host, context, output)
+                elapsed = time.monotonic() - started
+                written = (output / "size").read_text().split()[0]
+                if int(written) != size:
+                    raise RuntimeError(f"the {path} build saw {written} bytes of {size}")
+                if index == 0:
+                    continue
+                if path == "front door":
+                    result.front_door_seconds.append(elapsed)
+                    result.agent_cpu_seconds.append(_cpu_seconds(agent) - agent_before)
+                elif path == "direct":
+                    result.direct_seconds.append(elapsed)
+                else:
+                    result.forwarded_seconds.append(elapsed)
+                    result.forwarder_cpu_seconds.append(forwarder.cpu_seconds() - forwarder_before)
     return result
 
 
@@ -310,10 +328,10 @@ def _depot_build(stage: Stage, context: Path, output: Path) -> None:
     _run(args, env, "depot build")
 
 
-def _docker_build(engine: DockerEngine, context: Path, output: Path) -> None:
+def _docker_build(engine: DockerEngine, host: str, context: Path, output: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env |= {"DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(engine.directory / "client")}
-    args = [str(DOCKER), "-H", engine.host, "build", "--network", "none"]
+    args = [str(DOCKER), "-H", host, "build", "--network", "none"]
     args += ["--progress", "plain", "--output", f"type=local,dest={output}", str(context)]
     _run(args, env, "docker build")
 
@@ -322,6 +340,55 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{what} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+
+
+class Forwarder:
+    """TCP on 127.0.0.1 to the engine's unix socket, byte for byte with the agent's own splice,
+    without TLS or admission: the docker CLI through it shows what one more hop costs."""
+
+    def __init__(self, target: Path) -> None:
+        self._target = target
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.host = f"tcp://127.0.0.1:{started}"
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        daemon = await asyncio.open_unix_connection(str(self._target))
+        await splice((reader, writer), daemon)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the forwarder's thread so far (its loop runs every connection)."""
+        return asyncio.run_coroutine_threadsafe(self._thread_cpu(), self._loop).result(10)
+
+    async def _thread_cpu(self) -> float:
+        return time.thread_time()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@contextmanager
+def _forwarder(target: Path) -> Iterator[Forwarder]:
+    forwarder = Forwarder(target)
+    try:
+        yield forwarder
+    finally:
+        forwarder.close()
 
 
 def _new_content(path: Path, size: int) -> None:
