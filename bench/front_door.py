@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -41,7 +43,10 @@ from protobuf import Oneof
 from pyqwest import Client, HTTPTransport, HTTPVersion
 
 from bench import servers
+from depot_api.agent.docker_engine import HEAD_END, UPGRADE_REQUEST
+from depot_api.agent.front_door import tls_context
 from depot_api.agent.splice import splice
+from depot_api.domain import pki
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.build.v1.build_connect import BuildServiceClient
 from depot_api.gen.depot.buildkit.v1 import buildkit_pb
@@ -70,46 +75,40 @@ FULL = Plan(context_mb=200, builds_each_way=5, latency_builds=50)
 QUICK = Plan(context_mb=20, builds_each_way=2, latency_builds=5)
 
 
+FRONT_DOOR = "through the front door (depot CLI)"
+DIRECT = "straight to the daemon (docker CLI)"
+FORWARDED = "through a plain forwarder (docker CLI; the agent's splice, no TLS)"
+TLS_FORWARDED = "through a TLS forwarder (docker CLI; the agent's TLS settings and splice)"
+PATHS = (FRONT_DOOR, DIRECT, FORWARDED, TLS_FORWARDED)
+
+
 @dataclass
 class Throughput:
     context_bytes: int
-    front_door_seconds: list[float]
-    direct_seconds: list[float]
-    forwarded_seconds: list[float]
-    agent_cpu_seconds: list[float]
-    forwarder_cpu_seconds: list[float]
+    seconds: dict[str, list[float]]  # each path's builds
+    cpu_seconds: dict[str, list[float]]  # the agent's or forwarder's, for each build
 
-    @property
-    def front_door_mb_s(self) -> float:
-        return self.context_bytes / MB / statistics.median(self.front_door_seconds)
-
-    @property
-    def direct_mb_s(self) -> float:
-        return self.context_bytes / MB / statistics.median(self.direct_seconds)
-
-    @property
-    def forwarded_mb_s(self) -> float:
-        return self.context_bytes / MB / statistics.median(self.forwarded_seconds)
+    def mb_s(self, path: str) -> float:
+        return self.context_bytes / MB / statistics.median(self.seconds[path])
 
     def describe(self) -> str:
-        def seconds(values: list[float]) -> str:
+        def listed(values: list[float]) -> str:
             return ", ".join(f"{v:.2f}" for v in values)
 
-        return (
+        direct = self.mb_s(DIRECT)
+        lines = [
             f"Front door throughput: a {self.context_bytes / MB:.0f} MB context, "
-            f"{len(self.direct_seconds)} builds each way (median):\n"
-            f"  through the front door (depot CLI): {self.front_door_mb_s:.1f} MB/s "
-            f"(builds of {seconds(self.front_door_seconds)} s)\n"
-            f"  straight to the daemon (docker CLI): {self.direct_mb_s:.1f} MB/s "
-            f"(builds of {seconds(self.direct_seconds)} s)\n"
-            f"  front door / direct: {self.front_door_mb_s / self.direct_mb_s:.0%}; the agent "
-            f"used {statistics.median(self.agent_cpu_seconds):.2f} CPU seconds per build "
-            f"({seconds(self.agent_cpu_seconds)})\n"
-            f"  the docker CLI through a plain forwarder (the agent's splice, no TLS): "
-            f"{self.forwarded_mb_s:.1f} MB/s (builds of {seconds(self.forwarded_seconds)} s), "
-            f"{self.forwarded_mb_s / self.direct_mb_s:.0%} of direct; the forwarder used "
-            f"{statistics.median(self.forwarder_cpu_seconds):.2f} CPU seconds per build"
-        )
+            f"{len(self.seconds[DIRECT])} builds by each path (median MB/s of context, its "
+            f"share of direct; CPU seconds per build of the agent or forwarder):"
+        ]
+        for path in PATHS:
+            cpu = self.cpu_seconds.get(path)
+            used = f", {statistics.median(cpu):.2f} CPU s" if cpu else ""
+            lines.append(
+                f"  {path}: {self.mb_s(path):.1f} MB/s, {self.mb_s(path) / direct:.0%}{used} "
+                f"(builds of {listed(self.seconds[path])} s)"
+            )
+        return "\n".join(lines)
 
 
 @dataclass
@@ -118,6 +117,8 @@ class Latency:
     get_endpoint: list[float]
     tls: list[float]
     first_call: list[float]  # admission and ListWorkers, after the handshake
+    # For reference: ListWorkers straight on the engine's socket, its /grpc upgrade included.
+    direct_call: list[float]
 
     @property
     def totals(self) -> list[float]:
@@ -139,6 +140,10 @@ class Latency:
         ]
         for name, values in self._phases().items():
             lines.append(f"  {name:<24} p50 {_ms(values, 50)}, p99 {_ms(values, 99)}")
+        lines.append(
+            f"  for reference, ListWorkers straight on the engine's socket (its /grpc upgrade "
+            f"included): p50 {_ms(self.direct_call, 50)}, p99 {_ms(self.direct_call, 99)}"
+        )
         return "\n".join(lines)
 
 
@@ -207,38 +212,44 @@ def throughput(stage: Stage, plan: Plan) -> Throughput:
     )
     size = plan.context_mb * MB
     agent = psutil.Process(stage.agent.pid)
-    result = Throughput(size + (context / "Dockerfile").stat().st_size, [], [], [], [], [])
+    result = Throughput(
+        size + (context / "Dockerfile").stat().st_size,
+        {path: [] for path in PATHS},
+        {path: [] for path in (FRONT_DOOR, FORWARDED, TLS_FORWARDED)},
+    )
+    tls = _tls_files(stage.scratch / "tls")
     # One warm-up build by each path (the machine binding, the base image's first use), then
     # the paths in turn, so that a drift in the machine's speed touches all of them.
-    with _forwarder(stage.engine.socket) as forwarder:
+    with (
+        _forwarder(stage.engine.socket) as plain,
+        _forwarder(stage.engine.socket, tls.server_context()) as secured,
+    ):
+        cpu = {FRONT_DOOR: lambda: _cpu_seconds(agent), FORWARDED: plain.cpu_seconds}
+        cpu[TLS_FORWARDED] = secured.cpu_seconds
         for index in range(plan.builds_each_way + 1):
-            for path in ("front door", "direct", "forwarded"):
+            for path in PATHS:
                 _new_content(context / "big", size)
                 _prune(stage.engine)
-                output = stage.scratch / f"out-{path.replace(' ', '-')}-{index}"
-                agent_before = _cpu_seconds(agent)
-                forwarder_before = forwarder.cpu_seconds()
+                output = stage.scratch / f"out-{PATHS.index(path)}-{index}"
+                cpu_before = cpu[path]() if path in cpu else 0.0
                 started = time.monotonic()
-                if path == "front door":
+                if path == FRONT_DOOR:
                     _depot_build(stage, context, output)
-                elif path == "direct":
+                elif path == DIRECT:
                     _docker_build(stage.engine, stage.engine.host, context, output)
+                elif path == FORWARDED:
+                    _docker_build(stage.engine, plain.host, context, output)
                 else:
-                    _docker_build(stage.engine, forwarder.host, context, output)
+                    _docker_build(stage.engine, secured.host, context, output, tls.docker_flags())
                 elapsed = time.monotonic() - started
                 written = (output / "size").read_text().split()[0]
                 if int(written) != size:
-                    raise RuntimeError(f"the {path} build saw {written} bytes of {size}")
+                    raise RuntimeError(f"the build {path} saw {written} bytes of {size}")
                 if index == 0:
                     continue
-                if path == "front door":
-                    result.front_door_seconds.append(elapsed)
-                    result.agent_cpu_seconds.append(_cpu_seconds(agent) - agent_before)
-                elif path == "direct":
-                    result.direct_seconds.append(elapsed)
-                else:
-                    result.forwarded_seconds.append(elapsed)
-                    result.forwarder_cpu_seconds.append(forwarder.cpu_seconds() - forwarder_before)
+                result.seconds[path].append(elapsed)
+                if path in cpu:
+                    result.cpu_seconds[path].append(cpu[path]() - cpu_before)
     return result
 
 
@@ -247,7 +258,7 @@ async def latency(stage: Stage, plan: Plan) -> Latency:
     builds = BuildServiceClient(stage.server.url, http_client=http)
     buildkit = BuildKitServiceClient(stage.server.url, http_client=http)
     org = {"authorization": f"Bearer {stage.server.org_token}"}
-    result = Latency([], [], [], [])
+    result = Latency([], [], [], [], [])
     for index in range(plan.latency_builds + 1):
         started = time.monotonic()
         created = await builds.create_build(
@@ -271,6 +282,7 @@ async def latency(stage: Stage, plan: Plan) -> Latency:
         result.get_endpoint.append(active_at - created_at)
         result.tls.append(handshake)
         result.first_call.append(answered)
+        result.direct_call.append(await asyncio.to_thread(_direct_call, stage.engine.socket))
     return result
 
 
@@ -312,6 +324,26 @@ def _first_call(active: buildkit_pb.GetEndpointResponse.ActiveConnection) -> tup
     return handshaken - started, answered - handshaken
 
 
+def _direct_call(engine_socket: Path) -> float:
+    """ListWorkers on the engine's own socket, as the agent reaches it: the seconds it took."""
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(30)
+        connection.connect(str(engine_socket))
+        connection.sendall(UPGRADE_REQUEST)
+        head = b""
+        # Byte by byte: what follows the head is HTTP/2, for the probe to read.
+        while not head.endswith(HEAD_END):
+            byte = connection.recv(1)
+            if not byte:
+                raise ConnectionError(f"the engine closed during the upgrade: {head!r}")
+            head += byte
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(f"the engine refused the upgrade: {head!r}")
+        grpc_unary_over(connection, "docker", LIST_WORKERS)
+    return time.monotonic() - started
+
+
 def _depot_build(stage: Stage, context: Path, output: Path) -> None:
     home = stage.scratch / "home"
     home.mkdir(exist_ok=True)
@@ -328,10 +360,12 @@ def _depot_build(stage: Stage, context: Path, output: Path) -> None:
     _run(args, env, "depot build")
 
 
-def _docker_build(engine: DockerEngine, host: str, context: Path, output: Path) -> None:
+def _docker_build(
+    engine: DockerEngine, host: str, context: Path, output: Path, tls: list[str] | None = None
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env |= {"DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(engine.directory / "client")}
-    args = [str(DOCKER), "-H", host, "build", "--network", "none"]
+    args = [str(DOCKER), "-H", host, *(tls or []), "build", "--network", "none"]
     args += ["--progress", "plain", "--output", f"type=local,dest={output}", str(context)]
     _run(args, env, "docker build")
 
@@ -344,25 +378,30 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 
 class Forwarder:
     """TCP on 127.0.0.1 to the engine's unix socket, byte for byte with the agent's own splice,
-    without TLS or admission: the docker CLI through it shows what one more hop costs."""
+    without admission, and without TLS or with the agent's own TLS settings: the docker CLI
+    through it shows what one more hop, and TLS on it, cost."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, tls: ssl.SSLContext | None = None) -> None:
         self._target = target
+        self._tls = tls
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         started = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        self.host = f"tcp://127.0.0.1:{started}"
+        # localhost: the name in the TLS forwarder's certificate.
+        self.host = f"tcp://localhost:{started}"
 
     async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls)
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        daemon = await asyncio.open_unix_connection(str(self._target))
-        await splice((reader, writer), daemon)
+        # Cancelled when the forwarder closes under a connection the client left open.
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            daemon = await asyncio.open_unix_connection(str(self._target))
+            await splice((reader, writer), daemon)
 
     def cpu_seconds(self) -> float:
         """CPU time of the forwarder's thread so far (its loop runs every connection)."""
@@ -375,6 +414,11 @@ class Forwarder:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            # A client may leave a connection open (the docker CLI's session, at its exit).
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -383,12 +427,53 @@ class Forwarder:
 
 
 @contextmanager
-def _forwarder(target: Path) -> Iterator[Forwarder]:
-    forwarder = Forwarder(target)
+def _forwarder(target: Path, tls: ssl.SSLContext | None = None) -> Iterator[Forwarder]:
+    forwarder = Forwarder(target, tls)
     try:
         yield forwarder
     finally:
         forwarder.close()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA, a server certificate for localhost and a client certificate, as PEM files."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        return tls_context(self.server_cert, self.server_key, self.ca)
+
+    def docker_flags(self) -> list[str]:
+        return [
+            "--tlsverify",
+            f"--tlscacert={self.ca}",
+            f"--tlscert={self.client_cert}",
+            f"--tlskey={self.client_key}",
+        ]
+
+
+def _tls_files(directory: Path) -> TlsFiles:
+    """Made as the server makes a project's: the same key type and certificate shapes."""
+    now = datetime.now(UTC)
+    later = now + timedelta(days=1)
+    ca = pki.new_project_ca("bench", now=now)
+    server = pki.issue_server_cert(ca, "localhost", now=now, not_after=later)
+    client = pki.issue_client_cert(ca, "bench", now=now, not_after=later)
+    directory.mkdir()
+    files = TlsFiles(*(directory / name for name in ("ca", "scert", "skey", "ccert", "ckey")))
+    for path, pem in zip(
+        (files.ca, files.server_cert, files.server_key, files.client_cert, files.client_key),
+        (ca.cert_pem, server.cert_pem, server.key_pem, client.cert_pem, client.key_pem),
+        strict=True,
+    ):
+        path.write_text(pem)
+        path.chmod(0o600)
+    return files
 
 
 def _new_content(path: Path, size: int) -> None:
