@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import psutil
 from protobuf import Oneof
@@ -62,6 +63,9 @@ DEPOT = servers.ROOT / "tests/e2e/node/node_modules/@depot/cli-linux-x64/bin/dep
 LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
 BUILD_TIMEOUT = 600.0
 MB = 10**6
+SUCCESS: Oneof[Literal["success"], build_pb.FinishBuildRequest.BuildSuccess] = Oneof(
+    "success", build_pb.FinishBuildRequest.BuildSuccess()
+)
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,7 @@ async def latency(stage: Stage, plan: Plan) -> Latency:
         await builds.finish_build(
             build_pb.FinishBuildRequest(
                 build_id=created.build_id,
-                outcome=Oneof("success", build_pb.FinishBuildRequest.BuildSuccess()),
+                outcome=SUCCESS,
             ),
             headers=mine,
         )
@@ -489,7 +493,7 @@ def _prune(engine: DockerEngine) -> None:
 
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def _call(server: servers.Server, path: str, body: dict[str, object]) -> dict[str, dict[str, str]]:
