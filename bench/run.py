@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import load, seed, servers
+from bench import front_door, load, seed, servers
 from bench.endpoint_waiters import waiting_streams
 from depot_api.domain.paging import encode_page_token
 from depot_api.gen.depot.build.v1 import build_pb
@@ -93,7 +93,7 @@ def main() -> None:
         metavar="TEXT",
         action="append",
         help="only the rows whose scenario contains TEXT (repeatable), with their bare "
-        "endpoints; no waiting streams",
+        "endpoints, and the front door's scenarios whose name contains it; no waiting streams",
     )
     parser.add_argument(
         "--processes", type=int, action="append", help="only runs with this many processes"
@@ -112,7 +112,11 @@ def main() -> None:
           f"requests, {plan.seconds:g} s per row")  # fmt: skip
     rows: list[Row] = []
     bare_rps: dict[tuple[str, int], float] = {}
-    for workers in plan.workers:
+    # --only with nothing but the front door's scenarios names no row of the table.
+    table = not args.only or not all(
+        any(text in scenario for scenario in front_door.SCENARIOS) for text in args.only
+    )
+    for workers in plan.workers if table else ():
         processes = workers or cores
         if args.processes and processes not in args.processes:
             continue
@@ -139,6 +143,9 @@ def main() -> None:
         waiting = asyncio.run(waiting_streams(plan.waiters))
         print()
         print(waiting.describe())
+    for described in front_door.run(front_door.QUICK if args.quick else front_door.FULL, args.only):
+        print()
+        print(described, flush=True)
     if args.json:
         args.json.write_text(json.dumps([_as_dict(r) for r in rows], indent=1))
 
