@@ -87,16 +87,23 @@ def agent(
     platform: str = "amd64",
     *,
     buildkitd: Path = STANDIN,
+    docker_socket: Path | None = None,
     log: Path | None = None,
     log_level: str = "info",
     registered: bool = True,
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon (or another --buildkitd), its log in
-    the file `log` (by default one beside the state directory); stopped (by its PID) at the
-    end. Unless told not to wait, the block starts once the agent has registered: a build
-    asking before any agent was heard from would be refused."""
+    """A `depot-api agent` running the stand-in daemon (or another --buildkitd, or fronting
+    the Docker Engine whose API socket is `docker_socket`), its log in the file `log` (by
+    default one beside the state directory); stopped (by its PID) at the end. Unless told
+    not to wait, the block starts once the agent has registered: a build asking before any
+    agent was heard from would be refused."""
     port = free_port()
     log = log or state_dir.with_name(f"{state_dir.name}.log")
+    daemon = (
+        ["--buildkitd", str(buildkitd)]
+        if docker_socket is None
+        else ["--docker-socket", str(docker_socket)]
+    )
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             [
@@ -105,7 +112,7 @@ def agent(
                 "--platform", platform,
                 "--advertise", f"127.0.0.1:{port}",
                 "--listen", f"127.0.0.1:{port}",
-                "--buildkitd", str(buildkitd),
+                *daemon,
                 "--state-dir", str(state_dir),
                 "--log-level", log_level,
             ],
