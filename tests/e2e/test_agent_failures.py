@@ -298,8 +298,8 @@ async def test_a_daemon_that_keeps_failing_is_restarted_less_often_and_logged_on
             assert started() <= 5  # one start per heartbeat would be about 25
             (warning,) = logged(log, "level=WARNING")
             assert "buildkitd exited with status 3; starting it again in 1 s" in warning
-            assert len(logged(log, "starting buildkitd", level="INFO")) == 1
-            assert logged(log, "running again") == []
+            assert len(logged(log, "readying buildkitd for project", level="INFO")) == 1
+            assert logged(log, "ready again") == []
             admin_line = admin_lines(server, "list-machines")[0]
             assert "ready=no" in admin_line
             assert "error='buildkitd exited with status 3'" in admin_line
@@ -312,7 +312,7 @@ async def test_a_daemon_that_keeps_failing_is_restarted_less_often_and_logged_on
         assert active.endpoint == machine.endpoint
         assert await asyncio.to_thread(list_workers, active) == [STANDIN_WORKER]
         await asyncio.to_thread(
-            wait_for, lambda: logged(log, "buildkitd is running again"), 10, "the recovery line"
+            wait_for, lambda: logged(log, "buildkitd is ready again"), 10, "the recovery line"
         )
         assert len(logged(log, "level=WARNING")) == 1
         await api.finish(build.build_id)

@@ -142,12 +142,13 @@ class Agent:
             )
             try:
                 while not stop.is_set():
-                    await self._open_door()
                     if not self._machine_id:
                         retry_in = await self._register(client)
                         if retry_in is not None:
                             await _wait(stop, retry_in)
                             continue
+                    # Once registered: an agent the server turns away says one line, not two.
+                    await self._open_door()
                     self._notice_exit()
                     desired = await self._heartbeat(client)
                     if desired is not None and await self._converge(desired):
@@ -338,11 +339,14 @@ class Agent:
                 f"cannot listen on {self._config.listen}" if self._door_trouble.current else "",
             )
         if daemon is None:
+            # Bound, while its start keeps failing: that failure keeps builds away (an idle
+            # agent has none: _converge forgets it, an earlier binding's says nothing now).
+            if self._daemon_error:
+                return False, self._daemon_error
             # Idle. An engine that is not there is worth saying now: no project should be
             # bound to a machine that cannot build for it.
             if self._config.docker_socket is not None:
                 return False, await self._engine_absence()
-            # buildkitd starts with a binding: an earlier binding's failure says nothing now.
             return False, ""
         if daemon.exited:
             return False, self._daemon_error
@@ -414,6 +418,7 @@ class Agent:
         choice = desired.desired
         if choice is None or choice.field == "idle":
             await self._stop_daemon()
+            self._daemon_error = ""
             return False
         if choice.field == "stop":
             log.info("drained: stopping")
