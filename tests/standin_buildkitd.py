@@ -6,7 +6,10 @@ launch `buildkitd`, and it does the part of buildkitd's job those tests care abo
 gRPC (HTTP/2 without TLS, as buildkitd does on a unix socket) on the `--addr unix://PATH` it is
 given. BuildKit's readiness probe, moby.buildkit.v1.Control/ListWorkers, is answered with one
 worker of this host's platform, DiskUsage with one record of 1 MiB; every other method is
-answered `unimplemented` (it cannot build).
+answered `unimplemented` (it cannot build). With the environment variable
+STANDIN_BUILDKITD_HANG set (to anything but ""), every other method is left unanswered instead,
+its stream open, as a daemon busy building would: a client's build then hangs in Solve until
+the stand-in dies.
 
 What it was given and when it ran are left in its --root directory for tests to inspect:
 
@@ -123,6 +126,7 @@ def accept(listener: socket.socket, root: str, debug: bool) -> None:
     threading.Thread(target=serve_grpc, args=(conn, root), daemon=True).start()
 
 
+HANG = "STANDIN_BUILDKITD_HANG"
 LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
 DISK_USAGE = "/moby.buildkit.v1.Control/DiskUsage"
 CACHE_BYTES = 1 << 20
@@ -140,6 +144,7 @@ def serve_grpc(conn: socket.socket, root: str) -> None:
         h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
     )
     connection.initiate_connection()
+    hang = bool(os.environ.get(HANG))
     try:
         conn.sendall(connection.data_to_send())
         while data := conn.recv(65536):
@@ -147,7 +152,8 @@ def serve_grpc(conn: socket.socket, root: str) -> None:
                 if isinstance(event, h2.events.RequestReceived):
                     path = dict(event.headers).get(":path", "")
                     append_event(root, f"grpc {path}")
-                    answer_grpc(connection, event.stream_id, path)
+                    if not hang or path in (LIST_WORKERS, DISK_USAGE):
+                        answer_grpc(connection, event.stream_id, path)
                 elif isinstance(event, h2.events.DataReceived):
                     # The client may still send on a stream this side has answered.
                     with contextlib.suppress(h2.exceptions.StreamClosedError):

@@ -60,11 +60,17 @@ class Launcher:
         self.running: list[subprocess.Popen[bytes]] = []
         self.count = 0
 
-    def start(self, command: list[str], sock: Path, root: Path) -> Daemon:
+    def start(
+        self, command: list[str], sock: Path, root: Path, env: dict[str, str] | None = None
+    ) -> Daemon:
         self.count += 1
         stderr_path = self.tmp / f"stderr-{self.count}.log"
         # Run by path, it takes the first python3 on PATH: the project's, which has h2.
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            **(env or {}),
+        }
         with open(stderr_path, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=stderr, env=env)
         self.running.append(process)
@@ -72,11 +78,13 @@ class Launcher:
         daemon.wait_for_stderr(f"standin-buildkitd listening on unix://{sock}\n")
         return daemon
 
-    def launch(self, *extra: str, root: Path | None = None) -> Daemon:
+    def launch(
+        self, *extra: str, root: Path | None = None, env: dict[str, str] | None = None
+    ) -> Daemon:
         sock = self.tmp / f"bk-{self.count}.sock"
         root = root or self.tmp / f"root-{self.count}"
         command = [sys.executable, str(STANDIN), "--addr", f"unix://{sock}", "--root", str(root)]
-        return self.start([*command, *extra], sock, root)
+        return self.start([*command, *extra], sock, root, env)
 
     def stop_all(self) -> None:
         for process in self.running:
@@ -121,6 +129,22 @@ def test_grpc_clients_get_buildkits_probes_and_nothing_else(launcher: Launcher) 
         "grpc /moby.buildkit.v1.Control/ListWorkers",
         "grpc /moby.buildkit.v1.Control/DiskUsage",
         "grpc /moby.buildkit.v1.Control/Solve",
+    ]
+
+
+def test_in_hang_mode_builds_are_left_unanswered(launcher: Launcher) -> None:
+    """STANDIN_BUILDKITD_HANG: the probes are answered, a build's calls hang (as on a daemon
+    busy building), and the hanging call does not hold up the others."""
+    daemon = launcher.launch(env={"STANDIN_BUILDKITD_HANG": "1"})
+    with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary("/moby.buildkit.v1.Control/Solve")(b"", timeout=1)
+        answer = channel.unary_unary("/moby.buildkit.v1.Control/ListWorkers")(b"", timeout=10)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert b"standin-buildkitd" in answer
+    assert daemon.events()[-2:] == [
+        "grpc /moby.buildkit.v1.Control/Solve",
+        "grpc /moby.buildkit.v1.Control/ListWorkers",
     ]
 
 

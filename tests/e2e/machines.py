@@ -75,11 +75,8 @@ class AgentProcess:
         return sorted(cache.iterdir()) if cache.exists() else []
 
     def events(self, project_id: str) -> list[str]:
-        """The stand-in's starts and stops for the project (its gRPC calls left out: the
-        agent itself asks ListWorkers and DiskUsage with its heartbeats)."""
         path = self.state_dir / "cache" / project_id / "standin-events"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [line for line in lines if not line.startswith("grpc ")]
+        return path.read_text().splitlines() if path.exists() else []
 
 
 @contextmanager
@@ -90,18 +87,23 @@ def agent(
     platform: str = "amd64",
     *,
     buildkitd: Path = STANDIN,
+    docker_socket: Path | None = None,
     log: Path | None = None,
     log_level: str = "info",
     registered: bool = True,
-    docker_socket: Path | None = None,
 ) -> Iterator[AgentProcess]:
-    """A `depot-api agent` running the stand-in daemon (or another --buildkitd, or fronting the
-    Docker Engine at docker_socket), its log in
-    the file `log` (by default one beside the state directory); stopped (by its PID) at the
-    end. Unless told not to wait, the block starts once the agent has registered: a build
-    asking before any agent was heard from would be refused."""
+    """A `depot-api agent` running the stand-in daemon (or another --buildkitd, or fronting
+    the Docker Engine whose API socket is `docker_socket`), its log in the file `log` (by
+    default one beside the state directory); stopped (by its PID) at the end. Unless told
+    not to wait, the block starts once the agent has registered: a build asking before any
+    agent was heard from would be refused."""
     port = free_port()
     log = log or state_dir.with_name(f"{state_dir.name}.log")
+    daemon = (
+        ["--buildkitd", str(buildkitd)]
+        if docker_socket is None
+        else ["--docker-socket", str(docker_socket)]
+    )
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             [
@@ -110,11 +112,7 @@ def agent(
                 "--platform", platform,
                 "--advertise", f"127.0.0.1:{port}",
                 "--listen", f"127.0.0.1:{port}",
-                *(
-                    ["--docker-socket", str(docker_socket)]
-                    if docker_socket is not None
-                    else ["--buildkitd", str(buildkitd)]
-                ),
+                *daemon,
                 "--state-dir", str(state_dir),
                 "--log-level", log_level,
             ],

@@ -72,7 +72,9 @@ async def test_a_drained_machine_stops_when_free(
     # Free after the idle period: the daemon stops, then the agent exits cleanly.
     await asyncio.to_thread(wait_for, lambda: machine.process.poll() is not None, 20, "exit")
     assert machine.process.returncode == 0
-    assert machine.events(project) == ["started", "stopped"]
+    # The daemon's own life, without the agent's calls to it (readiness, cache size).
+    lifecycle = [e for e in machine.events(project) if not e.startswith("grpc ")]
+    assert lifecycle == ["started", "stopped"]
 
 
 def _daemons_alive(state_dir: Path) -> int:

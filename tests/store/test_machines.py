@@ -141,7 +141,11 @@ async def test_an_idle_machine_reporting_trouble_takes_no_project_until_well(
     )
     project = await new_project(store, (await new_org(store)).id)
     assert await _acquire(store, (await new_build(store, project)).id, project, now=2) is None
-    await _heartbeat(store, machine.id, 3)  # no error any more
+    troubled = await store.machines.get_machine(machine.id)
+    assert troubled is not None and troubled.changed_at == machine.changed_at
+    well = await _heartbeat(store, machine.id, 3)  # no error any more
+    # A change: builds waiting for a machine look again.
+    assert well is not None and well.buildkit_error is None and well.changed_at == at(3)
     claimed = await _acquire(store, (await new_build(store, project)).id, project, now=4)
     assert claimed is not None and claimed.id == machine.id
 

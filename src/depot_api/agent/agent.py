@@ -147,7 +147,7 @@ class Agent:
                         if retry_in is not None:
                             await _wait(stop, retry_in)
                             continue
-                    # Once registered: an agent the server turns away never listens.
+                    # Once registered: an agent the server turns away says one line, not two.
                     await self._open_door()
                     self._notice_exit()
                     desired = await self._heartbeat(client)
@@ -339,12 +339,15 @@ class Agent:
                 f"cannot listen on {self._config.listen}" if self._door_trouble.current else "",
             )
         if daemon is None:
+            # Bound, while its start keeps failing: that failure keeps builds away (an idle
+            # agent has none: _converge forgets it, an earlier binding's says nothing now).
+            if self._daemon_error:
+                return False, self._daemon_error
             # Idle. An engine that is not there is worth saying now: no project should be
             # bound to a machine that cannot build for it.
             if self._config.docker_socket is not None:
                 return False, await self._engine_absence()
-            # Bound, and the daemon failed: why (none when idle, see _converge).
-            return False, self._daemon_error
+            return False, ""
         if daemon.exited:
             return False, self._daemon_error
         try:
@@ -415,10 +418,7 @@ class Agent:
         choice = desired.desired
         if choice is None or choice.field == "idle":
             await self._stop_daemon()
-            if self._config.docker_socket is None:
-                # buildkitd starts with a binding: a failure of the last one says nothing
-                # about the next, and would keep an idle machine from being chosen.
-                self._daemon_error = ""
+            self._daemon_error = ""
             return False
         if choice.field == "stop":
             log.info("drained: stopping")

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Text,
     Update,
     and_,
     bindparam,
@@ -136,8 +137,10 @@ _LAST_HEARD_FROM = Query(
     )
 )
 # One statement: a machine that was gone is active again, and changed_at moves when the
-# state or the ready binding changes (SET reads the row as it was before the update).
+# state or the ready binding changes, or when its trouble ends (an idle machine may then take a
+# project: builds waiting for one look again). SET reads the row as it was before the update.
 _ready = bindparam("ready_binding_id", type_=t.ID)
+_error = bindparam("error", type_=Text)
 _HEARTBEAT = Query(
     update(m)
     .where(_by_id)
@@ -145,11 +148,15 @@ _HEARTBEAT = Query(
         last_heartbeat_at=bindparam("at"),
         ready_binding_id=_ready,
         disk_used_bytes=bindparam("disk", type_=BigInteger),
-        buildkit_error=bindparam("error"),
+        buildkit_error=_error,
         state=case((m.c.state == GONE, ACTIVE), else_=m.c.state),
         changed_at=case(
             (
-                or_(m.c.state == GONE, m.c.ready_binding_id.is_distinct_from(_ready)),
+                or_(
+                    m.c.state == GONE,
+                    m.c.ready_binding_id.is_distinct_from(_ready),
+                    and_(m.c.buildkit_error.is_not(None), _error.is_(None)),
+                ),
                 bindparam("at"),
             ),
             else_=m.c.changed_at,
