@@ -38,6 +38,7 @@ from .machines import (
     mtls_list_workers,
     wait_for,
 )
+from .test_agent_failures import admin_lines
 
 __all__ = ["api", "cluster"]  # fixtures, imported for pytest to find
 
@@ -346,3 +347,22 @@ def _envoy_of(server_pid: int) -> int:
             if int(stat.rsplit(")", 1)[1].split()[1]) == server_pid and "envoy" in stat:
                 return int(entry)
     raise AssertionError("the server's worker process was not found")
+
+
+async def test_heartbeats_carry_the_daemons_readiness_and_cache_size(
+    api: Api, cluster: Cluster
+) -> None:
+    """Readiness is BuildKit's ListWorkers, the cache size its DiskUsage: the stand-in names
+    one worker and one cache record of 1 MiB, which the machine's listing shows."""
+    build = await api.build(await api.project("heartbeat"))
+    _, active = await get_endpoint(api.buildkit, build)
+
+    def bound_line() -> str:
+        lines = admin_lines(cluster.server, "list-machines")
+        return next(line for line in lines if active.endpoint.removeprefix("tcp://") in line)
+
+    await asyncio.to_thread(
+        wait_for, lambda: "disk-used=1048576" in bound_line(), 10, "the cache size"
+    )
+    assert "ready=yes" in bound_line()
+    await api.finish(build.build_id)
