@@ -135,6 +135,7 @@ class FrontDoor:
         connections: ConnectionLog,
         *,
         handshake_timeout: float = 10.0,
+        max_waiting: int = 256,
     ) -> None:
         host, port = listen.rsplit(":", 1)
         self._host = host.strip("[]") or None
@@ -142,6 +143,10 @@ class FrontDoor:
         self._admit = admit
         self._connections = connections
         self._handshake_timeout = handshake_timeout
+        # Connections not yet past the gates: each costs a socket and a TLS state for up to
+        # the handshake timeout, so a flood of them is refused at once beyond this many.
+        self._max_waiting = max_waiting
+        self._waiting = 0
         self._door: Door | None = None
         self._server: asyncio.Server | None = None
         # Admitted connections being forwarded, with the task that forwards each.
@@ -210,10 +215,17 @@ class FrontDoor:
         self._connections.opened(connection)
         writer: asyncio.StreamWriter | None = None
         try:
-            streams = await self._tls(door, connection, transport)
-            if streams is not None:
-                reader, writer = streams
-                connection.refusal = await self._gates(door, connection, reader, writer)
+            if self._waiting >= self._max_waiting:
+                connection.refusal = f"{self._waiting} connections are already at the gates"
+            else:
+                self._waiting += 1
+                try:
+                    streams = await self._tls(door, connection, transport)
+                    if streams is not None:
+                        reader, writer = streams
+                        connection.refusal = await self._gates(door, connection, reader, writer)
+                finally:
+                    self._waiting -= 1
             if connection.refusal:
                 log.info("refused %s: %s", connection.peer, connection.refusal)
                 # At once, without a goodbye: a transport whose TLS start failed never
