@@ -78,6 +78,11 @@ class AgentProcess:
         path = self.state_dir / "cache" / project_id / "standin-events"
         return path.read_text().splitlines() if path.exists() else []
 
+    def lifecycle(self, project_id: str) -> list[str]:
+        """The stand-in's starts and stops for the project, without its gRPC calls (the agent
+        itself asks ListWorkers and DiskUsage with its heartbeats)."""
+        return [e for e in self.events(project_id) if not e.startswith("grpc ")]
+
 
 @contextmanager
 def agent(

@@ -73,7 +73,7 @@ async def test_a_drained_machine_stops_when_free(
     await asyncio.to_thread(wait_for, lambda: machine.process.poll() is not None, 20, "exit")
     assert machine.process.returncode == 0
     # The daemon's own life, without the agent's calls to it (readiness, cache size).
-    lifecycle = [e for e in machine.events(project) if not e.startswith("grpc ")]
+    lifecycle = machine.lifecycle(project)
     assert lifecycle == ["started", "stopped"]
 
 

@@ -138,7 +138,7 @@ async def test_sdk_node_gets_keeps_and_releases_a_machine(
         build_id = held["buildId"]
         assert held["endpoint"] in {a.endpoint for a in cluster.agents}
         (machine,) = [a for a in cluster.agents if a.endpoint == held["endpoint"]]
-        assert machine.events(project) == ["started"]
+        assert machine.lifecycle(project) == ["started"]
         # Real mutual TLS with exactly the PEMs the SDK handed back.
         workers = await asyncio.to_thread(
             mtls_list_workers,
@@ -159,7 +159,7 @@ async def test_sdk_node_gets_keeps_and_releases_a_machine(
         await asyncio.to_thread(
             wait_for, lambda: "stopped" in machine.events(project), 10, "the daemon to stop"
         )
-        assert machine.events(project) == ["started", "stopped"]
+        assert machine.lifecycle(project) == ["started", "stopped"]
         # Released, not ended: the stop came from ReleaseEndpoint, not from FinishBuild.
         assert await build_status(api, build_id) == core_build_pb.Build.Status.RUNNING
         script.go_on()
