@@ -163,6 +163,8 @@ def serve_grpc(conn: socket.socket, root: str) -> None:
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     return
             conn.sendall(connection.data_to_send())
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # the client hung up: gRPC clients close channels so
     except (OSError, h2.exceptions.ProtocolError) as exc:
         log(f"gRPC connection ended: {exc!r}")
     finally:

@@ -426,6 +426,9 @@ class Agent:
             return True
         assignment = choice.value
         assert isinstance(assignment, pb.HeartbeatResponse.Assignment)
+        # A daemon that exited during the heartbeat is a failure too (logged, backed off),
+        # not a daemon to replace at once.
+        self._notice_exit()
         daemon = self._daemon
         if daemon is not None and daemon.binding_id == assignment.binding_id and not daemon.exited:
             return False
