@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 
 from depot_api.agent.daemons import Buildkitd
-from depot_api.agent.front_door import ConnectionLog, Door, FrontDoor, tls_context
+from depot_api.agent.front_door import (
+    AdmissionUnknown,
+    ConnectionLog,
+    Door,
+    FrontDoor,
+    tls_context,
+)
 from depot_api.domain.pki import (
     KeyPair,
     issue_client_cert,
@@ -43,9 +49,12 @@ class Gatekeeper:
 
     live: set[str] = field(default_factory=set)
     asked: list[tuple[str, str]] = field(default_factory=list)
+    unreachable: bool = False  # as when the server cannot be asked
 
     async def __call__(self, binding_id: str, build_id: str) -> str:
         self.asked.append((binding_id, build_id))
+        if self.unreachable:
+            raise AdmissionUnknown("unavailable: connection refused")
         return "" if build_id in self.live else f"build {build_id} has ended (finished)"
 
 
@@ -273,13 +282,23 @@ async def test_recheck_cuts_a_build_that_ended(machine: Machine) -> None:
     held = asyncio.create_task(asyncio.to_thread(hold_open))
     await asyncio.wait_for(ready.wait(), 10)
     await machine.door.recheck()  # still live: nothing happens
+    machine.gate.unreachable = True
+    await machine.door.recheck()  # the server cannot be asked: nothing is cut for that
+    await asyncio.sleep(0.2)
     assert not cut.is_set()
+    assert len(machine.door._forwarding) == 1
+    # Meanwhile a new connection is refused: the door fails closed.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.to_thread(machine.list_workers, "long")
+    machine.gate.unreachable = False
     machine.gate.live.clear()
     await machine.door.recheck()
     await asyncio.wait_for(held, 10)
-    (report,) = await machine.reports(1)
-    assert report.admitted
-    assert report.refusal == "cut: build long has ended (finished)"
+    refused, cut_one = await machine.reports(2)
+    assert refused.refusal == "the server could not be asked (unavailable: connection refused)"
+    assert not refused.admitted
+    assert cut_one.admitted
+    assert cut_one.refusal == "cut: build long has ended (finished)"
 
 
 async def test_another_binding_cuts_the_old_ones_and_no_binding_refuses(machine: Machine) -> None:

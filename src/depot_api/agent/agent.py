@@ -51,7 +51,14 @@ from depot_api.agent.daemons import (
     DockerEngine,
     reset_engine_cache,
 )
-from depot_api.agent.front_door import Connection, ConnectionLog, Door, FrontDoor, tls_context
+from depot_api.agent.front_door import (
+    AdmissionUnknown,
+    Connection,
+    ConnectionLog,
+    Door,
+    FrontDoor,
+    tls_context,
+)
 from depot_api.agent.retrying import Backoff, Trouble
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
@@ -181,8 +188,8 @@ class Agent:
         log.info("front door listening on %s", self._config.listen)
 
     async def _admit(self, client: MachineServiceClient, binding_id: str, build_id: str) -> str:
-        """The server's word on a build's connection: "" to admit, else the refusal. A server
-        that cannot be asked refuses: the front door fails closed."""
+        """The server's word on a build's connection: "" to admit, else the refusal; raises
+        AdmissionUnknown when the server cannot be asked."""
         if not self._machine_id:
             return "the agent is not registered yet"
         try:
@@ -194,7 +201,7 @@ class Agent:
                 timeout_ms=5_000,
             )
         except ConnectError as e:
-            return f"the server could not be asked ({e.code.value}: {e.message})"
+            raise AdmissionUnknown(f"{e.code.value}: {e.message}") from None
         if answer.admitted:
             return ""
         return answer.refusal or "refused by the server"

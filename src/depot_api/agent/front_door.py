@@ -38,8 +38,13 @@ _BUILD_URI_PREFIX = "urn:depot-api:build:"
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _BUFFER = 1 << 18
 
-# Answers "" to admit, else the refusal in one line.
+# Answers "" to admit, else the refusal in one line; raises AdmissionUnknown when the server
+# cannot be asked.
 Gatekeeper = Callable[[str, str], Awaitable[str]]
+
+
+class AdmissionUnknown(Exception):
+    """The server could not be asked about a build; str() says why."""
 
 
 @dataclass(frozen=True)
@@ -181,12 +186,19 @@ class FrontDoor:
                 task.cancel()
 
     async def recheck(self) -> None:
-        """Ask again about every build with forwarded connections; cut those refused now."""
+        """Ask again about every build with forwarded connections, all at once; cut those the
+        server refuses now. A server that cannot be asked cuts nothing: a build in flight is
+        not failed for the server's moment of trouble."""
         builds = {(c.binding_id, c.build_id) for c, _ in self._forwarding.values()}
-        for binding_id, build_id in builds:
+        await asyncio.gather(*(self._recheck(binding, build) for binding, build in builds))
+
+    async def _recheck(self, binding_id: str, build_id: str) -> None:
+        try:
             refusal = await self._admit(binding_id, build_id)
-            if not refusal:
-                continue
+        except AdmissionUnknown as e:
+            log.debug("build %s not asked about again: %s", build_id, e)
+            return
+        if refusal:
             for connection, task in list(self._forwarding.values()):
                 if connection.build_id == build_id:
                     log.info(
@@ -323,7 +335,11 @@ class FrontDoor:
             return f"the connection broke before the client spoke ({e.__class__.__name__})"
         if preface != _HTTP2_PREFACE:
             return "the client does not speak HTTP/2 (gRPC), the only protocol BuildKit serves"
-        return await self._admit(door.binding_id, build_id)
+        try:
+            return await self._admit(door.binding_id, build_id)
+        except AdmissionUnknown as e:
+            # Fail closed: a build the server cannot vouch for does not get in.
+            return f"the server could not be asked ({e})"
 
 
 def _tls_refusal(e: ssl.SSLError) -> str:
