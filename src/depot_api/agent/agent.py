@@ -49,6 +49,7 @@ from depot_api.agent.daemons import (
     Daemon,
     DaemonFailed,
     DockerEngine,
+    open_engine_buildkit,
     reset_engine_cache,
 )
 from depot_api.agent.front_door import (
@@ -381,10 +382,9 @@ class Agent:
     async def _engine_absence(self) -> str:
         """Why the Docker Engine cannot build for this machine now ("" when it can)."""
         assert self._config.docker_socket is not None
-        probe = DockerEngine("", self._config.docker_socket, self._run_dir() / "engine.sock", 0.0)
         try:
-            _, writer = await probe.connect()
-        except (OSError, DaemonFailed) as e:
+            _, writer = await open_engine_buildkit(self._config.docker_socket)
+        except DaemonFailed as e:
             error = str(e)
             self._daemon_trouble.report(
                 error, f"{error}; this machine gets no builds, and the agent keeps trying"

@@ -24,14 +24,12 @@ from typing import Protocol
 
 from depot_api.agent.control import Control, DaemonUnavailable
 from depot_api.agent.docker_engine import EngineError, open_buildkit
-from depot_api.agent.splice import splice
+from depot_api.agent.splice import Streams, splice
 
 log = logging.getLogger("depot_api.agent")
 
 _STOP_GRACE_SECONDS = 10.0
 _ENGINE_TIMEOUT = 5.0
-
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class DaemonFailed(Exception):
@@ -127,11 +125,7 @@ class DockerEngine:
         )
 
     async def connect(self) -> Streams:
-        try:
-            reader, writer = await open_buildkit(str(self._engine_socket), timeout=_ENGINE_TIMEOUT)
-        except EngineError as e:
-            raise DaemonFailed(str(e)) from None
-        return reader, writer
+        return await open_engine_buildkit(self._engine_socket)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -148,6 +142,15 @@ class DockerEngine:
             writer.close()
             return
         await splice((reader, writer), engine)
+
+
+async def open_engine_buildkit(engine_socket: Path) -> Streams:
+    """A connection to the BuildKit of the Docker Engine at engine_socket, upgraded; raises
+    DaemonFailed saying why not (the engine absent, or refusing the upgrade)."""
+    try:
+        return await open_buildkit(str(engine_socket), timeout=_ENGINE_TIMEOUT)
+    except EngineError as e:
+        raise DaemonFailed(str(e)) from None
 
 
 async def reset_engine_cache(engine: DockerEngine) -> int:
