@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import machine_pb
-from .machine_pb import AdmitConnectionRequest, AdmitConnectionResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ReportConnectionsRequest, ReportConnectionsResponse
+from .machine_pb import AdmitConnectionRequest, AdmitConnectionResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ReportBuildStatusRequest, ReportBuildStatusResponse, ReportConnectionsRequest, ReportConnectionsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -55,6 +55,15 @@ class MachineService(Protocol):
         """
         What became of client connections, admitted or refused, sent in batches once they end (and
         for long ones, while they last), so operators can see who used a machine.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def report_build_status(self, request: ReportBuildStatusRequest, ctx: RequestContext[ReportBuildStatusRequest, ReportBuildStatusResponse], /) -> ReportBuildStatusResponse:
+        """
+        What BuildKit told the clients of admitted connections about their builds: the
+        moby.buildkit.v1.StatusResponse messages the front door read on their way to the client,
+        sent in batches. The server's merge is idempotent, so a batch sent twice (a retry after an
+        outage) changes nothing.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -119,6 +128,17 @@ class MachineServiceASGIApplication(ConnectASGIApplication[MachineService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.report_connections,
+                ),
+                "/depotapi.machine.v1.MachineService/ReportBuildStatus": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ReportBuildStatus",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=ReportBuildStatusRequest,
+                        output=ReportBuildStatusResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.report_build_status,
                 ),
             },
             interceptors=interceptors,
@@ -229,6 +249,32 @@ class MachineServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def report_build_status(
+        self,
+        request: ReportBuildStatusRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportBuildStatusResponse:
+        """
+        What BuildKit told the clients of admitted connections about their builds: the
+        moby.buildkit.v1.StatusResponse messages the front door read on their way to the client,
+        sent in batches. The server's merge is idempotent, so a batch sent twice (a retry after an
+        outage) changes nothing.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportBuildStatus",
+                service_name="depotapi.machine.v1.MachineService",
+                input=ReportBuildStatusRequest,
+                output=ReportBuildStatusResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class MachineServiceSync(Protocol):
     def register(self, request: RegisterRequest, ctx: RequestContext[RegisterRequest, RegisterResponse], /) -> RegisterResponse:
@@ -255,6 +301,15 @@ class MachineServiceSync(Protocol):
         """
         What became of client connections, admitted or refused, sent in batches once they end (and
         for long ones, while they last), so operators can see who used a machine.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def report_build_status(self, request: ReportBuildStatusRequest, ctx: RequestContext[ReportBuildStatusRequest, ReportBuildStatusResponse], /) -> ReportBuildStatusResponse:
+        """
+        What BuildKit told the clients of admitted connections about their builds: the
+        moby.buildkit.v1.StatusResponse messages the front door read on their way to the client,
+        sent in batches. The server's merge is idempotent, so a batch sent twice (a retry after an
+        outage) changes nothing.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -317,6 +372,17 @@ class MachineServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.report_connections,
+                ),
+                "/depotapi.machine.v1.MachineService/ReportBuildStatus": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ReportBuildStatus",
+                        service_name="depotapi.machine.v1.MachineService",
+                        input=ReportBuildStatusRequest,
+                        output=ReportBuildStatusResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.report_build_status,
                 ),
             },
             interceptors=interceptors,
@@ -421,6 +487,32 @@ class MachineServiceClientSync(ConnectClientSync):
                 service_name="depotapi.machine.v1.MachineService",
                 input=ReportConnectionsRequest,
                 output=ReportConnectionsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def report_build_status(
+        self,
+        request: ReportBuildStatusRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportBuildStatusResponse:
+        """
+        What BuildKit told the clients of admitted connections about their builds: the
+        moby.buildkit.v1.StatusResponse messages the front door read on their way to the client,
+        sent in batches. The server's merge is idempotent, so a batch sent twice (a retry after an
+        outage) changes nothing.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportBuildStatus",
+                service_name="depotapi.machine.v1.MachineService",
+                input=ReportBuildStatusRequest,
+                output=ReportBuildStatusResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

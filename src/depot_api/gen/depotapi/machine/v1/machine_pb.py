@@ -548,6 +548,116 @@ class ReportConnectionsResponse(Message[_ReportConnectionsResponseFields]):
         ) -> None:
             pass
 
+_BuildStatusBatchFields: TypeAlias = Literal["build_id", "status_responses", "dropped", "side_listener"]
+
+class BuildStatusBatch(Message[_BuildStatusBatchFields]):
+    """
+    What the front door read of one build's status streams since its last report.
+
+    ```proto
+    message depotapi.machine.v1.BuildStatusBatch
+    ```
+
+    Attributes:
+        build_id:
+            ```proto
+            string build_id = 1;
+            ```
+        status_responses:
+            moby.buildkit.v1.StatusResponse messages, each exactly the bytes of one gRPC message the
+            daemon sent (the agent forwards them without decoding), in the order they were sent.
+
+            ```proto
+            repeated bytes status_responses = 2;
+            ```
+        dropped:
+            Status messages the agent read but could not keep (its bounded buffer was full while the
+            server was slow or away), counted since the agent started serving this build. Above zero,
+            the build's insights are incomplete.
+
+            ```proto
+            int64 dropped = 3;
+            ```
+        side_listener:
+            The client never asked for status, so these came from a listener the agent opened from the
+            side; such a listener may miss the start of a build, so the insights may be partial.
+
+            ```proto
+            bool side_listener = 4;
+            ```
+    """
+
+    __slots__ = ("build_id", "status_responses", "dropped", "side_listener")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+            status_responses: list[bytes] | None = None,
+            dropped: int = 0,
+            side_listener: bool = False,
+        ) -> None:
+            pass
+
+        build_id: str
+        status_responses: list[bytes]
+        dropped: int
+        side_listener: bool
+
+_ReportBuildStatusRequestFields: TypeAlias = Literal["machine_id", "builds"]
+
+class ReportBuildStatusRequest(Message[_ReportBuildStatusRequestFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.ReportBuildStatusRequest
+    ```
+
+    Attributes:
+        machine_id:
+            ```proto
+            string machine_id = 1;
+            ```
+        builds:
+            ```proto
+            repeated depotapi.machine.v1.BuildStatusBatch builds = 2;
+            ```
+    """
+
+    __slots__ = ("machine_id", "builds")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            machine_id: str = "",
+            builds: list[BuildStatusBatch] | None = None,
+        ) -> None:
+            pass
+
+        machine_id: str
+        builds: list[BuildStatusBatch]
+
+_ReportBuildStatusResponseFields: TypeAlias = NoReturn
+
+class ReportBuildStatusResponse(Message[_ReportBuildStatusResponseFields]):
+    """
+    ```proto
+    message depotapi.machine.v1.ReportBuildStatusResponse
+    ```
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+        ) -> None:
+            pass
+
 class Platform(Enum):
     """
     ```proto
@@ -575,7 +685,7 @@ class Platform(Enum):
 
 
 _DESC = file_desc(
-    b'\n!depotapi/machine/v1/machine.proto\x12\x13depotapi.machine.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x84\x01\n\x0fRegisterRequest\x129\n\x08platform\x18\x01 \x01(\x0e2\x1d.depotapi.machine.v1.PlatformR\x08platform\x12\x1a\n\x08endpoint\x18\x02 \x01(\tR\x08endpoint\x12\x1a\n\x08capacity\x18\x03 \x01(\x05R\x08capacity"e\n\x10RegisterResponse\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs"\xd5\x01\n\x10HeartbeatRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12,\n\x12running_binding_id\x18\x02 \x01(\tR\x10runningBindingId\x12%\n\x0ebuildkit_ready\x18\x03 \x01(\x08R\rbuildkitReady\x12&\n\x0fdisk_used_bytes\x18\x04 \x01(\x03R\rdiskUsedBytes\x12%\n\x0ebuildkit_error\x18\x05 \x01(\tR\rbuildkitError"\xb1\x04\n\x11HeartbeatResponse\x12A\n\x04idle\x18\x01 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.IdleH\x00R\x04idle\x12S\n\nassignment\x18\x02 \x01(\x0b21.depotapi.machine.v1.HeartbeatResponse.AssignmentH\x00R\nassignment\x12A\n\x04stop\x18\x03 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.StopH\x00R\x04stop\x1a\x06\n\x04Idle\x1a\xa5\x02\n\nAssignment\x12\x1d\n\nbinding_id\x18\x01 \x01(\tR\tbindingId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x12)\n\x10cache_generation\x18\x03 \x01(\x05R\x0fcacheGeneration\x12\x1f\n\x0bserver_cert\x18\x04 \x01(\tR\nserverCert\x12\x1d\n\nserver_key\x18\x05 \x01(\tR\tserverKey\x12\x17\n\x07ca_cert\x18\x06 \x01(\tR\x06caCert\x12\x1f\n\x0bserver_name\x18\x07 \x01(\tR\nserverName\x12\x17\n\x07keep_gb\x18\x08 \x01(\x05R\x06keepGb\x12\x1b\n\tkeep_days\x18\t \x01(\x05R\x08keepDays\x1a\x06\n\x04StopB\t\n\x07desired"q\n\x16AdmitConnectionRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x19\n\x08build_id\x18\x03 \x01(\tR\x07buildId"O\n\x17AdmitConnectionResponse\x12\x1a\n\x08admitted\x18\x01 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x02 \x01(\tR\x07refusal"\x81\x03\n\x10ConnectionReport\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x12\n\x04peer\x18\x03 \x01(\tR\x04peer\x127\n\topened_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08openedAt\x127\n\tclosed_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08closedAt\x12\x1a\n\x08admitted\x18\x06 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x07 \x01(\tR\x07refusal\x12*\n\x11bytes_from_client\x18\x08 \x01(\x03R\x0fbytesFromClient\x12&\n\x0fbytes_to_client\x18\t \x01(\x03R\rbytesToClient\x12#\n\rconnection_id\x18\n \x01(\tR\x0cconnectionId"\x82\x01\n\x18ReportConnectionsRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12G\n\x0bconnections\x18\x02 \x03(\x0b2%.depotapi.machine.v1.ConnectionReportR\x0bconnections"\x1b\n\x19ReportConnectionsResponse*L\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x12\n\x0ePLATFORM_AMD64\x10\x01\x12\x12\n\x0ePLATFORM_ARM64\x10\x022\xa7\x03\n\x0eMachineService\x12W\n\x08Register\x12$.depotapi.machine.v1.RegisterRequest\x1a%.depotapi.machine.v1.RegisterResponse\x12Z\n\tHeartbeat\x12%.depotapi.machine.v1.HeartbeatRequest\x1a&.depotapi.machine.v1.HeartbeatResponse\x12l\n\x0fAdmitConnection\x12+.depotapi.machine.v1.AdmitConnectionRequest\x1a,.depotapi.machine.v1.AdmitConnectionResponse\x12r\n\x11ReportConnections\x12-.depotapi.machine.v1.ReportConnectionsRequest\x1a..depotapi.machine.v1.ReportConnectionsResponseb\x06proto3',
+    b'\n!depotapi/machine/v1/machine.proto\x12\x13depotapi.machine.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x84\x01\n\x0fRegisterRequest\x129\n\x08platform\x18\x01 \x01(\x0e2\x1d.depotapi.machine.v1.PlatformR\x08platform\x12\x1a\n\x08endpoint\x18\x02 \x01(\tR\x08endpoint\x12\x1a\n\x08capacity\x18\x03 \x01(\x05R\x08capacity"e\n\x10RegisterResponse\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs"\xd5\x01\n\x10HeartbeatRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12,\n\x12running_binding_id\x18\x02 \x01(\tR\x10runningBindingId\x12%\n\x0ebuildkit_ready\x18\x03 \x01(\x08R\rbuildkitReady\x12&\n\x0fdisk_used_bytes\x18\x04 \x01(\x03R\rdiskUsedBytes\x12%\n\x0ebuildkit_error\x18\x05 \x01(\tR\rbuildkitError"\xb1\x04\n\x11HeartbeatResponse\x12A\n\x04idle\x18\x01 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.IdleH\x00R\x04idle\x12S\n\nassignment\x18\x02 \x01(\x0b21.depotapi.machine.v1.HeartbeatResponse.AssignmentH\x00R\nassignment\x12A\n\x04stop\x18\x03 \x01(\x0b2+.depotapi.machine.v1.HeartbeatResponse.StopH\x00R\x04stop\x1a\x06\n\x04Idle\x1a\xa5\x02\n\nAssignment\x12\x1d\n\nbinding_id\x18\x01 \x01(\tR\tbindingId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x12)\n\x10cache_generation\x18\x03 \x01(\x05R\x0fcacheGeneration\x12\x1f\n\x0bserver_cert\x18\x04 \x01(\tR\nserverCert\x12\x1d\n\nserver_key\x18\x05 \x01(\tR\tserverKey\x12\x17\n\x07ca_cert\x18\x06 \x01(\tR\x06caCert\x12\x1f\n\x0bserver_name\x18\x07 \x01(\tR\nserverName\x12\x17\n\x07keep_gb\x18\x08 \x01(\x05R\x06keepGb\x12\x1b\n\tkeep_days\x18\t \x01(\x05R\x08keepDays\x1a\x06\n\x04StopB\t\n\x07desired"q\n\x16AdmitConnectionRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x19\n\x08build_id\x18\x03 \x01(\tR\x07buildId"O\n\x17AdmitConnectionResponse\x12\x1a\n\x08admitted\x18\x01 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x02 \x01(\tR\x07refusal"\x81\x03\n\x10ConnectionReport\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nbinding_id\x18\x02 \x01(\tR\tbindingId\x12\x12\n\x04peer\x18\x03 \x01(\tR\x04peer\x127\n\topened_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08openedAt\x127\n\tclosed_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\x08closedAt\x12\x1a\n\x08admitted\x18\x06 \x01(\x08R\x08admitted\x12\x18\n\x07refusal\x18\x07 \x01(\tR\x07refusal\x12*\n\x11bytes_from_client\x18\x08 \x01(\x03R\x0fbytesFromClient\x12&\n\x0fbytes_to_client\x18\t \x01(\x03R\rbytesToClient\x12#\n\rconnection_id\x18\n \x01(\tR\x0cconnectionId"\x82\x01\n\x18ReportConnectionsRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12G\n\x0bconnections\x18\x02 \x03(\x0b2%.depotapi.machine.v1.ConnectionReportR\x0bconnections"\x1b\n\x19ReportConnectionsResponse"\x97\x01\n\x10BuildStatusBatch\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12)\n\x10status_responses\x18\x02 \x03(\x0cR\x0fstatusResponses\x12\x18\n\x07dropped\x18\x03 \x01(\x03R\x07dropped\x12#\n\rside_listener\x18\x04 \x01(\x08R\x0csideListener"x\n\x18ReportBuildStatusRequest\x12\x1d\n\nmachine_id\x18\x01 \x01(\tR\tmachineId\x12=\n\x06builds\x18\x02 \x03(\x0b2%.depotapi.machine.v1.BuildStatusBatchR\x06builds"\x1b\n\x19ReportBuildStatusResponse*L\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x12\n\x0ePLATFORM_AMD64\x10\x01\x12\x12\n\x0ePLATFORM_ARM64\x10\x022\x9b\x04\n\x0eMachineService\x12W\n\x08Register\x12$.depotapi.machine.v1.RegisterRequest\x1a%.depotapi.machine.v1.RegisterResponse\x12Z\n\tHeartbeat\x12%.depotapi.machine.v1.HeartbeatRequest\x1a&.depotapi.machine.v1.HeartbeatResponse\x12l\n\x0fAdmitConnection\x12+.depotapi.machine.v1.AdmitConnectionRequest\x1a,.depotapi.machine.v1.AdmitConnectionResponse\x12r\n\x11ReportConnections\x12-.depotapi.machine.v1.ReportConnectionsRequest\x1a..depotapi.machine.v1.ReportConnectionsResponse\x12r\n\x11ReportBuildStatus\x12-.depotapi.machine.v1.ReportBuildStatusRequest\x1a..depotapi.machine.v1.ReportBuildStatusResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -592,6 +702,9 @@ _DESC = file_desc(
         "ConnectionReport": ConnectionReport,
         "ReportConnectionsRequest": ReportConnectionsRequest,
         "ReportConnectionsResponse": ReportConnectionsResponse,
+        "BuildStatusBatch": BuildStatusBatch,
+        "ReportBuildStatusRequest": ReportBuildStatusRequest,
+        "ReportBuildStatusResponse": ReportBuildStatusResponse,
         "Platform": Platform,
     },
 )
