@@ -224,6 +224,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             parser.add_argument(
                 setting.flag, dest=setting.field, action=argparse.BooleanOptionalAction, help=help
             )
+        elif setting.kind.repeatable:
+            parser.add_argument(
+                setting.flag, dest=setting.field, metavar=setting.metavar, help=help,
+                action="append",
+            )  # fmt: skip
         else:
             parser.add_argument(
                 setting.flag, dest=setting.field, metavar=setting.metavar, help=help
@@ -236,10 +241,13 @@ def resolve_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolv
     return resolve(args.command, flags, environ)
 
 
-def _flag_text(setting: Setting, value: str | bool | None) -> str | None:
-    """A flag's value as text for resolve(); a switch's flag gives True or False."""
+def _flag_text(setting: Setting, value: str | bool | list[str] | None) -> str | None:
+    """A flag's value as text for resolve(); a switch's flag gives True or False, a
+    repeatable one the list of its values."""
     if isinstance(value, bool):
         return setting.kind.show(value)
+    if isinstance(value, list):
+        return ",".join(value)
     return value
 
 
