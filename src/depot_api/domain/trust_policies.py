@@ -80,7 +80,12 @@ class TrustPolicies:
         project = await self._projects.get_managed(principal, project_id, "add trust policies")
         existing = await self._policy_store.list_trust_policies(project.id)
         for policy in existing:
-            if (policy.provider, policy.owner, policy.name) == (given.provider, owner, name):
+            # Names compare as CI identities do: without regard to case.
+            if (policy.provider, policy.owner.casefold(), policy.name.casefold()) == (
+                given.provider,
+                owner.casefold(),
+                name.casefold(),
+            ):
                 raise AlreadyExists(
                     f"project {project.id} already has this trust policy: {policy.id}"
                 )
