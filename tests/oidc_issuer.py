@@ -61,8 +61,10 @@ class LocalIssuer:
     requests: Counter[str] = field(default_factory=Counter)
     # The audiences the token endpoint was asked for.
     audiences_asked: list[str] = field(default_factory=list)
-    # The claims the token endpoint puts in its tokens (besides iss, aud and times).
+    # The claims the token endpoint puts in its tokens (besides iss, aud and times), and the
+    # tokens it gave out.
     github_claims: dict[str, Any] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)
 
     def jwks_requests(self, issuer: str | None = None) -> int:
         return self.requests[urlsplit(issuer or self.url).path + JWKS]
@@ -142,8 +144,9 @@ def local_issuer() -> Iterator[LocalIssuer]:
                 return
             audience = parse_qs(query).get("audience", [""])[0]
             state.audiences_asked.append(audience)
-            claims = {**state.github_claims, "aud": audience}
-            self._answer(200, {"value": state.token(claims)})
+            token = state.token({**state.github_claims, "aud": audience})
+            state.issued.append(token)
+            self._answer(200, {"value": token})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
