@@ -1,6 +1,7 @@
 """A local OIDC issuer on 127.0.0.1, for tests of CI jobs' tokens: OpenID discovery and a
 JWKS over real HTTP, keys it signs with (and can rotate), an outage switch, counts of what it
-was asked, and a stand-in for GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL).
+was asked, and stand-ins for GitHub Actions' token endpoint (ACTIONS_ID_TOKEN_REQUEST_URL) and
+Buildkite's agent API (BUILDKITE_AGENT_ENDPOINT), which sign with the same keys.
 
 Every issuer URL under it works: `issuer.url + "/anything"` is an issuer of its own with the
 same keys (CircleCI has one issuer per organization, `<base>/<organization UUID>`).
@@ -27,6 +28,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 DISCOVERY = "/.well-known/openid-configuration"
 JWKS = "/jwks"
 TOKEN_ENDPOINT = "/github-token"
+# Buildkite's agent API as BUILDKITE_AGENT_ENDPOINT names it; its tokens' issuer.
+BUILDKITE_AGENT_API = "/buildkite-agent/v3"
+BUILDKITE_ISSUER_PATH = "/buildkite"
 # What the stand-in token endpoint takes as ACTIONS_ID_TOKEN_REQUEST_TOKEN.
 REQUEST_TOKEN = "stand-in-request-token"
 
@@ -64,6 +68,7 @@ class LocalIssuer:
     # The claims the token endpoint puts in its tokens (besides iss, aud and times), and the
     # tokens it gave out.
     github_claims: dict[str, Any] = field(default_factory=dict)
+    buildkite_claims: dict[str, Any] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)
 
     def jwks_requests(self, issuer: str | None = None) -> int:
@@ -136,6 +141,28 @@ def local_issuer() -> Iterator[LocalIssuer]:
                 self._github_token(parts.query)
             else:
                 self._answer(404, {"error": "no such path"})
+
+        def do_POST(self) -> None:
+            assert state is not None
+            path = urlsplit(self.path).path
+            state.requests[path] += 1
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if not (
+                path.startswith(BUILDKITE_AGENT_API + "/jobs/") and path.endswith("/oidc/tokens")
+            ):
+                self._answer(404, {"error": "no such path"})
+                return
+            if self.headers.get("Authorization") != f"Token {REQUEST_TOKEN}":
+                self._answer(401, {"message": "bad agent token"})
+                return
+            audience = json.loads(body or b"{}").get("audience", "")
+            state.audiences_asked.append(audience)
+            token = state.token(
+                {**state.buildkite_claims, "aud": audience},
+                issuer=state.url + BUILDKITE_ISSUER_PATH,
+            )
+            state.issued.append(token)
+            self._answer(200, {"token": token})
 
         def _github_token(self, query: str) -> None:
             assert state is not None
