@@ -75,6 +75,23 @@ def _github(owner: str, repository: str) -> pb.AddTrustPolicyRequest:
     )
 
 
+def _circleci(organization: str) -> pb.AddTrustPolicyRequest:
+    return pb.AddTrustPolicyRequest(
+        provider=Oneof(
+            "circleci",
+            pb.TrustPolicy.CircleCI(organization_uuid=organization, project_uuid=CIRCLE_PROJECT),
+        )
+    )
+
+
+def _buildkite() -> pb.AddTrustPolicyRequest:
+    return pb.AddTrustPolicyRequest(
+        provider=Oneof(
+            "buildkite", pb.TrustPolicy.Buildkite(organization_slug="acme", pipeline_slug="deploy")
+        )
+    )
+
+
 async def _add(api: InProcessAPI, project_id: str, request: pb.AddTrustPolicyRequest) -> str:
     request.project_id = project_id
     added = await api.clients().projects.add_trust_policy(request, headers=bearer(api.org_token))
@@ -106,24 +123,12 @@ async def test_policies_are_added_listed_and_removed(api: InProcessAPI) -> None:
     circle = await _add(
         api,
         project_id,
-        pb.AddTrustPolicyRequest(
-            provider=Oneof(
-                "circleci",
-                pb.TrustPolicy.CircleCI(
-                    organization_uuid=CIRCLE_ORG.upper(), project_uuid=CIRCLE_PROJECT
-                ),
-            )
-        ),
+        _circleci(CIRCLE_ORG.upper()),
     )
     kite = await _add(
         api,
         project_id,
-        pb.AddTrustPolicyRequest(
-            provider=Oneof(
-                "buildkite",
-                pb.TrustPolicy.Buildkite(organization_slug="acme", pipeline_slug="deploy"),
-            )
-        ),
+        _buildkite(),
     )
     listed = await projects.list_trust_policies(
         pb.ListTrustPoliciesRequest(project_id=project_id), headers=admin
@@ -251,22 +256,12 @@ async def test_circleci_and_buildkite_tokens_are_admitted_by_their_policies(
     circle_policy = await _add(
         api,
         project_id,
-        pb.AddTrustPolicyRequest(
-            provider=Oneof(
-                "circleci",
-                pb.TrustPolicy.CircleCI(organization_uuid=CIRCLE_ORG, project_uuid=CIRCLE_PROJECT),
-            )
-        ),
+        _circleci(CIRCLE_ORG),
     )
     kite_policy = await _add(
         api,
         project_id,
-        pb.AddTrustPolicyRequest(
-            provider=Oneof(
-                "buildkite",
-                pb.TrustPolicy.Buildkite(organization_slug="acme", pipeline_slug="deploy"),
-            )
-        ),
+        _buildkite(),
     )
     # CircleCI's own token (CIRCLE_OIDC_TOKEN_V2) is issued for its organization's ID.
     circle = issuer.token(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.models import BuildStatus
-from depot_api.store import Store, open_store
+from depot_api.store import Store
 from depot_api.store.database import create_engine
 from depot_api.store.schema import metadata
 from tests.databases import BACKENDS, database
@@ -48,9 +48,13 @@ from tests.oidc_issuer import (
 )
 
 from .conftest import admin
-from .machines import QUICK, Api, agent, api_for
+from .machines import QUICK, Api, agent
 from .test_depot_cli import DEPOT
-from .test_real_builds import WRITES_OUTPUT, context_dir
+
+# The module's organization, API clients and store, over this module's `site`.
+from .test_real_builds import WRITES_OUTPUT, api, context_dir, org_token_of_site, store
+
+__all__ = ["api", "org_token_of_site", "store"]
 
 pytestmark = pytest.mark.buildkit
 
@@ -89,26 +93,6 @@ def site(
             agent(server.url, token, root / "agent", docker_socket=docker_engine.socket)
         )
         yield Site(server, issuer)
-
-
-@pytest.fixture(scope="module")
-def org_token_of_site(site: Site) -> str:
-    org_id = admin(site.server, "create-org", "--name", "oidc builds")
-    return admin(site.server, "create-token", "--org", org_id)
-
-
-@pytest.fixture
-async def api(site: Site, org_token_of_site: str) -> Api:
-    return api_for(site.server, org_token_of_site)
-
-
-@pytest.fixture
-async def store(site: Site) -> AsyncIterator[Store]:
-    opened = open_store(site.server.database)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def github_actions_build(
