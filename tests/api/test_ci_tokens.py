@@ -384,8 +384,9 @@ def _resolved(issuer: LocalIssuer) -> dict[str, object]:
 
 @pytest.mark.parametrize("case", list(FORGED))
 async def test_a_forged_token_is_refused_and_creates_nothing(
-    api: InProcessAPI, issuer: LocalIssuer, case: str
+    api: InProcessAPI, issuer: LocalIssuer, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     make, code, message = FORGED[case]
     project_id = await _project(api)
     await _add(api, project_id, _github("acme", "app"))
@@ -403,6 +404,9 @@ async def test_a_forged_token_is_refused_and_creates_nothing(
         assert message in refused.value.message
         assert token not in refused.value.message
     assert await _build_count(api, project_id) == 0
+    signature = token.rsplit(".", 1)[1]
+    assert not signature or signature not in caplog.text  # alg none has no signature
+    assert token not in caplog.text
 
 
 async def test_a_policy_removed_a_moment_ago_admits_nothing(
