@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import jwt
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -361,6 +362,26 @@ FORGED = {
         lambda i: i.token(_github_claims(), headers={"kid": "no-such-key"}),
         Code.UNAUTHENTICATED,
         "publishes no key with ID 'no-such-key'",
+    ),
+    "no key ID": (
+        lambda i: jwt.encode(_resolved(i), i.keys[0].private, algorithm="RS256"),
+        Code.UNAUTHENTICATED,
+        "names no key ID (kid)",
+    ),
+    "not a JWT": (
+        lambda i: "eyJub3QiOiJqc29u.bm9wZQ.bm9wZQ",
+        Code.UNAUTHENTICATED,
+        "malformed token: not a depot-api token nor a JWT",
+    ),
+    "no repository claim": (
+        lambda i: i.token({"repository_owner": "acme"}),
+        Code.UNAUTHENTICATED,
+        "has no repository claim",
+    ),
+    "repository of another owner": (
+        lambda i: i.token({"repository_owner": "acme", "repository": "evil/app"}),
+        Code.UNAUTHENTICATED,
+        "repository 'evil/app' is not owned by its repository_owner 'acme'",
     ),
     "another repository": (
         lambda i: i.github_token("acme", "other"),
