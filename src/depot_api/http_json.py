@@ -4,6 +4,8 @@ documents and key sets (domain.oidc_keys.JsonSource).
 Bounded in every way an issuer could misbehave: a time limit per fetch, a size limit, no
 redirects (a redirect could lead from https to plain http), and any failure becomes
 FetchFailed with one line saying what happened.
+
+Its HTTP client is closed (close()) when the server stops.
 """
 
 from __future__ import annotations
@@ -23,20 +25,30 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 class HttpJsonSource:
     def __init__(self, *, timeout_s: float = FETCH_TIMEOUT_S) -> None:
         self._timeout_s = timeout_s
+        self._transport: HTTPTransport | None = None
         self._client: Client | None = None
 
     def _http(self) -> Client:
         # Made on first use, on the loop that uses it.
         if self._client is None:
-            self._client = Client(
-                HTTPTransport(
-                    timeout=self._timeout_s,
-                    connect_timeout=self._timeout_s,
-                    follow_redirects=False,
-                    tls_include_system_certs=True,
-                )
+            self._transport = HTTPTransport(
+                timeout=self._timeout_s,
+                connect_timeout=self._timeout_s,
+                follow_redirects=False,
+                tls_include_system_certs=True,
+                # The system's resolver, as everything else on the host uses (/etc/hosts,
+                # resolv.conf). The client's own resolver also left the process aborting at
+                # exit now and then after a failed lookup.
+                use_system_dns=True,
             )
+            self._client = Client(self._transport)
         return self._client
+
+    async def close(self) -> None:
+        """Close the client, if one was made (it is made again on the next fetch)."""
+        transport, self._transport, self._client = self._transport, None, None
+        if transport is not None:
+            await transport.aclose()
 
     async def get_json(self, url: str) -> Any:
         try:

@@ -43,6 +43,8 @@ class Domain:
     endpoints: Endpoints
     build_reports: BuildReports
     health: Health
+    # Where the OIDC issuers' keys are fetched from: closed at shutdown.
+    issuer_documents: HttpJsonSource
 
 
 def build_domain(
@@ -67,6 +69,7 @@ def build_domain(
         if settings.secret_key
         else load_or_create_key(settings.secret_key_path)
     )
+    issuer_documents = HttpJsonSource()
     timings = EndpointTimings(
         acquire_timeout=settings.acquire_timeout,
         pending_interval=settings.pending_interval,
@@ -82,7 +85,7 @@ def build_domain(
             build_store=store.builds,
             build_token_grace=settings.build_token_grace,
             now=now,
-            ci_tokens=ci_tokens_for(settings),
+            ci_tokens=ci_tokens_for(settings, issuer_documents),
         ),
         projects=projects,
         tokens=tokens,
@@ -114,15 +117,14 @@ def build_domain(
         ),
         build_reports=BuildReports(store.builds, builds, now=now),
         health=Health(store),
+        issuer_documents=issuer_documents,
     )
 
 
-def ci_tokens_for(settings: Settings) -> CiTokens:
+def ci_tokens_for(settings: Settings, documents: HttpJsonSource) -> CiTokens:
     """The verifier of CI jobs' OIDC tokens, as the settings configure it."""
     issuers = Issuers({CiProvider(provider): url for provider, url in settings.oidc_issuers})
-    keys = IssuerKeys(
-        HttpJsonSource(), refetch_interval=settings.oidc_keys_refetch, clock=time.monotonic
-    )
+    keys = IssuerKeys(documents, refetch_interval=settings.oidc_keys_refetch, clock=time.monotonic)
     return CiTokens(issuers, keys, audiences=settings.oidc_audiences, leeway=settings.oidc_leeway)
 
 
