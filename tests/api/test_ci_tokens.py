@@ -348,6 +348,12 @@ FORGED = {
         Code.UNAUTHENTICATED,
         "not valid yet",
     ),
+    "issued in the future": (
+        # iat ahead, nbf now: iat is checked on its own.
+        lambda i: i.token(_github_claims(nbf=int(time.time())), issued_at=time.time() + HOUR),
+        Code.UNAUTHENTICATED,
+        "not valid yet",
+    ),
     "wrong audience": (
         lambda i: i.token(_github_claims(aud="https://example.com")),
         Code.UNAUTHENTICATED,
