@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent":
             return asyncio.run(_agent(args))
         if args.command == "report-build":
-            return asyncio.run(_report_build(args))
+            return _report_build(args)
         return _run(args, resolve_args(args, os.environ))
     except SettingError as e:
         return _failed(str(e), USAGE_ERROR)
@@ -89,9 +89,9 @@ def _run(args: argparse.Namespace, resolved: Resolved) -> int:
         return _failed(f"{resolved.describe(e.field)}: {e.problem}", ENVIRONMENT_ERROR)
 
 
-async def _report_build(args: argparse.Namespace) -> int:
+def _report_build(args: argparse.Namespace) -> int:
     try:
-        reported = await report_build(args.server, args.build_id, args.token, args.file)
+        reported = report_build(args.server, args.build_id, args.token, args.file)
     except ReportFailed as e:
         return _failed(str(e), USAGE_ERROR if e.usage else ENVIRONMENT_ERROR)
     print(

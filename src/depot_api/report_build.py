@@ -20,7 +20,7 @@ from typing import IO
 from connectrpc.errors import ConnectError
 
 from depot_api.gen.depotapi.insights.v1 import insights_pb as pb
-from depot_api.gen.depotapi.insights.v1.insights_connect import BuildInsightsServiceClient
+from depot_api.gen.depotapi.insights.v1.insights_connect import BuildInsightsServiceClientSync
 from depot_api.rawjson import RawJsonError, parse_line
 
 # A batch stays well under the server's default limit on a request (4 MiB).
@@ -50,13 +50,13 @@ class Reported:
     repeated: int
 
 
-async def report_build(server: str, build_id: str, token: str, source: str) -> Reported:
+def report_build(server: str, build_id: str, token: str, source: str) -> Reported:
     """Check the log at source (a path, or "-" for standard input), then upload it."""
     with _opened(source) as log:
         name = "standard input" if source == "-" else source
         count = _check(log, name)
         log.seek(0)
-        return await _upload(server, build_id, token, log, count)
+        return _upload(server, build_id, token, log, count)
 
 
 def _opened(source: str) -> IO[bytes]:
@@ -122,13 +122,15 @@ def _batches(log: IO[bytes]) -> Iterator[list[bytes]]:
         yield batch
 
 
-async def _upload(server: str, build_id: str, token: str, log: IO[bytes], count: int) -> Reported:
+def _upload(server: str, build_id: str, token: str, log: IO[bytes], count: int) -> Reported:
     merged = repeated = sent = 0
     headers = {"authorization": f"Bearer {token}"}
-    async with BuildInsightsServiceClient(server, timeout_ms=_CALL_TIMEOUT_MS) as client:
+    # The blocking client: a command with one call at a time needs no event loop (and the
+    # asynchronous client's runtime can abort the process as it exits).
+    with BuildInsightsServiceClientSync(server, timeout_ms=_CALL_TIMEOUT_MS) as client:
         for batch in _batches(log):
             try:
-                answer = await client.upload_build_status(
+                answer = client.upload_build_status(
                     pb.UploadBuildStatusRequest(build_id=build_id, status_responses=batch),
                     headers=headers,
                 )
