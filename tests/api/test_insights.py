@@ -4,6 +4,8 @@ GetBuilds and ListBuilds), the build token's UploadBuildStatus, and UsageService
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -16,7 +18,9 @@ from depot_api.gen.depotapi.insights.v1 import insights_pb
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from depot_api.gen.moby.buildkit.v1 import control_pb as c
 
+from ..buildkit_status import record_build
 from ..conftest import PROTOCOLS, InProcessAPI, bearer
+from ..docker_engine import DockerEngine
 from .test_machine_connections import _serving
 
 BASE, RUN, CACHED = (f"sha256:{n * 64}" for n in "abc")
@@ -190,3 +194,45 @@ async def test_an_upload_with_the_build_token_and_usage(api: InProcessAPI, proto
             usage_pb.GetUsageRequest(start_at=ts(10), end_at=ts(5)), headers=org
         )
     assert caught.value.code is Code.INVALID_ARGUMENT
+
+
+@pytest.mark.buildkit
+async def test_status_bytes_recorded_from_a_real_buildkit_merge_as_the_agent_sends_them(
+    api: InProcessAPI, docker_engine: DockerEngine
+) -> None:
+    marker = secrets.token_hex(6)
+    recorded = record_build(
+        docker_engine,
+        f"FROM depot-api-test-base:latest\nRUN echo one {marker} && echo two {marker}\n",
+    )
+    assert not recorded.error, recorded.error
+    machine = await _serving(api, "grpc")
+    # In two batches, the second sent twice (a retry), as the front door's reader would.
+    half = len(recorded.status_responses) // 2
+    for part in (recorded.status_responses[:half], *[recorded.status_responses[half:]] * 2):
+        await machine.clients.machines.report_build_status(
+            pb.ReportBuildStatusRequest(
+                machine_id=machine.machine_id,
+                builds=[pb.BuildStatusBatch(build_id=machine.build_id, status_responses=part)],
+            ),
+            headers=machine.headers,
+        )
+    org = bearer(api.org_token)
+    steps = await machine.clients.builds.get_build_steps(
+        build_pb.GetBuildStepsRequest(build_id=machine.build_id), headers=org
+    )
+    (run,) = [
+        s
+        for s in steps.build_steps
+        if s.name == f"[2/2] RUN echo one {marker} && echo two {marker}"
+    ]
+    assert run.has_logs and run.completed_at is not None
+    logs = await machine.clients.builds.get_build_step_logs(
+        build_pb.GetBuildStepLogsRequest(build_id=machine.build_id, build_step_digest=run.digest),
+        headers=org,
+    )
+    assert [line.message for line in logs.logs] == [f"one {marker}", f"two {marker}"]
+    got = await machine.clients.core_builds.get_build(
+        core_pb.GetBuildRequest(build_id=machine.build_id), headers=org
+    )
+    assert got.build.total_steps == len(steps.build_steps)
