@@ -128,6 +128,11 @@ async def test_the_agents_report_is_read_back_step_by_step_and_line_by_line(
         build_pb.GetBuildRequest(build_id=machine.build_id), headers=org
     )
     assert (seed.total_steps, seed.cached_steps) == (3, 0)
+    listed = await machine.clients.core_builds.list_builds(
+        core_pb.ListBuildsRequest(project_id=seed.project_id), headers=org
+    )
+    (row,) = listed.builds
+    assert (row.total_steps, row.cached_steps) == (3, 0)
 
 
 async def test_malformed_status_bytes_are_invalid_argument_naming_the_message(
