@@ -145,8 +145,10 @@ class StatusQueue:
             and not build.in_flight
             and build.dropped == build.reported_dropped
             and build.dropped == 0
+            and not build.side_listener
         ):
-            # Nothing to remember: a build that dropped nothing starts over at no cost.
+            # Nothing to remember: a build that dropped nothing and was read from its client
+            # starts over at no cost.
             del self._builds[batch.build_id]
 
     def retry(self, batch: Batch) -> None:
