@@ -70,10 +70,10 @@ class Site:
     def events(self) -> list[str]:
         return (self.root / "standin-events").read_text().splitlines()
 
-    async def taken(self, build_id: str, count: int, timeout: float = 10) -> list[Batch]:
+    async def taken(self, build_id: str, count: int, within: float = 10) -> list[Batch]:
         """The queue's batches of a build once they hold `count` messages (marked sent)."""
         batches: list[Batch] = []
-        for _ in range(int(timeout / 0.02)):
+        for _ in range(int(within / 0.02)):
             for batch in self.queue.take():
                 self.queue.sent(batch)
                 if batch.build_id == build_id:
@@ -81,7 +81,7 @@ class Site:
             if sum(len(b.messages) for b in batches) >= count:
                 return batches
             await asyncio.sleep(0.02)
-        raise AssertionError(f"build {build_id}: {batches} after {timeout} s, not {count} messages")
+        raise AssertionError(f"build {build_id}: {batches} after {within} s, not {count} messages")
 
 
 @pytest.fixture
