@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from depot_api.domain.insights import DEFAULT_LOG_RETENTION, DEFAULT_MAX_LOG_BYTES
 from depot_api.domain.projects import DEFAULT_REGIONS
 from depot_api.setting_kinds import (
     LOG_LEVELS,
@@ -93,6 +94,10 @@ class Settings:
     # {project_id} and {build_id}, e.g. https://ci.example.com/depot/{project_id}/{build_id}.
     # Empty (the default): no URL is given.
     build_url: str = ""
+    # Build insights: the logs one build keeps at most (past it they are cut with a marker),
+    # and how long builds' logs are kept (their steps and counters stay).
+    max_build_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    build_log_retention: timedelta = DEFAULT_LOG_RETENTION
 
     @property
     def database_url(self) -> str:
@@ -249,6 +254,16 @@ SETTINGS: tuple[Setting, ...] = (
         help="the key that seals private keys in the database (a Fernet key); "
         "servers sharing a database must share it",
         commands=frozenset({SERVE, ADMIN}),
+    ),
+    Setting(
+        "max_build_log_bytes", "DEPOT_API_MAX_BUILD_LOG_BYTES", whole_number(1),
+        flag="--max-build-log-bytes", metavar="BYTES",
+        help="the step logs one build keeps at most; past it they are cut with a marker",
+    ),
+    Setting(
+        "build_log_retention", "DEPOT_API_BUILD_LOG_RETENTION", seconds(above_low=True),
+        flag="--build-log-retention", metavar="SECONDS",
+        help="how long builds' step logs are kept (their steps and counters stay)",
     ),
     Setting(
         "machine_heartbeat", "DEPOT_API_MACHINE_HEARTBEAT", _MACHINE_TIMING,
