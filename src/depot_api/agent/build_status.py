@@ -29,8 +29,12 @@ from depot_api.agent.http2_reader import SOLVE, STATUS, ConnectionReader
 log = logging.getLogger("depot_api.agent")
 
 DEFAULT_CAP_BYTES = 64 << 20
-# What one ReportBuildStatus carries at most (a message bigger than this goes alone).
+# What one ReportBuildStatus carries at most (a message bigger than this goes alone), well
+# within the server's request size (4 MiB by default) and message count (10 000).
 BATCH_BYTES = 1 << 20
+BATCH_MESSAGES = 1000
+# A status message bigger than this could not be sent at all: it is dropped, and counted.
+MAX_MESSAGE_BYTES = 3 << 20
 # How long a Solve's ref waits for the client's own Status stream before the agent's side
 # listener, opened at once, is kept. The depot CLI and buildx open it within milliseconds.
 SIDE_LISTENER_GRACE = 3.0
@@ -79,6 +83,9 @@ class StatusQueue:
     def add(self, build_id: str, message: bytes, *, side_listener: bool = False) -> None:
         build = self._builds.setdefault(build_id, _Build())
         build.side_listener |= side_listener
+        if len(message) > MAX_MESSAGE_BYTES:
+            self._drop(build_id, build)
+            return
         # Oldest first: BuildKit sends each vertex whole again as it changes, so the newest
         # messages hold the latest state of the steps, and the end of the build is kept.
         while self.bytes + len(message) > self._cap and build.pending:
@@ -125,7 +132,11 @@ class StatusQueue:
                 continue
             messages: list[bytes] = []
             size = 0
-            while build.pending and (not messages or size + len(build.pending[0]) <= self._batch):
+            while (
+                build.pending
+                and len(messages) < BATCH_MESSAGES
+                and (not messages or size + len(build.pending[0]) <= self._batch)
+            ):
                 message = build.pending.popleft()
                 messages.append(message)
                 size += len(message)
