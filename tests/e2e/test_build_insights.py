@@ -351,6 +351,10 @@ async def test_a_server_stopped_during_a_build_gets_every_step_when_back(
     assert printed == [f"{marker}-before", f"{marker}-during", f"{marker}-after"], the_run
     assert all(s["completedAt"] is not None for s in found["steps"])
     assert found["build"]["totalSteps"] == len(found["steps"])
+    # The agent did meet the outage: its reports failed, were kept, and went through later.
+    agent_log = site.agent.state_dir.with_name(f"{site.agent.state_dir.name}.log").read_text()
+    assert "build status not taken" in agent_log, agent_log
+    assert "the server takes build status again" in agent_log, agent_log
 
 
 async def test_what_arrived_stays_when_the_agent_is_killed_mid_build(
