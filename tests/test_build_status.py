@@ -25,7 +25,7 @@ from depot_api.agent.daemons import Buildkitd
 from depot_api.agent.front_door import ConnectionLog, Door, FrontDoor, tls_context
 from depot_api.agent.http2_reader import MAX_MESSAGE, SOLVE, STATUS, ConnectionReader
 from depot_api.agent.splice import splice
-from depot_api.domain.pki import issue_client_cert, issue_server_cert, new_project_ca
+from depot_api.domain.pki import KeyPair, issue_client_cert, issue_server_cert, new_project_ca
 from tests.e2e.machines import STANDIN, free_port
 from tests.standin_buildkitd import status_responses
 from tests.test_front_door import NOW, PREFACE, SERVER_NAME, Gatekeeper, write
@@ -41,17 +41,11 @@ class Site:
     queue: StatusQueue
     insights: Insights
     ca_pem: str
-    client_material: dict[str, tuple[bytes, bytes]]
     root: Path
-    ca: object
+    ca: KeyPair
 
     def channel(self, build_id: str) -> grpc.aio.Channel:
-        pair = issue_client_cert(
-            self.ca,  # type: ignore[arg-type]
-            build_id,
-            now=NOW,
-            not_after=NOW + timedelta(hours=1),
-        )
+        pair = issue_client_cert(self.ca, build_id, now=NOW, not_after=NOW + timedelta(hours=1))
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.ca_pem.encode(),
             private_key=pair.key_pem.encode(),
@@ -117,7 +111,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await door.open()
     door.use(Door("b1nd1ng", tls, daemon))
     try:
-        yield Site(door, port, gate, queue, insights, ca.cert_pem, {}, root, ca)
+        yield Site(door, port, gate, queue, insights, ca.cert_pem, root, ca)
     finally:
         await door.close()
         await daemon.stop()

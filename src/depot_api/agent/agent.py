@@ -276,6 +276,11 @@ class Agent:
                     ),
                     headers=self._headers,
                 )
+            except asyncio.CancelledError:
+                # Stopping: what was not acknowledged goes back, for the last report.
+                for unsent in batches[n:]:
+                    self._status.retry(unsent)
+                raise
             except ConnectError as e:
                 if e.code in (Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.PERMISSION_DENIED):
                     # Sending the same batch again would be refused again, forever.
