@@ -7,9 +7,7 @@ forwarded bytes are the same, byte for byte, either way."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,14 +19,20 @@ import hpack
 import pytest
 
 from depot_api.agent.build_status import Batch, Insights, StatusQueue
-from depot_api.agent.daemons import Buildkitd
-from depot_api.agent.front_door import ConnectionLog, Door, FrontDoor, tls_context
+from depot_api.agent.front_door import ConnectionLog, Door, FrontDoor
 from depot_api.agent.http2_reader import MAX_MESSAGE, SOLVE, STATUS, ConnectionReader
 from depot_api.agent.splice import splice
-from depot_api.domain.pki import KeyPair, issue_client_cert, issue_server_cert, new_project_ca
-from tests.e2e.machines import STANDIN, free_port
+from depot_api.domain.pki import KeyPair, issue_client_cert, new_project_ca
+from tests.e2e.machines import free_port
 from tests.standin_buildkitd import status_responses
-from tests.test_front_door import NOW, PREFACE, SERVER_NAME, Gatekeeper, write
+from tests.test_front_door import (
+    NOW,
+    PREFACE,
+    SERVER_NAME,
+    Gatekeeper,
+    server_tls,
+    standin_daemon,
+)
 
 LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
 
@@ -81,28 +85,9 @@ class Site:
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     ca = new_project_ca("proj-a", now=NOW)
-    server = issue_server_cert(ca, SERVER_NAME, now=NOW, not_after=NOW + timedelta(days=1))
-    tls = tls_context(
-        write(tmp_path / "server.pem", server.cert_pem),
-        write(tmp_path / "server-key.pem", server.key_pem),
-        write(tmp_path / "ca.pem", ca.cert_pem),
-    )
+    tls = server_tls(tmp_path, ca)
     root = tmp_path / "root"
-    sock = tmp_path / "bk.sock"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(STANDIN),
-        "--addr",
-        f"unix://{sock}",
-        "--root",
-        str(root),
-        env={**os.environ, "STANDIN_BUILDKITD_STATUS": "1"},
-    )
-    for _ in range(200):
-        if (root / "standin-started").exists():
-            break
-        await asyncio.sleep(0.02)
-    daemon = Buildkitd("b1nd1ng", process, sock, 0.0)
+    daemon = await standin_daemon(tmp_path, {"STANDIN_BUILDKITD_STATUS": "1"})
     queue = StatusQueue()
     insights = Insights(queue, grace=0.5, linger=1.0)
     gate = Gatekeeper()

@@ -168,6 +168,15 @@ async def builds_of(store: Store, project_id: str) -> list[str]:
     return [b.id for b in reversed(await store.builds.list_builds(project_id, None, 10))]
 
 
+async def only_build(site: Site, project_id: str) -> str:
+    store = open_store(site.server.database)
+    try:
+        (build_id,) = await builds_of(store, project_id)
+    finally:
+        await store.close()
+    return build_id
+
+
 def step(found: dict[str, Any], fragment: str) -> dict[str, Any]:
     matching = [s for s in found["steps"] if fragment in s["name"]]
     assert len(matching) == 1, (fragment, [s["name"] for s in found["steps"]])
@@ -329,11 +338,7 @@ async def test_a_server_stopped_during_a_build_gets_every_step_when_back(
         ):  # fmt: skip
             output, _ = await asyncio.to_thread(process.communicate, timeout=120)
             assert process.returncode == 0, output
-            store = open_store(site.server.database)
-            try:
-                (build_id,) = await builds_of(store, project_id)
-            finally:
-                await store.close()
+            build_id = await only_build(site, project_id)
             found = await asyncio.to_thread(
                 insights_once, site, project_id, build_id, completed_run(f"{marker}-before")
             )
@@ -367,11 +372,7 @@ async def test_what_arrived_stays_when_the_agent_is_killed_mid_build(
     process = running_build(site, project_id, context, tmp_path / "out")
     try:
         await asyncio.to_thread(wait_for_output, process, f"{marker}-before")
-        store = open_store(site.server.database)
-        try:
-            (build_id,) = await builds_of(store, project_id)
-        finally:
-            await store.close()
+        build_id = await only_build(site, project_id)
 
         def run_started(found: dict[str, Any]) -> bool:
             runs = [s for s in found["steps"] if "[stage-1 3/3] RUN" in s["name"]]
