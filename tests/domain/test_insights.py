@@ -12,8 +12,10 @@ import pytest
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from depot_api.api.status_messages import decode_status_messages
-from depot_api.domain.errors import InvalidField, NotFound, PermissionDenied
+from depot_api.domain.builds import Outcome
+from depot_api.domain.errors import InvalidArgument, InvalidField, NotFound, PermissionDenied
 from depot_api.domain.insights import CUT_MARKER_TEXT, DEFAULT_MAX_LOG_BYTES, LogLine, ReportedBuild
+from depot_api.domain.machines import HealthReport
 from depot_api.domain.principal import Principal
 from depot_api.gen.moby.buildkit.v1 import control_pb as c
 from depot_api.models import InsightsFlags
@@ -306,3 +308,29 @@ async def test_paging_tokens_and_reads_out_of_reach(
         await domain.insights.step_logs(admin, project, build, D1, None, None)
     with pytest.raises(InvalidField, match="page_size must be between"):
         await domain.insights.steps(admin, project, build, 10_001, None)
+
+
+async def test_usage_counts_builds_and_their_time_in_the_window_and_the_machines_cache(
+    domain: Domain, admin: Principal, agent: Agent, project: str, build: str, clock: Clock
+) -> None:
+    # The build ran 10 s (from its machine to its end), and its machine reports 3 GiB + 1 of
+    # cache for the project.
+    clock.advance(10)
+    await domain.builds.finish(admin, build, Outcome.success())
+    await domain.machines.heartbeat(
+        agent.principal,
+        agent.machine_id,
+        HealthReport(agent.running, True, 3 * 1024**3 + 1, ""),
+    )
+    other = await new_project(domain, admin, "other")
+    window = domain.usage.window(None, None)
+    got = await domain.usage.of_project(admin, project, window)
+    assert (got.build_count, got.cache_bytes) == (1, 3 * 1024**3 + 1)
+    assert 9.9 <= got.build_seconds <= 10.1
+    everyone = await domain.usage.of_organizations(admin, window)
+    assert {(u.project_id, u.build_count) for u in everyone} == {(project, 1), (other, 0)}
+    # A window before the build holds none of it.
+    before = domain.usage.window(None, clock.now - timedelta(days=1))
+    assert (await domain.usage.of_project(admin, project, before)).build_count == 0
+    with pytest.raises(InvalidArgument, match="must be before end_at"):
+        domain.usage.window(clock.now, clock.now)

@@ -7,6 +7,8 @@
     builds.py      builds, health and machine waits, status reports
     machines.py    machines, bindings, build endpoints (and the lock order)
     connections.py client connections to machines: admission's facts, the agents' reports
+    insights.py    build steps, step logs and counters (the merge of BuildKit's status)
+    usage.py       usage figures per project
     database.py    Database: read()/write() sessions for the aggregates, the engine that
                    migrates, and why a database cannot be used (explained_errors)
     driver.py      statements compiled once (Query), run on sqlite3 or asyncpg: the one

@@ -44,7 +44,7 @@ from depot_api.models import (
 from depot_api.store import schema as t
 from depot_api.store.builds import BUILD_COLUMNS, build_of_row
 from depot_api.store.database import Database
-from depot_api.store.driver import Query, Row, Session
+from depot_api.store.driver import Query, Row, Session, bound
 from depot_api.store.interface import InsightStore, MergeResult
 
 i, s, lg, seen = t.build_insights, t.build_steps, t.build_step_logs, t.build_status_seen
@@ -114,6 +114,33 @@ _UPDATE_STEP = Query(
     )
 )
 
+_INSERT_STEP = Query(
+    insert(s).values(
+        bound(
+            "build_id",
+            "digest",
+            "project_id",
+            "position",
+            "name",
+            "inputs",
+            "started_at",
+            "completed_at",
+            "cached",
+            "error",
+            "log_chunks",
+            "log_cut",
+        )
+    )
+)
+_INSERT_CHUNK = Query(insert(lg).values(bound("build_id", "digest", "seq", "at", "stream", "data")))
+_INSERT_SEEN = Query(insert(seen).values(bound("build_id", "message_key")))
+_SEEN_OF = Query(
+    select(seen.c.message_key).where(
+        seen.c.build_id == bindparam("build_id"),
+        seen.c.message_key.in_(bindparam("keys", expanding=True)),
+    )
+)
+
 _STEP_COLUMNS = (
     s.c.build_id,
     s.c.digest,
@@ -126,6 +153,11 @@ _STEP_COLUMNS = (
     s.c.error,
     s.c.log_chunks,
     s.c.log_cut,
+)
+_STEPS_OF = Query(
+    select(*_STEP_COLUMNS).where(
+        s.c.build_id == bindparam("build_id"), s.c.digest.in_(bindparam("digests", expanding=True))
+    )
 )
 _STEPS_PAGE = Query(
     select(*_STEP_COLUMNS, i.c.logs_expired)
@@ -366,11 +398,7 @@ class SqlInsightStore(InsightStore):
         known: set[str] = set()
         keys = sorted({m.key for m in messages})
         for batch in _batches(keys):
-            rows = await session.all(
-                select(seen.c.message_key).where(
-                    seen.c.build_id == build_id, seen.c.message_key.in_(batch)
-                )
-            )
+            rows = await session.all(_SEEN_OF, build_id=build_id, keys=list(batch))
             known.update(r[0] for r in rows)
         fresh = []
         for message in messages:
@@ -389,9 +417,7 @@ class SqlInsightStore(InsightStore):
         )
         found: dict[str, _Step] = {}
         for batch in _batches(digests):
-            rows = await session.all(
-                select(*_STEP_COLUMNS).where(s.c.build_id == build_id, s.c.digest.in_(batch))
-            )
+            rows = await session.all(_STEPS_OF, build_id=build_id, digests=list(batch))
             for r in rows:
                 found[r["digest"]] = _Step(
                     digest=r["digest"],
@@ -410,7 +436,7 @@ class SqlInsightStore(InsightStore):
     async def _write_steps(
         self, session: Session, build_id: str, project_id: str, steps: Iterable[_Step]
     ) -> None:
-        new_rows, chunks = [], []
+        new_rows, changed_rows, chunks = [], [], []
         for step in steps:
             chunks.extend(step.chunks)
             values = {
@@ -434,25 +460,24 @@ class SqlInsightStore(InsightStore):
                     }
                 )
             elif step.changed:
-                await session.run(_UPDATE_STEP, b_build_id=build_id, b_digest=step.digest, **values)
-        for batch in _batches(new_rows, _ROWS_PER_STATEMENT // 2):
-            await session.run(insert(s).values(list(batch)))
+                changed_rows.append({"b_build_id": build_id, "b_digest": step.digest, **values})
+        await session.run_many(_INSERT_STEP, new_rows)
+        await session.run_many(_UPDATE_STEP, changed_rows)
+        # Chunks in groups of about a megabyte: what one driver call holds stays bounded.
         pending: list[dict[str, Any]] = []
         size = 0
         for chunk in chunks:
             pending.append(chunk)
             size += len(chunk["data"])
-            if size >= _LOG_BYTES_PER_STATEMENT or len(pending) >= _ROWS_PER_STATEMENT // 2:
-                await session.run(insert(lg).values(pending))
+            if size >= _LOG_BYTES_PER_STATEMENT:
+                await session.run_many(_INSERT_CHUNK, pending)
                 pending, size = [], 0
-        if pending:
-            await session.run(insert(lg).values(pending))
+        await session.run_many(_INSERT_CHUNK, pending)
 
     async def _write_seen(self, session: Session, build_id: str, keys: list[str]) -> None:
-        for batch in _batches(keys):
-            await session.run(
-                insert(seen).values([{"build_id": build_id, "message_key": k} for k in batch])
-            )
+        await session.run_many(
+            _INSERT_SEEN, [{"build_id": build_id, "message_key": k} for k in keys]
+        )
 
     async def build_served_by(self, build_id: str, machine_id: str) -> Build | None:
         async with self._db.read() as session:
