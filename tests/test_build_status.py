@@ -154,6 +154,20 @@ async def test_a_solve_without_status_gets_a_side_listener(site: Site) -> None:
     assert site.events().count(f"grpc {STATUS}") == 1  # the agent's own
 
 
+async def test_side_listeners_are_capped(site: Site) -> None:
+    site.insights._max_sides = 2
+    site.insights._grace = 3.0  # all three solves come within it, whatever the machine's speed
+    site.gate.live.add("many")
+    async with site.channel("many") as channel:
+        for ref in ("m1", "m2", "m3"):
+            await solve_call(channel, ref)
+        batches = await site.taken("many", 8)
+    kept = [m for b in batches for m in b.messages]
+    assert sorted(kept) == sorted(status_responses("m1") + status_responses("m2"))
+    assert batches[-1].dropped == 1  # the third ref's status: not read, and counted
+    assert site.events().count(f"grpc {STATUS}") == 2
+
+
 async def test_a_status_soon_after_the_solve_cancels_the_side_listener(site: Site) -> None:
     site.gate.live.add("late")
     async with site.channel("late") as channel:

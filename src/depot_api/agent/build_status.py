@@ -41,6 +41,9 @@ SIDE_LISTENER_GRACE = 3.0
 # How long a side listener may outlive the build's last connection: on a BuildKit without
 # build history, a Status stream can hang after its solve ended.
 SIDE_LISTENER_LINGER = 10.0
+# Each side listener is a call to the daemon: a client that solves ref after ref without ever
+# asking for status gets this many at once, no more.
+MAX_SIDE_LISTENERS = 16
 
 
 @dataclass
@@ -198,10 +201,12 @@ class Insights:
         *,
         grace: float = SIDE_LISTENER_GRACE,
         linger: float = SIDE_LISTENER_LINGER,
+        max_side_listeners: int = MAX_SIDE_LISTENERS,
     ) -> None:
         self.queue = queue
         self._grace = grace
         self._linger = linger
+        self._max_sides = max_side_listeners
         self._with_status: set[tuple[str, str]] = set()  # (build, ref) a client asked about
         self._sides: dict[tuple[str, str], _Side] = {}
         self._open: dict[str, int] = {}  # connections per build
@@ -248,6 +253,16 @@ class Insights:
 
     def _side_listen(self, key: tuple[str, str], listen: StatusListener) -> None:
         build_id, ref = key
+        if len(self._sides) >= self._max_sides:
+            log.info(
+                "build %s: %d side status listeners already; %s gets none, and its status is "
+                "not read",
+                build_id,
+                len(self._sides),
+                ref,
+            )
+            self.queue.lost(build_id)
+            return
         side = _Side()
         loop = asyncio.get_running_loop()
 
