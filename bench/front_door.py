@@ -168,24 +168,28 @@ class Stage:
     scratch: Path
 
 
-def run(plan: Plan, only: list[str] | None) -> list[str]:
-    """Run the front door scenarios that `only` selects (all without it); their descriptions."""
+def run(plan: Plan, only: list[str] | None, *, insights: bool = True) -> list[str]:
+    """Run the front door scenarios that `only` selects (all without it); their descriptions.
+    insights: the agent reads and reports the builds' status (its default), or not."""
     wanted = [s for s in SCENARIOS if not only or any(text in s for text in only)]
     if not wanted:
         return []
     if not DEPOT.exists():
         raise RuntimeError(f"the depot CLI is not installed at {DEPOT}: run `make install`")
     described = []
-    with _stage() as stage:
+    with _stage(insights) as stage:
         if THROUGHPUT in wanted:
-            described.append(throughput(stage, plan).describe())
+            described.append(
+                throughput(stage, plan).describe()
+                + f"\n  (the agent's build insights: {'on' if insights else 'off'})"
+            )
         if LATENCY in wanted:
             described.append(asyncio.run(latency(stage, plan)).describe())
     return described
 
 
 @contextmanager
-def _stage() -> Iterator[Stage]:
+def _stage(insights: bool) -> Iterator[Stage]:
     with running_engine() as engine, tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
         # GetEndpoint waits for the machine while the agent is still starting.
@@ -196,7 +200,7 @@ def _stage() -> Iterator[Stage]:
                 "depot.core.v1.ProjectService/CreateProject",
                 {"name": "front-door", "regionId": "us-east-1"},
             )["project"]["projectId"]
-            agent = _start_agent(server, engine, scratch)
+            agent = _start_agent(server, engine, scratch, insights)
             try:
                 yield Stage(engine, server, project_id, agent, scratch)
             finally:
@@ -511,7 +515,7 @@ def _call(server: servers.Server, path: str, body: dict[str, object]) -> dict[st
 
 
 def _start_agent(
-    server: servers.Server, engine: DockerEngine, scratch: Path
+    server: servers.Server, engine: DockerEngine, scratch: Path, insights: bool
 ) -> subprocess.Popen[bytes]:
     assert server.data_dir is not None
     made = subprocess.run(
@@ -530,6 +534,7 @@ def _start_agent(
                 "--platform", "amd64", "--advertise", f"127.0.0.1:{port}",
                 "--listen", f"127.0.0.1:{port}", "--docker-socket", str(engine.socket),
                 "--state-dir", str(scratch / "agent"),
+                "--build-insights", "on" if insights else "off",
             ],
             env={**os.environ, "DEPOT_API_AGENT_TOKEN": token},
             stdout=log,
@@ -541,8 +546,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small numbers")
     parser.add_argument("--only", metavar="TEXT", action="append")
+    parser.add_argument(
+        "--insights",
+        choices=("on", "off"),
+        default="on",
+        help="the agent's build insights (--build-insights); default on, as agents run",
+    )
     args = parser.parse_args()
-    for text in run(QUICK if args.quick else FULL, args.only):
+    for text in run(QUICK if args.quick else FULL, args.only, insights=args.insights == "on"):
         print(text, flush=True)
 
 

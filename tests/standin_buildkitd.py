@@ -9,7 +9,10 @@ worker of this host's platform, DiskUsage with one record of 1 MiB; every other 
 answered `unimplemented` (it cannot build). With the environment variable
 STANDIN_BUILDKITD_HANG set (to anything but ""), every other method is left unanswered instead,
 its stream open, as a daemon busy building would: a client's build then hangs in Solve until
-the stand-in dies.
+the stand-in dies. With STANDIN_BUILDKITD_STATUS set, `Control/Status` is answered as a build's
+would be: the StatusResponse messages of `status_responses(ref)` (vertexes and logs made from
+the request's ref, one of them spread over several DATA frames), then
+grpc-status 0.
 
 What it was given and when it ran are left in its --root directory for tests to inspect:
 
@@ -127,6 +130,8 @@ def accept(listener: socket.socket, root: str, debug: bool) -> None:
 
 
 HANG = "STANDIN_BUILDKITD_HANG"
+STATUS_ENV = "STANDIN_BUILDKITD_STATUS"
+STATUS = "/moby.buildkit.v1.Control/Status"
 LIST_WORKERS = "/moby.buildkit.v1.Control/ListWorkers"
 DISK_USAGE = "/moby.buildkit.v1.Control/DiskUsage"
 CACHE_BYTES = 1 << 20
@@ -145,6 +150,8 @@ def serve_grpc(conn: socket.socket, root: str) -> None:
     )
     connection.initiate_connection()
     hang = bool(os.environ.get(HANG))
+    status = bool(os.environ.get(STATUS_ENV))
+    requests: dict[int, bytes] = {}  # Status streams' request bytes, until the request ends
     try:
         conn.sendall(connection.data_to_send())
         while data := conn.recv(65536):
@@ -152,14 +159,21 @@ def serve_grpc(conn: socket.socket, root: str) -> None:
                 if isinstance(event, h2.events.RequestReceived):
                     path = dict(event.headers).get(":path", "")
                     append_event(root, f"grpc {path}")
-                    if not hang or path in (LIST_WORKERS, DISK_USAGE):
+                    if status and path == STATUS:
+                        requests[event.stream_id] = b""
+                    elif not hang or path in (LIST_WORKERS, DISK_USAGE):
                         answer_grpc(connection, event.stream_id, path)
                 elif isinstance(event, h2.events.DataReceived):
+                    if event.stream_id in requests:
+                        requests[event.stream_id] += event.data
                     # The client may still send on a stream this side has answered.
                     with contextlib.suppress(h2.exceptions.StreamClosedError):
                         connection.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id
                         )
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
+                    request = requests.pop(event.stream_id)
+                    answer_status(connection, event.stream_id, _first_string(request[5:]))
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     return
             conn.sendall(connection.data_to_send())
@@ -190,6 +204,46 @@ def answer_grpc(connection: Any, stream_id: int, path: str) -> None:
     connection.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
     connection.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message)
     connection.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+
+
+def answer_status(connection: Any, stream_id: int, ref: str) -> None:
+    """The StatusResponse messages of `ref`, each in DATA frames of at most 8000 bytes, then
+    trailers. (No padding: gRPC's C core refuses padded DATA frames.)"""
+    connection.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+    for message in status_responses(ref):
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        step = 8000
+        for at in range(0, len(framed), step):
+            connection.send_data(stream_id, framed[at : at + step])
+    connection.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+
+
+def status_responses(ref: str) -> list[bytes]:
+    """moby.buildkit.v1.StatusResponse messages for a ref: for each of three steps a vertex
+    (digest, name) and a log line (stream 1, its text), and one log of 40 000 bytes."""
+    messages = []
+    for n in range(1, 4):
+        digest = f"sha256:{ref}-step-{n}".encode()
+        vertex = _field(1, digest) + _field(3, f"[{n}/3] RUN echo {ref} {n}".encode())
+        log_line = _field(1, digest) + _varint(3 << 3) + _varint(1) + _field(4, f"{n}\n".encode())
+        messages.append(_field(1, vertex) + _field(3, log_line))
+    big = _field(1, f"sha256:{ref}-step-3".encode()) + _field(4, b"x" * 40_000)
+    messages.append(_field(3, big))
+    return messages
+
+
+def _first_string(message: bytes) -> str:
+    """Field 1 of a request that holds nothing else (StatusRequest's Ref)."""
+    if len(message) < 2 or message[0] != 0x0A:
+        return ""
+    length, at = 0, 1
+    for shift in range(0, 35, 7):
+        byte = message[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    return message[at : at + length].decode()
 
 
 def list_workers_response() -> bytes:

@@ -193,6 +193,10 @@ def test_server_urls_people_write_are_taken(server: str) -> None:
         ("--state-dir", "", "must not be empty"),
         ("--token", "dpm_a b", "must be a machine token"),
         ("--token", "", "must be a machine token"),
+        ("--build-insights", "maybe", "must be one of on, off"),
+        ("--insights-buffer-mb", "0", "must be a whole number from 1 to 4096"),
+        ("--insights-buffer-mb", "lots", "must be a whole number from 1 to 4096"),
+        ("--insights-buffer-mb", "4097", "must be a whole number from 1 to 4096"),
     ],
 )
 def test_a_bad_value_is_named_with_its_flag(flag: str, value: str, message: str) -> None:
@@ -208,6 +212,15 @@ def test_a_bad_variable_is_named() -> None:
     assert str(raised.value) == (
         'DEPOT_API_AGENT_CAPACITY "lots" must be a whole number from 0 to 1000'
     )
+
+
+def test_build_insights_are_on_by_default_and_bounded() -> None:
+    default = options(*REQUIRED).config
+    assert default.build_insights and default.insights_buffer_bytes == 64 << 20
+    chosen = options(*REQUIRED, "--build-insights", "OFF", "--insights-buffer-mb", "3").config
+    assert not chosen.build_insights and chosen.insights_buffer_bytes == 3 << 20
+    from_env = options(*REQUIRED, environ={**TOKEN, "DEPOT_API_AGENT_BUILD_INSIGHTS": "off"}).config
+    assert not from_env.build_insights
 
 
 def test_listen_may_leave_the_host_out() -> None:

@@ -115,26 +115,38 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-async def machine(tmp_path: Path) -> AsyncIterator[Machine]:
-    ca = new_project_ca("proj-a", now=NOW)
-    other_ca = new_project_ca("proj-b", now=NOW)
+def server_tls(directory: Path, ca: KeyPair) -> ssl.SSLContext:
+    """The front door's TLS for a binding of the project whose CA this is."""
     server = issue_server_cert(ca, SERVER_NAME, now=NOW, not_after=NOW + timedelta(days=1))
-    tls = tls_context(
-        write(tmp_path / "server.pem", server.cert_pem),
-        write(tmp_path / "server-key.pem", server.key_pem),
-        write(tmp_path / "ca.pem", ca.cert_pem),
+    return tls_context(
+        write(directory / "server.pem", server.cert_pem),
+        write(directory / "server-key.pem", server.key_pem),
+        write(directory / "ca.pem", ca.cert_pem),
     )
-    root = tmp_path / "root"
-    sock = tmp_path / "bk.sock"
+
+
+async def standin_daemon(directory: Path, env: dict[str, str] | None = None) -> Buildkitd:
+    """The stand-in daemon on <directory>/bk.sock, its record in <directory>/root, once up."""
+    root = directory / "root"
+    sock = directory / "bk.sock"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(STANDIN), "--addr", f"unix://{sock}", "--root", str(root)
-    )
+        sys.executable, str(STANDIN), "--addr", f"unix://{sock}", "--root", str(root),
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     for _ in range(200):
         if (root / "standin-started").exists():
             break
         await asyncio.sleep(0.02)
-    daemon = Buildkitd("b1nd1ng", process, sock, 0.0)
+    return Buildkitd("b1nd1ng", process, sock, 0.0)
+
+
+@pytest.fixture
+async def machine(tmp_path: Path) -> AsyncIterator[Machine]:
+    ca = new_project_ca("proj-a", now=NOW)
+    other_ca = new_project_ca("proj-b", now=NOW)
+    tls = server_tls(tmp_path, ca)
+    root = tmp_path / "root"
+    daemon = await standin_daemon(tmp_path)
     gate, log = Gatekeeper(), ConnectionLog()
     port = free_port()
     door = FrontDoor(f"127.0.0.1:{port}", gate, log, handshake_timeout=1.0)

@@ -43,6 +43,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
+from depot_api.agent.build_status import DEFAULT_CAP_BYTES, Batch, Insights, StatusQueue
 from depot_api.agent.control import DaemonUnavailable
 from depot_api.agent.daemons import (
     Buildkitd,
@@ -83,6 +84,10 @@ _DAEMON_BACKOFF = (1.0, 60.0)
 _DAEMON_HEALTHY_AFTER = 60.0
 _PR_SET_PDEATHSIG = 1
 _REPORTS_PER_CALL = 500  # what the server takes in one ReportConnections
+# Build status goes to the server this often while it answers; while it does not, retries
+# back off up to the cap, and the queue (bounded) holds what comes meanwhile.
+_STATUS_EVERY_SECONDS = 0.5
+_STATUS_BACKOFF = (1.0, 10.0)
 
 
 class Refused(Exception):
@@ -105,6 +110,9 @@ class AgentConfig:
     docker_socket: Path | None = None
     # How long a client may take to complete TLS and send its first bytes.
     handshake_timeout: float = 10.0
+    # Read the status BuildKit sends each build's client, and report it (build_status.py).
+    build_insights: bool = True
+    insights_buffer_bytes: int = DEFAULT_CAP_BYTES
 
     @property
     def daemon_name(self) -> str:
@@ -132,6 +140,8 @@ class Agent:
         self._server_trouble = Trouble(log)
         self._door_trouble = Trouble(log)
         self._connections = ConnectionLog()
+        self._status = StatusQueue(config.insights_buffer_bytes)
+        self._status_trouble = Trouble(log)
         self._door: FrontDoor | None = None
         self._rechecked_at = 0.0
 
@@ -147,7 +157,9 @@ class Agent:
                 lambda binding_id, build_id: self._admit(client, binding_id, build_id),
                 self._connections,
                 handshake_timeout=self._config.handshake_timeout,
+                insights=Insights(self._status) if self._config.build_insights else None,
             )
+            reporter = asyncio.create_task(self._report_build_status_forever(client, stop))
             try:
                 while not stop.is_set():
                     if not self._machine_id:
@@ -165,10 +177,13 @@ class Agent:
                     await self._recheck_connections()
                     await _wait(stop, self._interval)
             finally:
+                reporter.cancel()
                 await self._door.close()
                 await self._stop_daemon()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._report_connections(client), 2.0)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._report_build_status(client), 2.0)
         return 0
 
     async def _open_door(self) -> None:
@@ -234,6 +249,62 @@ class Agent:
                 return
             log.debug("connection reports not taken (%s: %s); kept for later", e.code.value, e)
             self._connections.retry(due)
+
+    async def _report_build_status_forever(
+        self, client: MachineServiceClient, stop: asyncio.Event
+    ) -> None:
+        """Apart from the heartbeats, so that a server slow to take status delays neither them
+        nor, through them, anything else; the front door only ever adds to the queue."""
+        backoff = Backoff(*_STATUS_BACKOFF)
+        while not stop.is_set():
+            delay = _STATUS_EVERY_SECONDS
+            if self._machine_id and not await self._report_build_status(client):
+                delay = backoff.next()
+            else:
+                backoff.reset()
+            await _wait(stop, delay)
+
+    async def _report_build_status(self, client: MachineServiceClient) -> bool:
+        """Send what the queue holds, a call per build's batch; False when the server did not
+        take it (it stays queued, at the front, for the next attempt)."""
+        batches = self._status.take()
+        for n, batch in enumerate(batches):
+            try:
+                await client.report_build_status(
+                    pb.ReportBuildStatusRequest(
+                        machine_id=self._machine_id, builds=[_status_batch(batch)]
+                    ),
+                    headers=self._headers,
+                )
+            except asyncio.CancelledError:
+                # Stopping: what was not acknowledged goes back, for the last report.
+                for unsent in batches[n:]:
+                    self._status.retry(unsent)
+                raise
+            except ConnectError as e:
+                if e.code in (Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.PERMISSION_DENIED):
+                    # Sending the same batch again would be refused again, forever.
+                    log.warning(
+                        "the server refused build %s's status (%s: %s); %d messages dropped",
+                        batch.build_id,
+                        e.code.value,
+                        e.message,
+                        len(batch.messages),
+                    )
+                    self._status.sent(batch)
+                    continue
+                self._status_trouble.report(
+                    e.code.value,
+                    f"build status not taken ({e.code.value}: {e.message}); kept, up to "
+                    f"{self._config.insights_buffer_bytes >> 20} MiB, and sent again",
+                )
+                for unsent in batches[n:]:
+                    self._status.retry(unsent)
+                return False
+            self._status.sent(batch)
+        if batches:
+            self._status_trouble.clear("the server takes build status again")
+        return True
 
     async def _recheck_connections(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -572,6 +643,15 @@ def _connection_report(c: Connection) -> pb.ConnectionReport:
         refusal=c.refusal,
         bytes_from_client=c.counts.from_client,
         bytes_to_client=c.counts.to_client,
+    )
+
+
+def _status_batch(batch: Batch) -> pb.BuildStatusBatch:
+    return pb.BuildStatusBatch(
+        build_id=batch.build_id,
+        status_responses=batch.messages,
+        dropped=batch.dropped,
+        side_listener=batch.side_listener,
     )
 
 

@@ -1,5 +1,6 @@
 """The agent's own calls to its BuildKit daemon's Control service, over a unix socket:
-readiness (ListWorkers), the cache's size (DiskUsage) and a cache reset (Prune).
+readiness (ListWorkers), the cache's size (DiskUsage), a cache reset (Prune), and a build's
+status (Status) for a client that never asks for it (build_status.py).
 
 Each check opens a fresh channel: a gRPC channel that once failed to connect waits out its
 own reconnect backoff (up to minutes), while a daemon that has just started should be seen
@@ -8,6 +9,7 @@ ready at the next heartbeat. A connection over a local socket costs well under a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,6 +62,22 @@ class Control:
                 raise DaemonUnavailable(_describe("Prune", e)) from None
         return freed
 
+    async def status(self, ref: str) -> AsyncIterator[bytes]:
+        """The Status stream of one ref: each StatusResponse as the daemon's bytes (they are
+        passed on undecoded, as the front door passes on the clients'). It ends when the solve
+        does; raises DaemonUnavailable when the call fails."""
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            call = channel.unary_stream(
+                _CONTROL + "Status",
+                request_serializer=_status_request,
+                response_deserializer=bytes,
+            )
+            try:
+                async for message in call(ref):
+                    yield message
+            except grpc.aio.AioRpcError as e:
+                raise DaemonUnavailable(_describe("Status", e)) from None
+
     async def _unary(self, method: str, request: Message, answer: type[_Answer]) -> _Answer:
         async with grpc.aio.insecure_channel(self._target) as channel:
             call = channel.unary_unary(
@@ -76,6 +94,20 @@ class Control:
 
 def _serialize(message: Message) -> bytes:
     return message.to_binary()
+
+
+def _status_request(ref: str) -> bytes:
+    """moby.buildkit.v1.StatusRequest{Ref=1}, encoded by hand: the message is not among the
+    generated ones, and one string field needs no more."""
+    data = ref.encode()
+    length = bytearray()
+    n = len(data)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x0a" + bytes(length) + data
 
 
 def _describe(method: str, e: grpc.aio.AioRpcError) -> str:

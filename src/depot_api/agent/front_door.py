@@ -16,6 +16,10 @@ Every connection, admitted or not, is recorded (`ConnectionLog`) for the server.
 connections are asked about again while they last (`recheck`): a build that ended or was
 canceled loses its connections, and so does every connection of a binding the agent no
 longer serves.
+
+With build insights on, each admitted connection is also read, as forwarded, by a passive
+HTTP/2 reader (build_status.py, http2_reader.py): the status BuildKit sends the build's client
+is kept for the server. Reading never changes, delays or breaks the forwarding.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from depot_api.agent.build_status import Insights
 from depot_api.agent.daemons import Daemon, DaemonFailed
 from depot_api.agent.splice import Counts, splice
 
@@ -141,6 +146,7 @@ class FrontDoor:
         *,
         handshake_timeout: float = 10.0,
         max_waiting: int = 256,
+        insights: Insights | None = None,
     ) -> None:
         host, port = listen.rsplit(":", 1)
         self._host = host.strip("[]") or None
@@ -148,6 +154,7 @@ class FrontDoor:
         self._admit = admit
         self._connections = connections
         self._handshake_timeout = handshake_timeout
+        self._insights = insights
         # Connections not yet past the gates: each costs a socket and a TLS state for up to
         # the handshake timeout, so a flood of them is refused at once beyond this many.
         self._max_waiting = max_waiting
@@ -215,6 +222,8 @@ class FrontDoor:
             task.cancel()
         if self._forwarding:
             await asyncio.wait([task for _, task in self._forwarding.values()], timeout=5)
+        if self._insights is not None:
+            await self._insights.close()
 
     async def _serve(self, transport: asyncio.Transport) -> None:
         door = self._door
@@ -259,13 +268,26 @@ class FrontDoor:
             task = asyncio.current_task()
             assert task is not None
             self._forwarding[connection.id] = (connection, task)
+            insights = self._insights
+            status = (
+                insights.reader(connection.build_id, door.daemon.control.status)
+                if insights is not None
+                else None
+            )
             try:
-                await splice((reader, writer), daemon, connection.counts)
+                await splice(
+                    (reader, writer),
+                    daemon,
+                    connection.counts,
+                    None if status is None else (status.from_client, status.from_daemon),
+                )
             except asyncio.CancelledError:
                 if not connection.refusal.startswith("cut:"):
                     raise  # the agent is stopping
             finally:
                 del self._forwarding[connection.id]
+                if insights is not None and status is not None:
+                    insights.closed(connection.build_id, status)
         finally:
             transport.abort()  # after the splice or a refusal, already closed: a no-op
             self._connections.closed(connection)

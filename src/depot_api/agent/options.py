@@ -18,6 +18,7 @@ from depot_api.agent.agent import AgentConfig
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _PLATFORMS = ("amd64", "arm64")
 _MAX_CAPACITY = 1000  # what the server accepts at registration
+_MAX_BUFFER_MB = 4096
 # What the server accepts as an endpoint: a host name or IPv4 address, or [IPv6].
 _HOST = r"[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]"
 
@@ -84,6 +85,20 @@ _OPTIONS = (
         f"builds at once, 0-{_MAX_CAPACITY}, reported to the server (informational: a machine "
         "serves one project, and all its builds of the platform share it)",
         "1",
+    ),
+    _Option(
+        "build_insights",
+        "{on,off}",
+        "read the BuildKit status that each build's client receives and report its steps and "
+        "logs to the server",
+        "on",
+    ),
+    _Option(
+        "insights_buffer_mb",
+        "MB",
+        "the most build status, in MiB, held while the server has not taken it "
+        f"(1-{_MAX_BUFFER_MB}); past it the oldest is dropped and counted",
+        "64",
     ),
     _Option("log_level", "LEVEL", "one of " + ", ".join(_LOG_LEVELS), "info"),
 )
@@ -155,6 +170,8 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         state_dir=Path(_not_empty(*given["state_dir"])),
         capacity=_capacity(*given["capacity"]),
         docker_socket=None if docker_socket is None else Path(_not_empty(*docker_socket)),
+        build_insights=_one_of(*given["build_insights"], ("on", "off")) == "on",
+        insights_buffer_bytes=_buffer_mb(*given["insights_buffer_mb"]) << 20,
     )
     return AgentOptions(config, _one_of(*given["log_level"], _LOG_LEVELS).lower())
 
@@ -204,6 +221,16 @@ def _capacity(value: str, source: str) -> int:
     if not 0 <= capacity <= _MAX_CAPACITY:
         raise BadOption(f'{source} "{value}" must be a whole number from 0 to {_MAX_CAPACITY}')
     return capacity
+
+
+def _buffer_mb(value: str, source: str) -> int:
+    try:
+        megabytes = int(value)
+    except ValueError:
+        megabytes = 0
+    if not 1 <= megabytes <= _MAX_BUFFER_MB:
+        raise BadOption(f'{source} "{value}" must be a whole number from 1 to {_MAX_BUFFER_MB}')
+    return megabytes
 
 
 def _token(value: str, source: str) -> str:
