@@ -5,9 +5,11 @@ what the BuildKit agents report with their status messages (ReportBuildStatus `d
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 
 import pytest
+import yaml
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
@@ -16,6 +18,11 @@ from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
 from ..conftest import InProcessAPI, bearer, raw_post
 from .test_insights import FIRST_BUILD
 from .test_machine_connections import Machine, _serving
+
+# The shape the served OpenAPI document gives the view.
+DOCUMENTED = yaml.safe_load(resources.files("depot_api").joinpath("openapi.yaml").read_bytes())[
+    "components"
+]["schemas"]["InsightsCompleteness"]
 
 
 async def _report(machine: Machine, *, dropped: int = 0, side_listener: bool = False) -> None:
@@ -73,6 +80,7 @@ async def test_the_build_says_whether_its_insights_are_complete(
     assert got["insights"] == expected
     assert listed["insights"] == expected
     assert (got["totalSteps"], got["cachedSteps"]) == (3, 0)
+    assert set(got["insights"]) == set(DOCUMENTED["required"]) == set(DOCUMENTED["properties"])
 
 
 async def test_no_insights_shown_before_anything_is_reported(api: InProcessAPI) -> None:
