@@ -65,6 +65,10 @@ def before_generate_body(
         fields["name"] = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1)
         if ids.get("organizationId"):
             fields["organizationId"] = st.sampled_from(ids["organizationId"])
+    if method == "AddTrustPolicy" and ids.get("projectId"):
+        # A well-formed policy for a real project: generated names are almost never valid.
+        policy = st.tuples(strategy, st.sampled_from(ids["projectId"]), _TRUST_POLICIES)
+        return st.one_of(strategy, policy.map(_with_policy))
     if method == "FinishBuild" and ids.get("finishBuildId"):
         # One valid outcome, in either shape: most generated bodies have none or several.
         finish = st.tuples(
@@ -105,6 +109,32 @@ _OUTCOMES: list[dict[str, Any]] = [
     {"success": {}},
     {"error": {"error": "generated failure"}},
 ]
+
+
+_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+_TRUST_POLICIES = st.one_of(
+    st.fixed_dictionaries(
+        {"github": st.fixed_dictionaries({"repositoryOwner": _NAME, "repository": _NAME})}
+    ),
+    st.fixed_dictionaries(
+        {
+            "circleci": st.fixed_dictionaries(
+                {"organizationUuid": st.uuids().map(str), "projectUuid": st.uuids().map(str)}
+            )
+        }
+    ),
+    st.fixed_dictionaries(
+        {"buildkite": st.fixed_dictionaries({"organizationSlug": _NAME, "pipelineSlug": _NAME})}
+    ),
+)
+
+
+def _with_policy(drawn: tuple[Any, str, dict[str, Any]]) -> Any:
+    body, project_id, policy = drawn
+    if not isinstance(body, dict):
+        return body
+    rest = {k: v for k, v in body.items() if k not in ("github", "circleci", "buildkite")}
+    return {**rest, "projectId": project_id, **policy}
 
 
 def _finished(drawn: tuple[Any, str, dict[str, Any]]) -> Any:

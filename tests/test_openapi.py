@@ -2,8 +2,9 @@
 
 The deep check is the contract fuzzing run (campaigns/contract_fuzz.py, `make fuzz-contract`):
 Schemathesis against a real server. These tests keep the document honest between runs: it is
-what the server serves, it still contains the whole seed specification, and every path in it
-is an RPC the application answers.
+what the server serves, it still contains the whole seed specification, every path in it
+is an RPC the application answers, and every unary RPC served is in it (but for the services
+left out on purpose, named below with why).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from depot_api.config import Settings
+from depot_api.services import served
 
 from .conftest import InProcessAPI, raw_post
 
@@ -28,6 +30,16 @@ SEED: dict[str, Any] = yaml.safe_load(
 )
 # Prose the document may extend (the seed's text first, then ours); everything else is exact.
 EXTENSIBLE_TEXT = {"description", "summary"}
+# Served services whose RPCs the document leaves out (as its description says), and why.
+UNDOCUMENTED_SERVICES = {
+    # The depot CLI's own services: its private protocol, not an API to call by hand.
+    "depot.cli.v1.BuildService",
+    "depot.cli.v1.PushService",
+    "depot.cli.v1beta1.LoginService",
+    "depot.cli.v1beta1.ProjectsService",
+    # The BuildKit agents' service: machine tokens only.
+    "depotapi.machine.v1.MachineService",
+}
 
 
 def missing_from(seed: Any, document: Any, where: str = "") -> list[str]:
@@ -161,3 +173,47 @@ async def test_a_form_post_gets_the_documented_415_on_every_documented_path(
         )
     expected = (415, "application/json", True, True, True)
     assert {path: answer for path, answer in answers.items() if answer != expected} == {}
+
+
+def served_unary_rpcs(api: InProcessAPI) -> dict[str, set[str]]:
+    """Each served service's unary RPCs as document paths (streaming calls have no plain JSON
+    view, so no document can list them)."""
+    rpcs: dict[str, set[str]] = {}
+    for service in served(api.app.domain, api.settings):
+        [described] = service.descriptor.services
+        rpcs[described.type_name] = {
+            f"/{described.type_name}/{method.name}"
+            for method in described.methods
+            if method.method_kind == "unary"
+        }
+    return rpcs
+
+
+def undocumented(rpcs: dict[str, set[str]], documented: set[str]) -> set[str]:
+    """The served RPCs the document should list and does not."""
+    return {
+        path
+        for name, paths in rpcs.items()
+        if name not in UNDOCUMENTED_SERVICES
+        for path in paths - documented
+    }
+
+
+async def test_every_served_rpc_is_documented(api: InProcessAPI) -> None:
+    """A new RPC (or service) must be added to the document, or its service named in
+    UNDOCUMENTED_SERVICES with the reason. The trust policy RPCs were once served for a
+    while without being documented."""
+    rpcs = served_unary_rpcs(api)
+    documented = set(DOCUMENT["paths"])
+    assert undocumented(rpcs, documented) == set()
+    # Nothing of a left-out service is documented, and every one left out is still served.
+    assert set(rpcs) >= UNDOCUMENTED_SERVICES
+    leaked = {path for name in UNDOCUMENTED_SERVICES for path in rpcs[name] & documented}
+    assert leaked == set()
+
+
+async def test_the_completeness_check_catches_a_missing_rpc(api: InProcessAPI) -> None:
+    removed = "/depot.core.v1.ProjectService/AddTrustPolicy"
+    documented = set(DOCUMENT["paths"])
+    assert removed in documented
+    assert undocumented(served_unary_rpcs(api), documented - {removed}) == {removed}

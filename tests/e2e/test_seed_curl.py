@@ -53,7 +53,7 @@ SEED_BUILD_STATUSES = {
     "BUILD_STATUS_CANCELED",
 }
 # What this server adds beyond the seed (the real API's fields; see the protos).
-EXTRA_BUILD_KEYS = {"startedAt", "finishedAt"}
+EXTRA_BUILD_KEYS = {"startedAt", "finishedAt", "insights"}
 
 # --flag for curl, and the %{http_version} curl must report for it.
 HTTP_VERSIONS = {

@@ -122,6 +122,20 @@ def seed_build_message(build: Build, insights: BuildInsights | None) -> pb.Build
         total_steps=None if insights is None else insights.total_steps,
         started_at=optional_micros_timestamp(build.started_us),
         finished_at=optional_micros_timestamp(build.finished_us),
+        insights=None if insights is None else _completeness(insights),
+    )
+
+
+# The largest count the int32 field can carry; an agent's count (int64) is shown at most this.
+_MAX_INT32 = 2**31 - 1
+
+
+def _completeness(insights: BuildInsights) -> pb.InsightsCompleteness:
+    """The flags the reference protos have no field for, in the seed's own Build view."""
+    return pb.InsightsCompleteness(
+        complete=not insights.incomplete,
+        dropped_messages=min(insights.dropped, _MAX_INT32),
+        side_listener=insights.side_listener,
     )
 
 

@@ -556,7 +556,7 @@ class GetBuildRequest(Message[_GetBuildRequestFields]):
 
         build_id: str
 
-_BuildFields: TypeAlias = Literal["build_id", "project_id", "status", "created_at", "build_duration_seconds", "saved_duration_seconds", "cached_steps", "total_steps", "started_at", "finished_at"]
+_BuildFields: TypeAlias = Literal["build_id", "project_id", "status", "created_at", "build_duration_seconds", "saved_duration_seconds", "cached_steps", "total_steps", "started_at", "finished_at", "insights"]
 
 class Build(Message[_BuildFields]):
     """
@@ -609,9 +609,16 @@ class Build(Message[_BuildFields]):
             ```proto
             optional google.protobuf.Timestamp finished_at = 10;
             ```
+        insights:
+            Beyond the seed: how far the insights above (saved time, step counts, GetBuildSteps) can
+            be trusted; set with them, once anything was reported of the build's steps.
+
+            ```proto
+            optional depot.build.v1.InsightsCompleteness insights = 11;
+            ```
     """
 
-    __slots__ = ("build_id", "project_id", "status", "created_at", "build_duration_seconds", "saved_duration_seconds", "cached_steps", "total_steps", "started_at", "finished_at")
+    __slots__ = ("build_id", "project_id", "status", "created_at", "build_duration_seconds", "saved_duration_seconds", "cached_steps", "total_steps", "started_at", "finished_at", "insights")
 
     if TYPE_CHECKING:
 
@@ -628,6 +635,7 @@ class Build(Message[_BuildFields]):
             total_steps: int | None = None,
             started_at: Timestamp | None = None,
             finished_at: Timestamp | None = None,
+            insights: InsightsCompleteness | None = None,
         ) -> None:
             pass
 
@@ -641,6 +649,57 @@ class Build(Message[_BuildFields]):
         total_steps: int
         started_at: Timestamp | None
         finished_at: Timestamp | None
+        insights: InsightsCompleteness | None
+
+_InsightsCompletenessFields: TypeAlias = Literal["complete", "dropped_messages", "side_listener"]
+
+class InsightsCompleteness(Message[_InsightsCompletenessFields]):
+    """
+    Beyond the seed: what the BuildKit agents said of their own view of a build. Every field is
+    set (JSON shows false and 0 too).
+
+    ```proto
+    message depot.build.v1.InsightsCompleteness
+    ```
+
+    Attributes:
+        complete:
+            False when an agent had to drop status messages: some steps or logs may be missing.
+
+            ```proto
+            optional bool complete = 1;
+            ```
+        dropped_messages:
+            The status messages dropped (the largest count an agent reported for the build).
+
+            ```proto
+            optional int32 dropped_messages = 2;
+            ```
+        side_listener:
+            An agent listened from the side of a build it did not start: the build's first steps may
+            be missing (the insights may be partial).
+
+            ```proto
+            optional bool side_listener = 3;
+            ```
+    """
+
+    __slots__ = ("complete", "dropped_messages", "side_listener")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            complete: bool | None = None,
+            dropped_messages: int | None = None,
+            side_listener: bool | None = None,
+        ) -> None:
+            pass
+
+        complete: bool
+        dropped_messages: int
+        side_listener: bool
 
 _ListBuildsRequestFields: TypeAlias = Literal["project_id", "page_size", "page_token"]
 
@@ -761,7 +820,7 @@ class BuildStatus(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1adepot/build/v1/build.proto\x12\x0edepot.build.v1\x1a\x1fgoogle/protobuf/timestamp.proto"3\n\x12CreateBuildRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"Q\n\x13CreateBuildResponse\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1f\n\x0bbuild_token\x18\x02 \x01(\tR\nbuildToken"\xef\x03\n\x12FinishBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12K\n\x07success\x18\x02 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x03 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05error\x12A\n\x06result\x18d \x01(\x0b2).depot.build.v1.FinishBuildRequest.ResultR\x06result\x1a\x0e\n\x0cBuildSuccess\x1a"\n\nBuildError\x12\x14\n\x05error\x18\x01 \x01(\tR\x05error\x1a\xa7\x01\n\x06Result\x12K\n\x07success\x18\x01 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x02 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05errorB\t\n\x07outcomeB\t\n\x07outcome"\x15\n\x13FinishBuildResponse"\xb3\x01\n\x14GetBuildStepsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12 \n\tpage_size\x18\x03 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x04 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xee\x04\n\x15GetBuildStepsResponse\x12P\n\x0bbuild_steps\x18\x01 \x03(\x0b2/.depot.build.v1.GetBuildStepsResponse.BuildStepR\nbuildSteps\x12+\n\x0fnext_page_token\x18\x02 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1a\xc1\x03\n\tBuildStep\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06digest\x18\x02 \x01(\tR\x06digest\x129\n\nstarted_at\x18\x03 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12B\n\x0ccompleted_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\x0bcompletedAt\x88\x01\x01\x12[\n\x0bcache_state\x18\x05 \x01(\x0e2:.depot.build.v1.GetBuildStepsResponse.BuildStep.CacheStateR\ncacheState\x12\x19\n\x05error\x18\x06 \x01(\tH\x01R\x05error\x88\x01\x01\x12\x19\n\x08has_logs\x18\x07 \x01(\x08R\x07hasLogs"[\n\nCacheState\x12\x1b\n\x17CACHE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14CACHE_STATE_UNCACHED\x10\x01\x12\x16\n\x12CACHE_STATE_CACHED\x10\x02B\x0f\n\r_completed_atB\x08\n\x06_errorB\x12\n\x10_next_page_token"\xe2\x01\n\x17GetBuildStepLogsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12*\n\x11build_step_digest\x18\x03 \x01(\tR\x0fbuildStepDigest\x12 \n\tpage_size\x18\x04 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x05 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xf8\x01\n\x18GetBuildStepLogsResponse\x12@\n\x04logs\x18\x01 \x03(\x0b2,.depot.build.v1.GetBuildStepLogsResponse.LogR\x04logs\x12+\n\x0fnext_page_token\x18\x06 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1aY\n\x03Log\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestampB\x12\n\x10_next_page_token",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"\xed\x04\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.depot.build.v1.BuildStatusR\x06status\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\x16build_duration_seconds\x18\x05 \x01(\x01H\x00R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x06 \x01(\x01H\x01R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x07 \x01(\x05H\x02R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\x08 \x01(\x05H\x03R\ntotalSteps\x88\x01\x01\x12>\n\nstarted_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x05R\nfinishedAt\x88\x01\x01B\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_stepsB\r\n\x0b_started_atB\x0e\n\x0c_finished_at"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"k\n\x12ListBuildsResponse\x12-\n\x06builds\x18\x01 \x03(\x0b2\x15.depot.build.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x94\x01\n\x0bBuildStatus\x12\x1c\n\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14BUILD_STATUS_RUNNING\x10\x01\x12\x19\n\x15BUILD_STATUS_FINISHED\x10\x02\x12\x17\n\x13BUILD_STATUS_FAILED\x10\x03\x12\x19\n\x15BUILD_STATUS_CANCELED\x10\x042\x9c\x04\n\x0cBuildService\x12V\n\x0bCreateBuild\x12".depot.build.v1.CreateBuildRequest\x1a#.depot.build.v1.CreateBuildResponse\x12V\n\x0bFinishBuild\x12".depot.build.v1.FinishBuildRequest\x1a#.depot.build.v1.FinishBuildResponse\x12\\\n\rGetBuildSteps\x12$.depot.build.v1.GetBuildStepsRequest\x1a%.depot.build.v1.GetBuildStepsResponse\x12e\n\x10GetBuildStepLogs\x12\'.depot.build.v1.GetBuildStepLogsRequest\x1a(.depot.build.v1.GetBuildStepLogsResponse\x12B\n\x08GetBuild\x12\x1f.depot.build.v1.GetBuildRequest\x1a\x15.depot.build.v1.Build\x12S\n\nListBuilds\x12!.depot.build.v1.ListBuildsRequest\x1a".depot.build.v1.ListBuildsResponseb\x06proto3',
+    b'\n\x1adepot/build/v1/build.proto\x12\x0edepot.build.v1\x1a\x1fgoogle/protobuf/timestamp.proto"3\n\x12CreateBuildRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"Q\n\x13CreateBuildResponse\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1f\n\x0bbuild_token\x18\x02 \x01(\tR\nbuildToken"\xef\x03\n\x12FinishBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12K\n\x07success\x18\x02 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x03 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05error\x12A\n\x06result\x18d \x01(\x0b2).depot.build.v1.FinishBuildRequest.ResultR\x06result\x1a\x0e\n\x0cBuildSuccess\x1a"\n\nBuildError\x12\x14\n\x05error\x18\x01 \x01(\tR\x05error\x1a\xa7\x01\n\x06Result\x12K\n\x07success\x18\x01 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x02 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05errorB\t\n\x07outcomeB\t\n\x07outcome"\x15\n\x13FinishBuildResponse"\xb3\x01\n\x14GetBuildStepsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12 \n\tpage_size\x18\x03 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x04 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xee\x04\n\x15GetBuildStepsResponse\x12P\n\x0bbuild_steps\x18\x01 \x03(\x0b2/.depot.build.v1.GetBuildStepsResponse.BuildStepR\nbuildSteps\x12+\n\x0fnext_page_token\x18\x02 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1a\xc1\x03\n\tBuildStep\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06digest\x18\x02 \x01(\tR\x06digest\x129\n\nstarted_at\x18\x03 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12B\n\x0ccompleted_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\x0bcompletedAt\x88\x01\x01\x12[\n\x0bcache_state\x18\x05 \x01(\x0e2:.depot.build.v1.GetBuildStepsResponse.BuildStep.CacheStateR\ncacheState\x12\x19\n\x05error\x18\x06 \x01(\tH\x01R\x05error\x88\x01\x01\x12\x19\n\x08has_logs\x18\x07 \x01(\x08R\x07hasLogs"[\n\nCacheState\x12\x1b\n\x17CACHE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14CACHE_STATE_UNCACHED\x10\x01\x12\x16\n\x12CACHE_STATE_CACHED\x10\x02B\x0f\n\r_completed_atB\x08\n\x06_errorB\x12\n\x10_next_page_token"\xe2\x01\n\x17GetBuildStepLogsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12*\n\x11build_step_digest\x18\x03 \x01(\tR\x0fbuildStepDigest\x12 \n\tpage_size\x18\x04 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x05 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xf8\x01\n\x18GetBuildStepLogsResponse\x12@\n\x04logs\x18\x01 \x03(\x0b2,.depot.build.v1.GetBuildStepLogsResponse.LogR\x04logs\x12+\n\x0fnext_page_token\x18\x06 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1aY\n\x03Log\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestampB\x12\n\x10_next_page_token",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"\xaf\x05\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.depot.build.v1.BuildStatusR\x06status\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\x16build_duration_seconds\x18\x05 \x01(\x01H\x00R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x06 \x01(\x01H\x01R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x07 \x01(\x05H\x02R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\x08 \x01(\x05H\x03R\ntotalSteps\x88\x01\x01\x12>\n\nstarted_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x05R\nfinishedAt\x88\x01\x01\x12@\n\x08insights\x18\x0b \x01(\x0b2$.depot.build.v1.InsightsCompletenessR\x08insightsB\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_stepsB\r\n\x0b_started_atB\x0e\n\x0c_finished_at"\xc5\x01\n\x14InsightsCompleteness\x12\x1f\n\x08complete\x18\x01 \x01(\x08H\x00R\x08complete\x88\x01\x01\x12.\n\x10dropped_messages\x18\x02 \x01(\x05H\x01R\x0fdroppedMessages\x88\x01\x01\x12(\n\rside_listener\x18\x03 \x01(\x08H\x02R\x0csideListener\x88\x01\x01B\x0b\n\t_completeB\x13\n\x11_dropped_messagesB\x10\n\x0e_side_listener"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"k\n\x12ListBuildsResponse\x12-\n\x06builds\x18\x01 \x03(\x0b2\x15.depot.build.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x94\x01\n\x0bBuildStatus\x12\x1c\n\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14BUILD_STATUS_RUNNING\x10\x01\x12\x19\n\x15BUILD_STATUS_FINISHED\x10\x02\x12\x17\n\x13BUILD_STATUS_FAILED\x10\x03\x12\x19\n\x15BUILD_STATUS_CANCELED\x10\x042\x9c\x04\n\x0cBuildService\x12V\n\x0bCreateBuild\x12".depot.build.v1.CreateBuildRequest\x1a#.depot.build.v1.CreateBuildResponse\x12V\n\x0bFinishBuild\x12".depot.build.v1.FinishBuildRequest\x1a#.depot.build.v1.FinishBuildResponse\x12\\\n\rGetBuildSteps\x12$.depot.build.v1.GetBuildStepsRequest\x1a%.depot.build.v1.GetBuildStepsResponse\x12e\n\x10GetBuildStepLogs\x12\'.depot.build.v1.GetBuildStepLogsRequest\x1a(.depot.build.v1.GetBuildStepLogsResponse\x12B\n\x08GetBuild\x12\x1f.depot.build.v1.GetBuildRequest\x1a\x15.depot.build.v1.Build\x12S\n\nListBuilds\x12!.depot.build.v1.ListBuildsRequest\x1a".depot.build.v1.ListBuildsResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -782,6 +841,7 @@ _DESC = file_desc(
         "GetBuildStepLogsResponse.Log": GetBuildStepLogsResponse.Log,
         "GetBuildRequest": GetBuildRequest,
         "Build": Build,
+        "InsightsCompleteness": InsightsCompleteness,
         "ListBuildsRequest": ListBuildsRequest,
         "ListBuildsResponse": ListBuildsResponse,
         "BuildStatus": BuildStatus,
