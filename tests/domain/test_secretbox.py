@@ -69,6 +69,8 @@ def test_wrong_key_is_refused() -> None:
 @pytest.mark.parametrize(
     "key",
     [b"", b"too-short", base64.urlsafe_b64encode(b"\0" * 31), b"!" * 44, os.urandom(32)],
+    # Named, not shown: a random value in a test's ID differs between parallel workers.
+    ids=["empty", "too-short", "31-bytes", "not-base64", "raw-random-bytes"],
 )
 def test_malformed_keys_are_refused(key: bytes) -> None:
     with pytest.raises(ValueError, match="not a Fernet key"):
