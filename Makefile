@@ -23,8 +23,10 @@ $(NODE_E2E)/node_modules/.installed: $(NODE_E2E)/package.json $(NODE_E2E)/packag
 run: $(STAMP)
 	$(BIN)/depot-api serve
 
+# Two workers: most end-to-end tests wait on server processes, agents and real clients, so two
+# run in about the time of one. worksteal evens out the long tests at the end.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist worksteal
 
 # The in-process tests only (no server processes, agents or real clients): a quick loop.
 test-fast: $(STAMP)
