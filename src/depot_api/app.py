@@ -29,6 +29,7 @@ from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
 from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
+from depot_api.api.observing import Observer
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.api.server_shims import (
@@ -112,6 +113,7 @@ class DepotAPI:
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
         self._max_bytes = max_bytes
+        self.observer = Observer(self._routes, self._catalog.knows, _PLAIN_ROUTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -119,7 +121,7 @@ class DepotAPI:
             # Counted so that a draining process knows when its last call has ended.
             self._in_flight += 1
             try:
-                await self._http(scope, receive, send)
+                await self.observer(scope, receive, send, self._http)
             finally:
                 self._in_flight -= 1
         elif kind == "lifespan":

@@ -6,5 +6,5 @@ from depot_api.config import Settings
 from depot_api.logs import configure_logging
 
 _settings = Settings.from_env()
-configure_logging(_settings.log_level)
+configure_logging(_settings.log_level, _settings.log_format)
 app = create_app(_settings)

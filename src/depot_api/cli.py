@@ -455,7 +455,7 @@ def _when(at: datetime | None) -> str:
 
 async def _serve(settings: Settings) -> int:
     check_tls_files(settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # First of all: a server refused its port must not have touched the data directory.
     with claim_address(settings.host, settings.port):
         secret = await prepare(settings)
@@ -488,7 +488,7 @@ async def _agent(args: argparse.Namespace) -> int:
         print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
     # Only now: what went before is printed, and in-process callers keep their own logging.
-    configure_logging(options.log_level)
+    configure_logging(options.log_level, options.log_format)
     try:
         status = await Agent(config).run(stop)
     except Refused as e:
