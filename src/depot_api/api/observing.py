@@ -14,6 +14,7 @@ an HTTP status (the plain routes).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import re
@@ -21,10 +22,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
+from depot_api import tracing
 from depot_api.api.asgi import ASGIMessage, Receive, Scope, Send, media_type
 from depot_api.domain.principal import Principal
 from depot_api.domain.token_format import PREFIXES
+from depot_api.metrics import RPC_DURATION, RPC_REQUESTS
 
 log = logging.getLogger("depot_api.requests")
 
@@ -56,6 +60,7 @@ _HTTP_CODES = {
     502: "unavailable", 503: "unavailable", 504: "unavailable",
 }  # fmt: skip
 _GRPC_WEB_STATUS = re.compile(rb"grpc-status:\s*(\d+)")
+_NO_SPAN: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
 
 @dataclass(slots=True)
@@ -155,7 +160,7 @@ class Observer:
         self._services = frozenset(services)
         self._knows_method = knows_method
         self._plain_routes = frozenset(plain_routes)
-        self._ended: list[Ended] = [log_line]
+        self._ended: list[Ended] = [log_line, count_call]
 
     def on_end(self, ended: Ended) -> None:
         self._ended.append(ended)
@@ -199,16 +204,32 @@ class Observer:
             await send(message)
 
         reset = _current.set(record)
-        try:
-            await handle(scope, receive, observed_send)
-        finally:
-            _current.reset(reset)
-            duration = time.perf_counter() - record.started
-            for ended in self._ended:
-                try:
-                    ended(record, duration)
-                except Exception:  # what is observed must never break the call
-                    log.exception("observing a request failed")
+        spanning: contextlib.AbstractContextManager[Any] = _NO_SPAN
+        if tracing.enabled():
+            spanning = tracing.rpc_server_span(
+                f"{service}/{method}",
+                scope.get("headers", ()),
+                {
+                    "rpc.system": "http" if service == PLAIN_HTTP else "connect_rpc",
+                    "rpc.service": service,
+                    "rpc.method": method,
+                    "depot_api.protocol": protocol,
+                    "depot_api.request_id": record.request_id,
+                },
+            )
+        with spanning as span:
+            try:
+                await handle(scope, receive, observed_send)
+            finally:
+                _current.reset(reset)
+                duration = time.perf_counter() - record.started
+                if span is not None:
+                    tracing.end_rpc_span(span, record.code, _principal_attributes(record))
+                for ended in self._ended:
+                    try:
+                        ended(record, duration)
+                    except Exception:  # what is observed must never break the call
+                        log.exception("observing a request failed")
 
 
 def _grpc_status(headers: Collection[tuple[bytes, bytes]]) -> str | None:
@@ -216,6 +237,19 @@ def _grpc_status(headers: Collection[tuple[bytes, bytes]]) -> str | None:
         if name.lower() == b"grpc-status":
             return bytes(value).decode("ascii", "replace")
     return None
+
+
+def _principal_attributes(record: CallRecord) -> dict[str, str]:
+    principal = record.principal
+    if principal is None:
+        return {}
+    return {"depot_api.principal.kind": principal.kind.value,
+            "depot_api.principal.id": principal.token_id}  # fmt: skip
+
+
+def count_call(record: CallRecord, duration: float) -> None:
+    RPC_REQUESTS.labels(record.service, record.method, record.protocol, record.code).inc()
+    RPC_DURATION.labels(record.service, record.method, record.protocol).observe(duration)
 
 
 def log_line(record: CallRecord, duration: float) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from depot_api.metrics import DB_CONNECTIONS_IN_USE, DB_TRANSACTION
 from depot_api.store.driver import (
     POSTGRES_COMMAND_TIMEOUT_S,
     POSTGRES_CONNECT_TIMEOUT_S,
@@ -36,6 +38,7 @@ from depot_api.store.driver import (
 )
 from depot_api.store.errors import DatabaseUnusable, StoreUnavailable
 from depot_api.store.urls import normalize_url
+from depot_api.tracing import transaction_span
 
 # PostgreSQL's error codes (SQLSTATE) for a database that does not exist, and for a login
 # refused (no such role, a wrong password).
@@ -58,15 +61,38 @@ class Database:
         # Migrations and the start-up lock only (store.migrating).
         self.engine = create_engine(self.url)
 
-    def read(self) -> AbstractAsyncContextManager[Session]:
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Session]:
         """A session for single statements, each its own transaction: reads, and on
         PostgreSQL a write that is one statement (SQLite's writers wait for the write lock
-        in write() only)."""
-        return self._driver.read()
+        in write() only). Timed, and counted as a connection in use (metrics.py)."""
+        async with self._observed("read", self._driver.read()) as session:
+            yield session
 
-    def write(self) -> AbstractAsyncContextManager[Session]:
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Session]:
         """A transaction that commits when the block ends and rolls back if it raises."""
-        return self._driver.write()
+        async with self._observed("write", self._driver.write()) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _observed(
+        self, kind: str, opening: AbstractAsyncContextManager[Session]
+    ) -> AsyncIterator[Session]:
+        outcome = "rollback" if kind == "write" else "error"
+        with transaction_span(kind, self.dialect_name):
+            started = time.perf_counter()
+            try:
+                async with opening as session:
+                    DB_CONNECTIONS_IN_USE.inc()
+                    try:
+                        yield session
+                    finally:
+                        DB_CONNECTIONS_IN_USE.dec()
+                # Past the driver's block: the commit is done (a failed one raises).
+                outcome = "commit" if kind == "write" else "read"
+            finally:
+                DB_TRANSACTION.labels(outcome).observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable, readable and migrated."""
