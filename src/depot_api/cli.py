@@ -55,6 +55,7 @@ from depot_api.startup import (
     open_database,
     prepare,
 )
+from depot_api.tracing import configure_tracing
 from depot_api.wiring import Domain, build_domain
 
 USAGE_ERROR = 2
@@ -489,6 +490,7 @@ async def _agent(args: argparse.Namespace) -> int:
         return 1
     # Only now: what went before is printed, and in-process callers keep their own logging.
     configure_logging(options.log_level, options.log_format)
+    configure_tracing("depot-api-agent")
     try:
         status = await Agent(config).run(stop)
     except Refused as e:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import random
 import string
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
 from depot_api.gen.depot.core.v1 import project_pb
@@ -159,3 +164,56 @@ def test_metrics_on_an_address_of_their_own(tmp_path: Path) -> None:
                      method="ListProjects", protocol="connect", code="ok") == 6  # fmt: skip
         # The machine counts come from the workers' sweeps.
         assert len(series(samples, "depot_api_machines")) in (0, 6)
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector: keeps the spans of every export it receives."""
+
+    spans: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        for resource in export.resource_spans:
+            service = next(
+                a.value.string_value
+                for a in resource.resource.attributes
+                if a.key == "service.name"
+            )
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    attributes = {a.key: a.value.string_value for a in span.attributes}
+                    type(self).spans.append((service, span.name, attributes))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_spans_reach_an_otlp_collector_from_every_worker(tmp_path: Path) -> None:
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    _Collector.spans.clear()
+    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with running_server(tmp_path / "data", "--workers", "2", env=env) as server:
+            asyncio.run(list_projects_on_many_connections(server, 8))
+            deadline = time.monotonic() + 30
+            rpc = "depot.core.v1.ProjectService/ListProjects"
+            while time.monotonic() < deadline:
+                if sum(name == rpc for _, name, _ in _Collector.spans) >= 8:
+                    break
+                time.sleep(0.1)
+            calls = [(s, a) for s, name, a in _Collector.spans if name == rpc]
+            assert len(calls) == 8
+            assert {s for s, _ in calls} == {"depot-api"}
+            assert all(a["depot_api.principal.kind"] == "org" for _, a in calls)
+            assert any(name.startswith("db.") for _, name, _ in _Collector.spans)
+    finally:
+        collector.shutdown()
+        collector.server_close()
