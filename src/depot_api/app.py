@@ -181,12 +181,18 @@ class DepotAPI:
         await _plain(send, 404, message.encode("utf-8", "backslashreplace"))
 
     async def _metrics(self, send: Send) -> None:
-        """The metrics of every worker; the machine counts taken now."""
+        """The metrics of every worker; this worker's samples taken now."""
         try:
-            await self.domain.machines.count_for_metrics()
+            await self._sample_for_metrics()
         except Exception:  # the rest is worth serving without a database
             log.warning("/metrics: cannot count the machines now", exc_info=True)
         await _plain(send, 200, exposition(), CONTENT_TYPE.encode())
+
+    async def _sample_for_metrics(self) -> None:
+        """The gauges that are sampled rather than kept: this worker's database connections,
+        and the machines by state (from the database)."""
+        await self.domain.machines.count_for_metrics()
+        self.domain.store.database.sample_connections()
 
     async def _ready(self, send: Send) -> None:
         if self.drain.draining:  # so that a load balancer sends new calls elsewhere
@@ -254,7 +260,7 @@ class DepotAPI:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
             # For a /metrics served by the supervisor, which has no database of its own.
             with contextlib.suppress(Exception):
-                await self.domain.machines.count_for_metrics()
+                await self._sample_for_metrics()
 
 
 async def _plain(

@@ -85,17 +85,23 @@ GET_ENDPOINT_WAIT = Histogram(
     ["outcome"],
     buckets=_WAIT_BUCKETS,
 )
-DB_CONNECTIONS_IN_USE = Gauge(
-    "depot_api_db_connections_in_use",
-    "Database connections checked out of the pools, summed over live workers.",
+DB_CONNECTIONS = Gauge(
+    "depot_api_db_connections",
+    "Database connections of the workers, in use or idle, summed over live workers (sampled "
+    "at each scrape and every few seconds).",
+    ["state"],
     multiprocess_mode="livesum",
 )
 DB_TRANSACTION = Histogram(
     "depot_api_db_transaction_seconds",
-    "Time a database transaction took, by outcome (commit or rollback).",
+    "Time a write transaction took, from asking for a connection to the end of its commit "
+    "or rollback, by outcome.",
     ["outcome"],
     buckets=_TRANSACTION_BUCKETS,
 )
+# Looked up once: a label lookup per transaction costs as much as the observation.
+TRANSACTION_COMMITTED = DB_TRANSACTION.labels("commit")
+TRANSACTION_ROLLED_BACK = DB_TRANSACTION.labels("rollback")
 RATE_LIMIT_REFUSALS = Counter(
     "depot_api_rate_limit_refusals",
     "Calls refused by an abuse limit: the call rate, or the open streams of a token.",

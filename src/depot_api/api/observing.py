@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from depot_api import tracing
 from depot_api.api.asgi import ASGIMessage, Receive, Scope, Send, media_type
@@ -121,7 +123,7 @@ def request_id_of(scope: Scope) -> str:
                 if not _looks_secret(given):
                     return given
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4's 122 bits, at a quarter of the cost
 
 
 def _looks_secret(request_id: str) -> bool:
@@ -247,9 +249,17 @@ def _principal_attributes(record: CallRecord) -> dict[str, str]:
             "depot_api.principal.id": principal.token_id}  # fmt: skip
 
 
+# The metrics' children by their labels: looked up once each (the label sets are bounded).
+_counted: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+
+
 def count_call(record: CallRecord, duration: float) -> None:
-    RPC_REQUESTS.labels(record.service, record.method, record.protocol, record.code).inc()
-    RPC_DURATION.labels(record.service, record.method, record.protocol).observe(duration)
+    key = (record.service, record.method, record.protocol, record.code)
+    children = _counted.get(key)
+    if children is None:
+        children = _counted[key] = (RPC_REQUESTS.labels(*key), RPC_DURATION.labels(*key[:3]))
+    children[0].inc()
+    children[1].observe(duration)
 
 
 def log_line(record: CallRecord, duration: float) -> None:

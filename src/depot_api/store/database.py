@@ -27,7 +27,8 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from depot_api.metrics import DB_CONNECTIONS_IN_USE, DB_TRANSACTION
+from depot_api import tracing
+from depot_api.metrics import DB_CONNECTIONS, TRANSACTION_COMMITTED, TRANSACTION_ROLLED_BACK
 from depot_api.store.driver import (
     POSTGRES_COMMAND_TIMEOUT_S,
     POSTGRES_CONNECT_TIMEOUT_S,
@@ -38,7 +39,6 @@ from depot_api.store.driver import (
 )
 from depot_api.store.errors import DatabaseUnusable, StoreUnavailable
 from depot_api.store.urls import normalize_url
-from depot_api.tracing import transaction_span
 
 # PostgreSQL's error codes (SQLSTATE) for a database that does not exist, and for a login
 # refused (no such role, a wrong password).
@@ -61,38 +61,41 @@ class Database:
         # Migrations and the start-up lock only (store.migrating).
         self.engine = create_engine(self.url)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Session]:
+    def read(self) -> AbstractAsyncContextManager[Session]:
         """A session for single statements, each its own transaction: reads, and on
         PostgreSQL a write that is one statement (SQLite's writers wait for the write lock
-        in write() only). Timed, and counted as a connection in use (metrics.py)."""
-        async with self._observed("read", self._driver.read()) as session:
-            yield session
+        in write() only). A span when tracing is on; not timed: reads are the hot path's most
+        frequent step, and a histogram there cost a measurable share of a call (bench/)."""
+        if tracing.enabled():
+            return self._traced_read()
+        return self._driver.read()
+
+    @asynccontextmanager
+    async def _traced_read(self) -> AsyncIterator[Session]:
+        with tracing.transaction_span("read", self.dialect_name):
+            async with self._driver.read() as session:
+                yield session
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Session]:
-        """A transaction that commits when the block ends and rolls back if it raises."""
-        async with self._observed("write", self._driver.write()) as session:
-            yield session
-
-    @asynccontextmanager
-    async def _observed(
-        self, kind: str, opening: AbstractAsyncContextManager[Session]
-    ) -> AsyncIterator[Session]:
-        outcome = "rollback" if kind == "write" else "error"
-        with transaction_span(kind, self.dialect_name):
+        """A transaction that commits when the block ends and rolls back if it raises.
+        Timed (metrics.py), and a span when tracing is on."""
+        committed = False
+        with tracing.transaction_span("write", self.dialect_name):
             started = time.perf_counter()
             try:
-                async with opening as session:
-                    DB_CONNECTIONS_IN_USE.inc()
-                    try:
-                        yield session
-                    finally:
-                        DB_CONNECTIONS_IN_USE.dec()
-                # Past the driver's block: the commit is done (a failed one raises).
-                outcome = "commit" if kind == "write" else "read"
+                async with self._driver.write() as session:
+                    yield session
+                committed = True  # past the driver's block: the commit is done
             finally:
-                DB_TRANSACTION.labels(outcome).observe(time.perf_counter() - started)
+                took = time.perf_counter() - started
+                (TRANSACTION_COMMITTED if committed else TRANSACTION_ROLLED_BACK).observe(took)
+
+    def sample_connections(self) -> None:
+        """Put the connections in use and idle into their gauge (metrics.py)."""
+        in_use, idle = self._driver.connections()
+        DB_CONNECTIONS.labels("in_use").set(in_use)
+        DB_CONNECTIONS.labels("idle").set(idle)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable, readable and migrated."""
