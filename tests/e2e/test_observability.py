@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import random
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +25,8 @@ from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
 from tests.databases import database
 from tests.helpers import ServerProcess, running_server
 
-from .machines import free_port
+from .conftest import admin
+from .machines import QUICK, agent, free_port, wait_for
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _SERVICE = "depot.core.v1.ProjectService"
@@ -171,7 +174,7 @@ def test_metrics_on_an_address_of_their_own(tmp_path: Path) -> None:
 class _Collector(http.server.BaseHTTPRequestHandler):
     """An OTLP/HTTP collector: keeps the spans of every export it receives."""
 
-    spans: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+    spans: ClassVar[list[tuple[str, str, dict[str, str], str]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
@@ -186,7 +189,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
             for scope in resource.scope_spans:
                 for span in scope.spans:
                     attributes = {a.key: a.value.string_value for a in span.attributes}
-                    type(self).spans.append((service, span.name, attributes))
+                    type(self).spans.append((service, span.name, attributes, span.trace_id.hex()))
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.end_headers()
@@ -195,27 +198,65 @@ class _Collector(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_spans_reach_an_otlp_collector_from_every_worker(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _collector() -> Iterator[str]:
+    """An OTLP endpoint in this process; its spans in _Collector.spans."""
     collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     thread = threading.Thread(target=collector.serve_forever, daemon=True)
     thread.start()
     _Collector.spans.clear()
-    endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     try:
+        yield f"http://127.0.0.1:{collector.server_address[1]}"
+    finally:
+        collector.shutdown()
+        collector.server_close()
+
+
+def test_the_agents_machine_calls_join_the_servers_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _collector() as endpoint:
+        # Both the server and the agent read the standard variables.
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        with running_server(tmp_path / "data", env=QUICK) as server:
+            token = admin(server, "create-machine-token", "--description", "traced")
+            with agent(server.url, token, tmp_path / "agent"):
+                register = "depotapi.machine.v1.MachineService/Register"
+
+                def joined() -> set[str]:
+                    by_service: dict[str, set[str]] = {}
+                    for service, name, _, trace in list(_Collector.spans):
+                        if name == register:
+                            by_service.setdefault(service, set()).add(trace)
+                    agent_traces = by_service.get("depot-api-agent", set())
+                    return agent_traces & by_service.get("depot-api", set())
+
+                wait_for(lambda: bool(joined()), 30, "the agent's Register span and the server's")
+                heartbeats = "depotapi.machine.v1.MachineService/Heartbeat"
+                wait_for(
+                    lambda: (
+                        {s for s, n, _, _ in list(_Collector.spans) if n == heartbeats}
+                        == {"depot-api", "depot-api-agent"}
+                    ),
+                    30,
+                    "heartbeat spans from both",
+                )
+
+
+def test_spans_reach_an_otlp_collector_from_every_worker(tmp_path: Path) -> None:
+    with _collector() as endpoint:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         with running_server(tmp_path / "data", "--workers", "2", env=env) as server:
             asyncio.run(list_projects_on_many_connections(server, 8))
             deadline = time.monotonic() + 30
             rpc = "depot.core.v1.ProjectService/ListProjects"
             while time.monotonic() < deadline:
-                if sum(name == rpc for _, name, _ in _Collector.spans) >= 8:
+                if sum(name == rpc for _, name, _, _ in _Collector.spans) >= 8:
                     break
                 time.sleep(0.1)
-            calls = [(s, a) for s, name, a in _Collector.spans if name == rpc]
+            calls = [(s, a) for s, name, a, _ in _Collector.spans if name == rpc]
             assert len(calls) == 8
             assert {s for s, _ in calls} == {"depot-api"}
             assert all(a["depot_api.principal.kind"] == "org" for _, a in calls)
-            assert any(name.startswith("db.") for _, name, _ in _Collector.spans)
-    finally:
-        collector.shutdown()
-        collector.server_close()
+            assert any(name.startswith("db.") for _, name, _, _ in _Collector.spans)
