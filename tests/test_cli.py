@@ -552,3 +552,34 @@ async def _report_connections(data_dir: Path, url: str) -> tuple[str, str]:
         return machine_id, other_id
     finally:
         await store.close()
+
+
+def test_oidc_issuer_and_audience_flags_repeat() -> None:
+    args = _parser().parse_args(
+        [
+            "serve",
+            "--oidc-issuer", "github=http://127.0.0.1:7000",
+            "--oidc-issuer", "buildkite=https://kite.example.com",
+            "--oidc-audience", "one",
+            "--oidc-audience", "two",
+        ]
+    )  # fmt: skip
+    settings = resolve_args(args, {"DEPOT_API_OIDC_ISSUERS": "circleci=https://ignored"}).settings
+    # The flags win over the variable, as for every setting; each adds to the list.
+    assert settings.oidc_issuers == (
+        ("github", "http://127.0.0.1:7000"),
+        ("buildkite", "https://kite.example.com"),
+    )
+    assert settings.oidc_audiences == ("one", "two")
+
+
+def test_serve_refuses_an_oidc_issuer_over_plain_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "serve", "--data-dir", str(tmp_path), "--oidc-issuer", "github=http://ci.example"
+    )
+    assert code == 2
+    assert "--oidc-issuer github=http://ci.example: github's URL" in err
+    assert "must use https://" in err
+    assert not (tmp_path / "depot-api.sqlite3").exists()

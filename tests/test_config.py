@@ -46,6 +46,19 @@ def test_an_empty_variable_counts_as_unset() -> None:
         ("DEPOT_API_DATABASE_URL=nonsense", "must be a database URL"),
         ("--tls-cert c.pem", "needs --tls-key (or DEPOT_API_TLS_KEY) too"),
         ("DEPOT_API_TLS_KEY=k.pem", "needs --tls-cert (or DEPOT_API_TLS_CERT) too"),
+        ("DEPOT_API_OIDC_ISSUERS=gitlab=https://gitlab.com",
+         "'gitlab=https://gitlab.com' must be PROVIDER=URL with PROVIDER one of github, "
+         "circleci, buildkite"),
+        ("DEPOT_API_OIDC_ISSUERS=github", "'github' must be PROVIDER=URL"),
+        ("DEPOT_API_OIDC_ISSUERS=github=http://issuer.example.com",
+         "github's URL 'http://issuer.example.com' must use https:// "
+         "(plain http:// only for a loopback address)"),
+        ("DEPOT_API_OIDC_ISSUERS=github=ftp://x", "github's URL 'ftp://x' must be an https:// URL"),
+        ("DEPOT_API_OIDC_ISSUERS=github=https://a,github=https://b", "names github twice"),
+        ("--oidc-leeway 601", "must be a number of seconds (such as 120 or 0.5), 0 or more and "
+         "at most 600"),
+        ("DEPOT_API_OIDC_KEYS_REFETCH=0", "must be a number of seconds (such as 120 or 0.5), "
+         "more than 0"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_named_as_it_was_given(given: str, message: str) -> None:
@@ -102,6 +115,10 @@ def test_the_environment_handed_to_workers_gives_the_same_settings(tmp_path: Pat
         max_build_duration=timedelta(hours=2),
         secret_key=SecretBox.generate_key().decode(),
         build_url="https://ci.example.com/{project_id}/{build_id}",
+        oidc_issuers=(("github", "http://127.0.0.1:9000"), ("circleci", "https://c.example/org")),
+        oidc_audiences=("https://ci.example.com", "other"),
+        oidc_leeway=timedelta(seconds=5),
+        oidc_keys_refetch=timedelta(seconds=2.5),
     )
     env = settings.to_env()
     assert Settings.from_env(env) == settings
@@ -112,3 +129,19 @@ def test_the_environment_handed_to_workers_gives_the_same_settings(tmp_path: Pat
     assert Settings.from_env(Settings().to_env()) == Settings(
         data_dir=Path.cwd() / "depot-api-data"
     )
+
+
+def test_oidc_issuers_are_read_as_provider_url_pairs() -> None:
+    resolved = resolve(
+        "serve",
+        {"oidc_issuers": "GitHub=http://127.0.0.1:8/,buildkite=https://[::1]:9/kite"},
+        {"DEPOT_API_OIDC_AUDIENCES": " a, ,b "},
+    )
+    assert resolved.settings.oidc_issuers == (
+        ("github", "http://127.0.0.1:8"),
+        ("buildkite", "https://[::1]:9/kite"),
+    )
+    assert resolved.settings.oidc_audiences == ("a", "b")
+    assert Settings().oidc_issuers == () and Settings().oidc_audiences == ()
+    with pytest.raises(SettingError, match="must have no query or fragment"):
+        resolve("serve", {"oidc_issuers": "buildkite=https://a?x=1"}, {})

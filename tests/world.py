@@ -10,12 +10,16 @@ from sqlalchemy import Table, select
 
 from depot_api.domain.builds import Outcome
 from depot_api.domain.principal import Principal
-from depot_api.models import Platform, TokenKind
+from depot_api.domain.trust_policies import PolicyInput
+from depot_api.models import CiProvider, Platform, TokenKind
 from depot_api.store.database import create_engine
 from depot_api.store.schema import metadata
 
 from .conftest import InProcessAPI
 from .factories import new_project
+
+# The GitHub repository (owner, name) whose CI jobs project A's trust policy admits.
+TRUSTED_REPOSITORY = ("acme", "app")
 
 
 @dataclass
@@ -30,6 +34,8 @@ class World:
     build_b: str  # running, in project B
     tokens: dict[str, str]  # caller name -> secret ("" for no token)
     project_token_a_id: str
+    # A trust policy of project A: GitHub repository TRUSTED_REPOSITORY.
+    trust_policy_a_id: str
     machine_id: str  # registered with the "machine" caller's token
 
     def headers(self, caller: str) -> dict[str, str]:
@@ -67,6 +73,11 @@ async def build_world(api: InProcessAPI) -> World:
     await d.store.orgs.insert_token(replace(expired, expires_at=expired.created_at))
     ended, ended_build_token = await d.builds.create(admin_a, project_a)
     await d.builds.finish(admin_a, ended.id, Outcome.success())
+    policy = await d.trust_policies.add(
+        admin_a,
+        project_a,
+        PolicyInput(CiProvider.GITHUB, *TRUSTED_REPOSITORY, "owner", "name"),
+    )
     machine_token, machine_secret = await d.tokens.create_machine_token("agents")
     machine = await d.machines.register(
         Principal(machine_token.id, TokenKind.MACHINE, frozenset()),
@@ -84,6 +95,7 @@ async def build_world(api: InProcessAPI) -> World:
         build_a2=build_a2.id,
         build_b=build_b.id,
         project_token_a_id=pt_a.id,
+        trust_policy_a_id=policy.id,
         machine_id=machine.id,
         tokens={
             "none": "",

@@ -223,6 +223,7 @@ class DepotAPI:
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
                 await self.domain.endpoints.close()
+                await self.domain.issuer_documents.close()
                 await self.domain.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -251,6 +251,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str | None) -> 
             parser.add_argument(
                 setting.flag, dest=setting.field, action=argparse.BooleanOptionalAction, help=help
             )
+        elif setting.kind.repeatable:
+            parser.add_argument(
+                setting.flag, dest=setting.field, metavar=setting.metavar, help=help,
+                action="append",
+            )  # fmt: skip
         else:
             parser.add_argument(
                 setting.flag, dest=setting.field, metavar=setting.metavar, help=help
@@ -285,10 +290,13 @@ def _show_config(resolved: Resolved) -> int:
     return 0
 
 
-def _flag_text(setting: Setting, value: str | bool | None) -> str | None:
-    """A flag's value as text for resolve(); a switch's flag gives True or False."""
+def _flag_text(setting: Setting, value: str | bool | list[str] | None) -> str | None:
+    """A flag's value as text for resolve(); a switch's flag gives True or False, a
+    repeatable one the list of its values."""
     if isinstance(value, bool):
         return setting.kind.show(value)
+    if isinstance(value, list):
+        return ",".join(value)
     return value
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 
 from depot_api.config_file import ConfigFile
 from depot_api.domain.projects import DEFAULT_REGIONS
+from depot_api.models import CiProvider
 from depot_api.setting_kinds import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -35,7 +36,9 @@ from depot_api.setting_kinds import (
     listen_address,
     number,
     on_off,
+    optional_word_list,
     path,
+    provider_urls,
     seconds,
     whole_number,
     word_list,
@@ -105,6 +108,13 @@ class Settings:
     # {project_id} and {build_id}, e.g. https://ci.example.com/depot/{project_id}/{build_id}.
     # Empty (the default): no URL is given.
     build_url: str = ""
+    # CI jobs' OIDC tokens (docs/oidc.md): issuers replaced per provider ((provider, URL)
+    # pairs; the others keep their defaults), audiences accepted besides https://depot.dev,
+    # the leeway on their times, and how often one issuer's keys may be fetched at most.
+    oidc_issuers: tuple[tuple[str, str], ...] = ()
+    oidc_audiences: tuple[str, ...] = ()
+    oidc_leeway: timedelta = timedelta(seconds=30)
+    oidc_keys_refetch: timedelta = timedelta(seconds=30)
 
     @property
     def database_url(self) -> str:
@@ -299,6 +309,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_build_duration", "DEPOT_API_MAX_BUILD_DURATION", _MACHINE_TIMING,
         help="seconds a build's client certificates stay valid",
+    ),
+    Setting(
+        "oidc_issuers", "DEPOT_API_OIDC_ISSUERS",
+        provider_urls([provider.value for provider in CiProvider]),
+        flag="--oidc-issuer", metavar="PROVIDER=URL",
+        default_text="GitHub Actions, CircleCI and Buildkite's own",
+        help="replace a CI provider's OIDC issuer (github, circleci: the URL before the "
+        "organization ID, buildkite); repeatable",
+    ),
+    Setting(
+        "oidc_audiences", "DEPOT_API_OIDC_AUDIENCES", optional_word_list(),
+        flag="--oidc-audience", metavar="AUDIENCE", default_text="none",
+        help="an OIDC token audience accepted besides https://depot.dev; repeatable",
+    ),
+    Setting(
+        "oidc_leeway", "DEPOT_API_OIDC_LEEWAY", seconds(high=timedelta(minutes=10)),
+        flag="--oidc-leeway", metavar="SECONDS",
+        help="how far OIDC tokens' times (exp, nbf, iat) may be off",
+    ),
+    Setting(
+        "oidc_keys_refetch", "DEPOT_API_OIDC_KEYS_REFETCH", seconds(above_low=True),
+        help="the least seconds between two fetches of one OIDC issuer's keys",
     ),
     # Set by the supervisor for its workers only (server/supervisor.py).
     Setting(

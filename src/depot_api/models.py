@@ -24,6 +24,18 @@ class TokenKind(enum.StrEnum):
     PROJECT = "project"
     BUILD = "build"
     MACHINE = "machine"  # an agent on a BuildKit host; valid for the machine service only
+    # A CI job's OIDC token (a JWT from GitHub Actions, CircleCI or Buildkite), admitted by a
+    # project's trust policy to create builds there. Verified at each call, never stored.
+    CI = "ci"
+
+
+class CiProvider(enum.StrEnum):
+    """The CI providers whose OIDC tokens trust policies name. The value is what the store
+    keeps and what `--oidc-issuer PROVIDER=URL` calls them."""
+
+    GITHUB = "github"
+    CIRCLECI = "circleci"
+    BUILDKITE = "buildkite"
 
 
 class BuildStatus(enum.StrEnum):
@@ -129,6 +141,9 @@ class Build(NamedTuple):
     started_us: int | None = None
     finished_us: int | None = None
     error_message: str | None = None
+    # The trust policy that admitted the CI job which created the build (an OIDC token);
+    # None for a build created with a depot-api token.
+    trust_policy_id: str | None = None
 
     @property
     def created_at(self) -> datetime:
@@ -141,6 +156,22 @@ class Build(NamedTuple):
     @property
     def finished_at(self) -> datetime | None:
         return None if self.finished_us is None else from_micros(self.finished_us)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """Lets one CI identity create builds in a project. owner and name are the provider's
+    two names for it: GitHub's repository owner and repository, CircleCI's organization and
+    project UUIDs, Buildkite's organization and pipeline slugs. A removed policy is kept (with
+    removed_at) so that the builds it admitted still say which it was."""
+
+    id: str
+    project_id: str
+    provider: CiProvider
+    owner: str
+    name: str
+    created_at: datetime
+    removed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
     return (
         Service(
             project_connect.ProjectServiceASGIApplication,
-            ProjectServiceImpl(domain.projects, domain.tokens),
+            ProjectServiceImpl(domain.projects, domain.tokens, domain.trust_policies),
             project_pb.desc(),
         ),
         Service(

@@ -38,6 +38,9 @@ class Kind:
     redact: Callable[[str], str] = str
     # An on/off setting: its flag takes no value (--name turns it on, --no-name off).
     switch: bool = False
+    # A list: its flag may be given more than once, each adding items; the environment
+    # variable holds them all, separated by commas.
+    repeatable: bool = False
 
 
 def number_text(value: float) -> str:
@@ -192,6 +195,45 @@ def word_list() -> Kind:
         return ",".join(value)
 
     return Kind(parse, show)
+
+
+def optional_word_list() -> Kind:
+    """Comma-separated words, or none (empty)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        return tuple(word.strip() for word in text.split(",") if word.strip())
+
+    return Kind(parse, ",".join, repeatable=True)
+
+
+def provider_urls(providers: Sequence[str]) -> Kind:
+    """PROVIDER=URL pairs, comma-separated (repeatable as a flag): each replaces a provider's
+    URL. The URL must be https://, or http:// to a loopback address."""
+
+    def parse(text: str) -> tuple[tuple[str, str], ...]:
+        from depot_api.domain.oidc_issuers import fetch_problem
+
+        pairs: dict[str, str] = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            provider, equals, url = item.partition("=")
+            provider, url = provider.strip().lower(), url.strip().rstrip("/")
+            if not equals or provider not in providers:
+                raise ValueError(
+                    f"{item!r} must be PROVIDER=URL with PROVIDER one of {', '.join(providers)}"
+                )
+            if (problem := fetch_problem(url)) is not None:
+                raise ValueError(f"{provider}'s URL {url!r} {problem}")
+            if provider in pairs:
+                raise ValueError(f"names {provider} twice")
+            pairs[provider] = url
+        return tuple(pairs.items())
+
+    def show(value: tuple[tuple[str, str], ...]) -> str:
+        return ",".join(f"{provider}={url}" for provider, url in value)
+
+    return Kind(parse, show, repeatable=True)
 
 
 def database_url() -> Kind:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +15,16 @@ from depot_api.domain.connections import Connections
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
 from depot_api.domain.health import Health
 from depot_api.domain.machines import Machines
+from depot_api.domain.oidc_issuers import Issuers
+from depot_api.domain.oidc_keys import IssuerKeys
+from depot_api.domain.oidc_tokens import CiTokens
 from depot_api.domain.organizations import Organizations
 from depot_api.domain.projects import Projects
 from depot_api.domain.secretbox import SecretBox, load_or_create_key
 from depot_api.domain.tokens import Tokens
+from depot_api.domain.trust_policies import TrustPolicies
+from depot_api.http_json import HttpJsonSource
+from depot_api.models import CiProvider
 from depot_api.store import Store, open_store
 from depot_api.times import utc_now
 
@@ -28,6 +35,7 @@ class Domain:
     authenticator: Authenticator
     projects: Projects
     tokens: Tokens
+    trust_policies: TrustPolicies
     builds: Builds
     organizations: Organizations
     machines: Machines
@@ -35,6 +43,8 @@ class Domain:
     endpoints: Endpoints
     build_reports: BuildReports
     health: Health
+    # Where the OIDC issuers' keys are fetched from: closed at shutdown.
+    issuer_documents: HttpJsonSource
 
 
 def build_domain(
@@ -47,12 +57,19 @@ def build_domain(
         now=now,
     )
     tokens = Tokens(store.orgs, projects, now=now)
-    builds = Builds(store.builds, projects, tokens, now=now)
+    trust_policies = TrustPolicies(
+        policy_store=store.trust_policies,
+        project_store=store.projects,
+        projects=projects,
+        now=now,
+    )
+    builds = Builds(store.builds, projects, tokens, trust_policies, now=now)
     box = SecretBox(
         settings.secret_key.encode()
         if settings.secret_key
         else load_or_create_key(settings.secret_key_path)
     )
+    issuer_documents = HttpJsonSource()
     timings = EndpointTimings(
         acquire_timeout=settings.acquire_timeout,
         pending_interval=settings.pending_interval,
@@ -68,9 +85,11 @@ def build_domain(
             build_store=store.builds,
             build_token_grace=settings.build_token_grace,
             now=now,
+            ci_tokens=ci_tokens_for(settings, issuer_documents),
         ),
         projects=projects,
         tokens=tokens,
+        trust_policies=trust_policies,
         builds=builds,
         organizations=Organizations(store.orgs, tokens, now=now),
         machines=Machines(
@@ -98,7 +117,15 @@ def build_domain(
         ),
         build_reports=BuildReports(store.builds, builds, now=now),
         health=Health(store),
+        issuer_documents=issuer_documents,
     )
+
+
+def ci_tokens_for(settings: Settings, documents: HttpJsonSource) -> CiTokens:
+    """The verifier of CI jobs' OIDC tokens, as the settings configure it."""
+    issuers = Issuers({CiProvider(provider): url for provider, url in settings.oidc_issuers})
+    keys = IssuerKeys(documents, refetch_interval=settings.oidc_keys_refetch, clock=time.monotonic)
+    return CiTokens(issuers, keys, audiences=settings.oidc_audiences, leeway=settings.oidc_leeway)
 
 
 def domain_for(settings: Settings) -> Domain:

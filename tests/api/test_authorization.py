@@ -5,11 +5,15 @@ token of an ended build, are unauthenticated;
 a resource outside the caller's organizations is not_found (its existence is not disclosed);
 a token whose kind cannot do the operation, or a project or build token naming another
 project or build it is bound to, is permission_denied.
+
+The "ci" caller is a CI job's OIDC token (a JWT of a local issuer on 127.0.0.1) whose
+repository project A's trust policy names: it may create builds in project A, and do nothing
+else (permission_denied).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,12 +39,13 @@ from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb
 
 from ..conftest import Clients, InProcessAPI
-from ..world import World, WorldCache
+from ..oidc_issuer import LocalIssuer, local_issuer
+from ..world import TRUSTED_REPOSITORY, World, WorldCache
 
 UNAUTHENTICATED_CALLERS = ("none", "malformed", "unknown", "revoked", "expired", "ended_build")
 CALLERS = (
     *UNAUTHENTICATED_CALLERS,
-    *("org", "member", "other_org", "outsider", "project", "build", "machine"),
+    *("org", "member", "other_org", "outsider", "project", "build", "machine", "ci"),
 )
 
 Call = Callable[[Clients, World, dict[str, str]], Awaitable[Any]]
@@ -65,9 +70,11 @@ def row(
     unimplemented: tuple[str, ...] = (),
     variant: str = "",
 ) -> Row:
-    """Expected answers; a machine token is refused everywhere but the machine service."""
+    """Expected answers; a machine token is refused everywhere but the machine service, a CI
+    job's token everywhere but CreateBuild."""
     expected: dict[str, Code | None] = dict.fromkeys(UNAUTHENTICATED_CALLERS, Code.UNAUTHENTICATED)
     expected["machine"] = Code.PERMISSION_DENIED
+    expected["ci"] = Code.PERMISSION_DENIED
     expected.update(dict.fromkeys(ok))
     expected.update(dict.fromkeys(exhausted, Code.RESOURCE_EXHAUSTED))
     expected.update(dict.fromkeys(unimplemented, Code.UNIMPLEMENTED))
@@ -180,12 +187,40 @@ TABLE = [
             headers=h,
         ),
     ),
+    managed(
+        P + "ListTrustPolicies",
+        lambda c, w, h: c.projects.list_trust_policies(
+            project_pb.ListTrustPoliciesRequest(project_id=w.project_a), headers=h
+        ),
+    ),
+    managed(
+        P + "AddTrustPolicy",
+        lambda c, w, h: c.projects.add_trust_policy(
+            project_pb.AddTrustPolicyRequest(
+                project_id=w.project_a,
+                provider=Oneof(
+                    "buildkite",
+                    project_pb.TrustPolicy.Buildkite(organization_slug="o", pipeline_slug="p"),
+                ),
+            ),
+            headers=h,
+        ),
+    ),
+    managed(
+        P + "RemoveTrustPolicy",
+        lambda c, w, h: c.projects.remove_trust_policy(
+            project_pb.RemoveTrustPolicyRequest(
+                project_id=w.project_a, trust_policy_id=w.trust_policy_a_id
+            ),
+            headers=h,
+        ),
+    ),
     row(
         B + "CreateBuild",
         lambda c, w, h: c.builds.create_build(
             build_pb.CreateBuildRequest(project_id=w.project_a), headers=h
         ),
-        ok=(*MANAGERS, "project"),
+        ok=(*MANAGERS, "project", "ci"),
         denied=("build",),
         not_found=OUTSIDERS,
     ),
@@ -282,7 +317,7 @@ TABLE = [
 
 
 def machine_only(rpc: str, call: Call) -> Row:
-    narrow_and_people = ("org", "member", "other_org", "outsider", "project", "build")
+    narrow_and_people = ("org", "member", "other_org", "outsider", "project", "build", "ci")
     r = row(rpc, call, ok=(), denied=narrow_and_people)
     r.expected["machine"] = None
     return r
@@ -383,6 +418,8 @@ CLI_PUSH = "depot.cli.v1.PushService/"
 CLI_LOGIN = "depot.cli.v1beta1.LoginService/"
 CLI_AMD64 = cli_build_pb.BuilderPlatform.AMD64
 PEOPLE = (*MANAGERS, *OUTSIDERS, *NARROW)
+# Refused by the guard before the RPC's own answer: a CI job's token only creates builds.
+CI_REFUSED = {"ci": Code.PERMISSION_DENIED}
 
 
 def _status_frame(build_id: str) -> cli_build_pb.ReportStatusStreamRequest:
@@ -415,7 +452,9 @@ def build_scoped(
 
 
 def unserved(rpc: str, call: Call) -> Row:
-    return row(rpc, call, ok=(), unimplemented=PEOPLE)
+    r = row(rpc, call, ok=(), unimplemented=PEOPLE)
+    r.expected.update(CI_REFUSED)
+    return r
 
 
 def unserved_without_token(rpc: str, call: Call) -> Row:
@@ -429,7 +468,7 @@ TABLE += [
         lambda c, w, h: c.cli_builds.create_build(
             cli_build_pb.CreateBuildRequest(project_id=w.project_a), headers=h
         ),
-        ok=(*MANAGERS, "project"),
+        ok=(*MANAGERS, "project", "ci"),
         denied=("build",),
         not_found=OUTSIDERS,
     ),
@@ -550,8 +589,14 @@ TABLE += [
 ]
 
 
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[LocalIssuer]:
+    with local_issuer() as running:
+        yield running
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, issuer: LocalIssuer) -> Settings:
     # GetEndpoint gives up quickly here: no machine becomes ready. (The world's machine never
     # heartbeats; the builds wait for it all the same.)
     return Settings(
@@ -562,6 +607,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         pending_interval=timedelta(seconds=0.1),
         # The "ended_build" caller's build has ended: with no grace, its token is dead.
         build_token_grace=timedelta(0),
+        oidc_issuers=(("github", issuer.url),),
     )
 
 
@@ -577,11 +623,12 @@ CASES = [pytest.param(r, id=f"{r.rpc}{'[' + r.variant + ']' if r.variant else ''
 
 
 @pytest.mark.parametrize("entry", CASES)
-async def test_authorization(api: InProcessAPI, entry: Row) -> None:
+async def test_authorization(api: InProcessAPI, issuer: LocalIssuer, entry: Row) -> None:
     """Every caller in turn against the same world. A call that succeeded may have changed
     the world, so it is restored before the next caller; a refused call must change nothing,
     and the next callers' answers are made in the world it left."""
     world = await _worlds.world(api)
+    world.tokens["ci"] = issuer.github_token(*TRUSTED_REPOSITORY)
     clients = api.clients("connect-proto")
     wrong: list[str] = []
     for caller in CALLERS:
@@ -596,6 +643,7 @@ async def test_authorization(api: InProcessAPI, entry: Row) -> None:
             wrong.append(f"{caller}: expected {expected.name}, but the call succeeded")
         _assert_no_foreign_data(response, world, caller)
         world = await _worlds.world(api)
+        world.tokens["ci"] = issuer.github_token(*TRUSTED_REPOSITORY)
     assert not wrong, "\n".join(wrong)
 
 

@@ -6,7 +6,8 @@ from depot_api.domain.token_format import PREFIXES, SECRET_LENGTH, hash_secret, 
 from depot_api.models import TokenKind
 
 
-@pytest.mark.parametrize("kind", list(TokenKind))
+# Every kind with a secret of depot-api's own (a CI job's OIDC token is its provider's JWT).
+@pytest.mark.parametrize("kind", list(PREFIXES))
 def test_minted_secrets_declare_their_kind(kind: TokenKind) -> None:
     secret = mint(kind)
     assert secret.startswith(PREFIXES[kind])

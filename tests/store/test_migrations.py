@@ -40,7 +40,7 @@ async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == head_revision() == "0006"
+            assert await conn.run_sync(_version) == head_revision() == "0007"
     finally:
         await engine.dispose()
 
@@ -65,6 +65,7 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             "project_cas",
             "projects",
             "tokens",
+            "trust_policies",
             "users",
         ]
     finally:

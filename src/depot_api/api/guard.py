@@ -5,7 +5,8 @@ route: connectrpc's (the RequestGuard interceptor) and the seed's plain JSON Get
 Every call is checked in this order:
 1. authentication: the token (refused: `unauthenticated`);
 2. the token's kind: a machine token works on the machine service and nowhere else, and the
-   machine service takes nothing else (`permission_denied`);
+   machine service takes nothing else; a CI job's OIDC token creates builds and does nothing
+   else (`permission_denied`);
 3. the drain: a process shutting down takes no new call (`unavailable`);
 4. the call rate of the token, with a retry hint as Retry-After and RetryInfo
    (`resource_exhausted`);
@@ -37,6 +38,12 @@ from depot_api.domain.auth import Authenticator
 from depot_api.domain.errors import PermissionDenied
 from depot_api.domain.principal import Principal
 from depot_api.models import TokenKind
+
+# What a CI job's OIDC token may call: creating a build (the depot CLI's and the build API's).
+# Everything after that is done with the build's own token.
+CI_PROCEDURES = frozenset(
+    {"depot.cli.v1.BuildService/CreateBuild", "depot.build.v1.BuildService/CreateBuild"}
+)
 
 # Handlers take the context of any request and response type.
 Context = RequestContext[Any, Any]
@@ -112,6 +119,7 @@ class Admission:
         self,
         authorization: str | None,
         *,
+        procedure: str,
         streaming: bool,
         response_headers: MutableMapping[str, str],
     ) -> Admitted:
@@ -122,6 +130,11 @@ class Admission:
                 "the machine service takes machine tokens only"
                 if self._machines
                 else "a machine token is valid for the machine service only"
+            )
+        if principal.kind is TokenKind.CI and procedure not in CI_PROCEDURES:
+            raise PermissionDenied(
+                "a CI job's OIDC token may only create builds (CreateBuild); "
+                "every later call takes the build token CreateBuild returns"
             )
         self._drain.refuse_if_draining()
         self._limits.check_rate(principal.token_id, response_headers)
@@ -152,6 +165,7 @@ class RequestGuard:
         try:
             return await self._admission.admit(
                 ctx.request_headers.get("authorization"),
+                procedure=f"{ctx.method.service_name}/{ctx.method.name}",
                 streaming=ctx.method.stream_type is not StreamType.UNARY,
                 response_headers=ctx.response_headers,
             )

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from protobuf import Oneof
+
 from depot_api.api.convert import optional_timestamp, timestamp
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.projects import CachePolicyInput, Projects
 from depot_api.domain.tokens import Tokens, lifetime_of
+from depot_api.domain.trust_policies import PolicyInput, TrustPolicies
 from depot_api.gen.depot.core.v1 import project_connect
 from depot_api.gen.depot.core.v1 import project_pb as pb
-from depot_api.models import Project, Token
+from depot_api.models import CiProvider, Project, Token, TrustPolicy
 
 
 class ProjectServiceImpl(project_connect.ProjectService):
-    def __init__(self, projects: Projects, tokens: Tokens) -> None:
+    def __init__(self, projects: Projects, tokens: Tokens, trust_policies: TrustPolicies) -> None:
         self._projects = projects
         self._tokens = tokens
+        self._trust_policies = trust_policies
 
     async def list_projects(
         self, request: pb.ListProjectsRequest, ctx: Context
@@ -72,6 +78,28 @@ class ProjectServiceImpl(project_connect.ProjectService):
     ) -> pb.ResetProjectResponse:
         await self._projects.reset(current_principal(), request.project_id)
         return pb.ResetProjectResponse()
+
+    async def list_trust_policies(
+        self, request: pb.ListTrustPoliciesRequest, ctx: Context
+    ) -> pb.ListTrustPoliciesResponse:
+        policies = await self._trust_policies.list(current_principal(), request.project_id)
+        return pb.ListTrustPoliciesResponse(trust_policies=[_policy_message(p) for p in policies])
+
+    async def add_trust_policy(
+        self, request: pb.AddTrustPolicyRequest, ctx: Context
+    ) -> pb.AddTrustPolicyResponse:
+        policy = await self._trust_policies.add(
+            current_principal(), request.project_id, _trust_policy_input(request)
+        )
+        return pb.AddTrustPolicyResponse(trust_policy=_policy_message(policy))
+
+    async def remove_trust_policy(
+        self, request: pb.RemoveTrustPolicyRequest, ctx: Context
+    ) -> pb.RemoveTrustPolicyResponse:
+        await self._trust_policies.remove(
+            current_principal(), request.project_id, request.trust_policy_id
+        )
+        return pb.RemoveTrustPolicyResponse()
 
     async def list_tokens(
         self, request: pb.ListTokensRequest, ctx: Context
@@ -164,3 +192,56 @@ def _token_message(token: Token) -> pb.ListTokensResponse.Token:
         expires_at=optional_timestamp(token.expires_at),
         last_used_at=optional_timestamp(token.last_used_at),
     )
+
+
+def _trust_policy_input(request: pb.AddTrustPolicyRequest) -> PolicyInput | None:
+    """The oneof `provider` as the domain takes it; None when none is set."""
+    chosen = request.provider
+    if chosen is None:
+        return None
+    value = chosen.value
+    if isinstance(value, pb.TrustPolicy.GitHub):
+        return PolicyInput(
+            CiProvider.GITHUB,
+            value.repository_owner,
+            value.repository,
+            "github.repository_owner",
+            "github.repository",
+        )
+    if isinstance(value, pb.TrustPolicy.CircleCI):
+        return PolicyInput(
+            CiProvider.CIRCLECI,
+            value.organization_uuid,
+            value.project_uuid,
+            "circleci.organization_uuid",
+            "circleci.project_uuid",
+        )
+    return PolicyInput(
+        CiProvider.BUILDKITE,
+        value.organization_slug,
+        value.pipeline_slug,
+        "buildkite.organization_slug",
+        "buildkite.pipeline_slug",
+    )
+
+
+def _policy_message(policy: TrustPolicy) -> pb.TrustPolicy:
+    match policy.provider:
+        case CiProvider.GITHUB:
+            github: Oneof[Literal["github"], pb.TrustPolicy.GitHub] = Oneof(
+                "github",
+                pb.TrustPolicy.GitHub(repository_owner=policy.owner, repository=policy.name),
+            )
+            return pb.TrustPolicy(trust_policy_id=policy.id, provider=github)
+        case CiProvider.CIRCLECI:
+            circleci: Oneof[Literal["circleci"], pb.TrustPolicy.CircleCI] = Oneof(
+                "circleci",
+                pb.TrustPolicy.CircleCI(organization_uuid=policy.owner, project_uuid=policy.name),
+            )
+            return pb.TrustPolicy(trust_policy_id=policy.id, provider=circleci)
+        case CiProvider.BUILDKITE:
+            buildkite: Oneof[Literal["buildkite"], pb.TrustPolicy.Buildkite] = Oneof(
+                "buildkite",
+                pb.TrustPolicy.Buildkite(organization_slug=policy.owner, pipeline_slug=policy.name),
+            )
+            return pb.TrustPolicy(trust_policy_id=policy.id, provider=buildkite)

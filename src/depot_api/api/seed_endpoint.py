@@ -86,7 +86,10 @@ class SeedGetEndpoint:
     ) -> dict[str, Any]:
         # Only a POST reaches this view (app.py); other methods get connectrpc's 405.
         admitted = await self._admission.admit(
-            _authorization(scope), streaming=True, response_headers=response_headers
+            _authorization(scope),
+            procedure=_PROCEDURE,
+            streaming=True,
+            response_headers=response_headers,
         )
         try:
             return await self._drain.race(self._wait_for_endpoint(admitted.principal, receive))

@@ -3,6 +3,10 @@
 Every failure says what is wrong with the credential, never anything about other tokens.
 A malformed secret (wrong prefix, length or checksum) is rejected before any lookup.
 
+A Bearer that is a JWT is a CI job's OIDC token: it is verified (oidc_tokens) at each call,
+never stored or kept, and becomes a CI principal, which may only create builds in a project
+whose trust policy names it (trust_policies).
+
 Principals are kept per process (the last KEPT_PRINCIPALS tokens seen), so that a call does
 not read its token, and a user's memberships or a build token's build, every time. A kept one
 is used only while the database's auth epoch is the one it was read at: every change that
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from depot_api.domain.errors import Unauthenticated
+from depot_api.domain.oidc_tokens import CiTokens, looks_like_jwt
 from depot_api.domain.principal import Principal
 from depot_api.domain.token_format import hash_secret, kind_of
 from depot_api.models import BuildStatus, Token, TokenKind
@@ -61,7 +66,9 @@ class Authenticator:
         build_store: BuildStore,
         build_token_grace: timedelta,
         now: Callable[[], datetime],
+        ci_tokens: CiTokens | None = None,
     ) -> None:
+        self._ci_tokens = ci_tokens
         self._org_store = org_store
         self._build_store = build_store
         self._grace = build_token_grace
@@ -70,6 +77,8 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         secret = _bearer_secret(authorization)
+        if looks_like_jwt(secret):
+            return await self._ci_principal(secret)
         kind = kind_of(secret)
         if kind is None:
             raise Unauthenticated(
@@ -95,6 +104,12 @@ class Authenticator:
             await self._org_store.record_token_use(token.id, now, stale_since)
             known.last_used_at = now
         return known.principal
+
+    async def _ci_principal(self, token: str) -> Principal:
+        if self._ci_tokens is None:
+            raise Unauthenticated("this server takes no OIDC tokens")
+        identity = await self._ci_tokens.verify(token)
+        return Principal(identity.caller_id, TokenKind.CI, frozenset(), ci=identity)
 
     async def _read(self, secret_hash: str, kind: TokenKind, epoch: int, now: datetime) -> _Known:
         """Read the token (and what its principal needs) and keep it; Unauthenticated for a

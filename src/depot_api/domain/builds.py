@@ -19,6 +19,7 @@ from depot_api.domain.paging import decode_page_token, page_of, resolve_page_siz
 from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.tokens import Tokens
+from depot_api.domain.trust_policies import TrustPolicies
 from depot_api.metrics import observe_build_finished
 from depot_api.models import Build, BuildStatus, Page, Project, TokenKind
 from depot_api.store.interface import BuildStore
@@ -60,26 +61,35 @@ class Builds:
         build_store: BuildStore,
         projects: Projects,
         tokens: Tokens,
+        trust_policies: TrustPolicies,
         *,
         now: Callable[[], datetime],
     ) -> None:
+        self._trust_policies = trust_policies
         self._build_store = build_store
         self._projects = projects
         self._tokens = tokens
         self._now = now
 
     async def create(self, principal: Principal, project_id: str) -> tuple[Build, str]:
-        """Register a RUNNING build; returns it with its build token's secret."""
-        project = await self._projects.get_for_builds(principal, project_id)
-        return await with_fresh_ids(lambda: self._insert(project))
+        """Register a RUNNING build; returns it with its build token's secret. A CI job (an
+        OIDC token) needs a trust policy of the project that names it; the build records it."""
+        policy_id = None
+        if principal.ci is not None:
+            project, policy = await self._trust_policies.admit(principal.ci, project_id)
+            policy_id = policy.id
+        else:
+            project = await self._projects.get_for_builds(principal, project_id)
+        return await with_fresh_ids(lambda: self._insert(project, policy_id))
 
-    async def _insert(self, project: Project) -> tuple[Build, str]:
+    async def _insert(self, project: Project, trust_policy_id: str | None) -> tuple[Build, str]:
         build = Build(
             id=new_id(),
             project_id=project.id,
             org_id=project.org_id,
             status=BuildStatus.RUNNING,
             created_us=to_micros(self._now()),
+            trust_policy_id=trust_policy_id,
         )
         token, secret = self._tokens.new_token(
             TokenKind.BUILD,

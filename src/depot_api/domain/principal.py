@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from depot_api.domain.ci_identity import CiIdentity
 from depot_api.domain.errors import PermissionDenied
 from depot_api.models import TokenKind
 
@@ -14,6 +15,8 @@ class Principal:
 
     org_ids are the organizations the caller acts in: the org token's one, the user's
     memberships, or the organization of the project or build a narrower token is bound to.
+    A CI job (kind CI) acts in none: its identity (ci) reaches a project only through that
+    project's trust policies, when it creates a build.
     """
 
     token_id: str
@@ -22,6 +25,7 @@ class Principal:
     user_id: str | None = None
     project_id: str | None = None
     build_id: str | None = None
+    ci: CiIdentity | None = None
 
     @property
     def manages_organizations(self) -> bool:

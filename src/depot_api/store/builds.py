@@ -34,6 +34,7 @@ _BUILD_FIELDS = (
     "started_at",
     "finished_at",
     "error_message",
+    "trust_policy_id",
 )
 _INSERT_BUILD = Query(insert(b).values(bound(*_BUILD_FIELDS)))
 # PostgreSQL: a build and its token in one statement (a data-modifying WITH), atomic by itself,
@@ -56,6 +57,7 @@ _BUILD_COLUMNS = (
     b.c.started_at,
     b.c.finished_at,
     b.c.error_message,
+    b.c.trust_policy_id,
 )
 _BUILD = Query(select(*_BUILD_COLUMNS).where(b.c.id == bindparam("id")))
 _LIVE_BUILD = Query(  # a build whose project is not deleted
@@ -150,6 +152,7 @@ class SqlBuildStore(BuildStore):
             "started_at": build.started_us,
             "finished_at": build.finished_us,
             "error_message": build.error_message,
+            "trust_policy_id": build.trust_policy_id,
         }
         if self._db.dialect_name == "postgresql":
             async with self._db.read() as session:  # one statement: its own transaction
@@ -258,7 +261,17 @@ _STATUSES = {status.value: status for status in BuildStatus}
 
 def _build(row: Row) -> Build:
     """A build from a row of _BUILD_COLUMNS (which are its fields, in order)."""
-    id_, project_id, org_id, status, created_us, started_us, finished_us, error_message = row
+    (
+        id_,
+        project_id,
+        org_id,
+        status,
+        created_us,
+        started_us,
+        finished_us,
+        error_message,
+        trust_policy_id,
+    ) = row
     return Build(
         id_,
         project_id,
@@ -268,4 +281,5 @@ def _build(row: Row) -> Build:
         started_us,
         finished_us,
         error_message,
+        trust_policy_id,
     )

@@ -39,6 +39,7 @@ from depot_api.models import (
     ProjectCA,
     StatusReport,
     Token,
+    TrustPolicy,
     User,
 )
 
@@ -148,6 +149,23 @@ class ProjectStore(Protocol):
     async def insert_project_ca(self, ca: ProjectCA) -> ProjectCA:
         """Store the CA unless the project has one; returns the stored one either way (of
         concurrent callers, the first to store wins)."""
+
+
+class TrustPolicyStore(Protocol):
+    """Which CI identities may create builds in a project."""
+
+    async def insert_trust_policy(self, policy: TrustPolicy) -> None:
+        """Raises DuplicateKey on an ID clash."""
+
+    async def list_trust_policies(self, project_id: str) -> list[TrustPolicy]:
+        """The project's policies that are not removed, oldest first; none for a deleted
+        project."""
+
+    async def get_trust_policy(self, policy_id: str) -> TrustPolicy | None:
+        """The policy, removed or not."""
+
+    async def remove_trust_policy(self, project_id: str, policy_id: str, at: datetime) -> bool:
+        """Mark the project's policy removed; False when it has no such live policy."""
 
 
 class BuildStore(Protocol):

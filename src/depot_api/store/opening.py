@@ -13,18 +13,21 @@ from depot_api.store.interface import (
     MachineStore,
     OrgStore,
     ProjectStore,
+    TrustPolicyStore,
 )
 from depot_api.store.machines import SqlMachineStore
 from depot_api.store.migrating import Migration, migrate, startup_lock
 from depot_api.store.orgs import SqlOrgStore
 from depot_api.store.projects import SqlProjectStore
+from depot_api.store.trust_policies import SqlTrustPolicyStore
 
 
 class Store:
     """Persistence, by aggregate: `orgs` (organizations, users, tokens), `projects` (with
     their CAs), `builds` (with health and status reports), `machines` (with bindings and
-    endpoints), `connections` (client connections to machines' front doors). Each method
-    of each is one transaction (store.interface has the contracts)."""
+    endpoints), `connections` (client connections to machines' front doors), `trust_policies`
+    (the CI identities that may create builds). Each method of each is one transaction
+    (store.interface has the contracts)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -33,6 +36,7 @@ class Store:
         self.builds: BuildStore = SqlBuildStore(database)
         self.machines: MachineStore = SqlMachineStore(database)
         self.connections: ConnectionStore = SqlConnectionStore(database)
+        self.trust_policies: TrustPolicyStore = SqlTrustPolicyStore(database)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""

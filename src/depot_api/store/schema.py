@@ -126,9 +126,30 @@ builds = Table(
     # When the build's current wait for a machine began (polled GetBuildKitConnection): the
     # wait's deadline counts from here, in whichever process answers the next poll.
     Column("machine_wanted_since", BigInteger, nullable=True),
+    # The trust policy that admitted the CI job which created the build; NULL for a build
+    # created with a token. Not a foreign key: SQLite cannot add one to an existing table,
+    # and policies are never deleted (only marked removed), so the reference stays good.
+    Column("trust_policy_id", ID, nullable=True),
     # Keyset pagination walks this index newest first.
     Index("ix_builds_project_created", "project_id", "created_at", "id"),
     Index("ix_builds_running_health", "status", "last_health_at"),
+)
+
+# Which CI identities may create builds in a project (OIDC trust policies). owner and name
+# are the provider's two names: GitHub repository owner and repository, CircleCI organization
+# and project UUIDs, Buildkite organization and pipeline slugs. Removing one marks it
+# (removed_at): the builds it admitted keep naming it.
+trust_policies = Table(
+    "trust_policies",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("removed_at", BigInteger, nullable=True),
+    Index("ix_trust_policies_project", "project_id", "created_at", "id"),
 )
 
 # A BuildKit host, as its agent registered it. state: active, draining, gone. A machine serves

@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import project_pb
-from .project_pb import CreateProjectRequest, CreateProjectResponse, CreateTokenRequest, CreateTokenResponse, DeleteProjectRequest, DeleteProjectResponse, DeleteTokenRequest, DeleteTokenResponse, GetProjectRequest, GetProjectResponse, ListProjectsRequest, ListProjectsResponse, ListTokensRequest, ListTokensResponse, ResetProjectRequest, ResetProjectResponse, UpdateProjectRequest, UpdateProjectResponse, UpdateTokenRequest, UpdateTokenResponse
+from .project_pb import AddTrustPolicyRequest, AddTrustPolicyResponse, CreateProjectRequest, CreateProjectResponse, CreateTokenRequest, CreateTokenResponse, DeleteProjectRequest, DeleteProjectResponse, DeleteTokenRequest, DeleteTokenResponse, GetProjectRequest, GetProjectResponse, ListProjectsRequest, ListProjectsResponse, ListTokensRequest, ListTokensResponse, ListTrustPoliciesRequest, ListTrustPoliciesResponse, RemoveTrustPolicyRequest, RemoveTrustPolicyResponse, ResetProjectRequest, ResetProjectResponse, UpdateProjectRequest, UpdateProjectResponse, UpdateTokenRequest, UpdateTokenResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -67,6 +67,25 @@ class ProjectService(Protocol):
     async def reset_project(self, request: ResetProjectRequest, ctx: RequestContext[ResetProjectRequest, ResetProjectResponse], /) -> ResetProjectResponse:
         """
         Starts a new cache generation for the project: its machines drop their cache.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_trust_policies(self, request: ListTrustPoliciesRequest, ctx: RequestContext[ListTrustPoliciesRequest, ListTrustPoliciesResponse], /) -> ListTrustPoliciesResponse:
+        """
+        Returns the trust policies attached to a project (GitHub, CircleCI or Buildkite CI identities).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def add_trust_policy(self, request: AddTrustPolicyRequest, ctx: RequestContext[AddTrustPolicyRequest, AddTrustPolicyResponse], /) -> AddTrustPolicyResponse:
+        """
+        Attaches a new trust policy for one CI provider (chosen by the `provider` oneof) to a project
+        and returns it with its ID.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def remove_trust_policy(self, request: RemoveTrustPolicyRequest, ctx: RequestContext[RemoveTrustPolicyRequest, RemoveTrustPolicyResponse], /) -> RemoveTrustPolicyResponse:
+        """
+        Detaches the trust policy with the given ID from a project. Returns an empty message.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -201,6 +220,39 @@ class ProjectServiceASGIApplication(ConnectASGIApplication[ProjectService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.reset_project,
+                ),
+                "/depot.core.v1.ProjectService/ListTrustPolicies": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListTrustPolicies",
+                        service_name="depot.core.v1.ProjectService",
+                        input=ListTrustPoliciesRequest,
+                        output=ListTrustPoliciesResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_trust_policies,
+                ),
+                "/depot.core.v1.ProjectService/AddTrustPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="AddTrustPolicy",
+                        service_name="depot.core.v1.ProjectService",
+                        input=AddTrustPolicyRequest,
+                        output=AddTrustPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.add_trust_policy,
+                ),
+                "/depot.core.v1.ProjectService/RemoveTrustPolicy": Endpoint.unary(
+                    method=MethodInfo(
+                        name="RemoveTrustPolicy",
+                        service_name="depot.core.v1.ProjectService",
+                        input=RemoveTrustPolicyRequest,
+                        output=RemoveTrustPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.remove_trust_policy,
                 ),
                 "/depot.core.v1.ProjectService/ListTokens": Endpoint.unary(
                     method=MethodInfo(
@@ -445,6 +497,76 @@ class ProjectServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def list_trust_policies(
+        self,
+        request: ListTrustPoliciesRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ListTrustPoliciesResponse:
+        """
+        Returns the trust policies attached to a project (GitHub, CircleCI or Buildkite CI identities).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListTrustPolicies",
+                service_name="depot.core.v1.ProjectService",
+                input=ListTrustPoliciesRequest,
+                output=ListTrustPoliciesResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def add_trust_policy(
+        self,
+        request: AddTrustPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AddTrustPolicyResponse:
+        """
+        Attaches a new trust policy for one CI provider (chosen by the `provider` oneof) to a project
+        and returns it with its ID.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AddTrustPolicy",
+                service_name="depot.core.v1.ProjectService",
+                input=AddTrustPolicyRequest,
+                output=AddTrustPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def remove_trust_policy(
+        self,
+        request: RemoveTrustPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> RemoveTrustPolicyResponse:
+        """
+        Detaches the trust policy with the given ID from a project. Returns an empty message.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RemoveTrustPolicy",
+                service_name="depot.core.v1.ProjectService",
+                input=RemoveTrustPolicyRequest,
+                output=RemoveTrustPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def list_tokens(
         self,
         request: ListTokensRequest,
@@ -670,6 +792,25 @@ class ProjectServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def list_trust_policies(self, request: ListTrustPoliciesRequest, ctx: RequestContext[ListTrustPoliciesRequest, ListTrustPoliciesResponse], /) -> ListTrustPoliciesResponse:
+        """
+        Returns the trust policies attached to a project (GitHub, CircleCI or Buildkite CI identities).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def add_trust_policy(self, request: AddTrustPolicyRequest, ctx: RequestContext[AddTrustPolicyRequest, AddTrustPolicyResponse], /) -> AddTrustPolicyResponse:
+        """
+        Attaches a new trust policy for one CI provider (chosen by the `provider` oneof) to a project
+        and returns it with its ID.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def remove_trust_policy(self, request: RemoveTrustPolicyRequest, ctx: RequestContext[RemoveTrustPolicyRequest, RemoveTrustPolicyResponse], /) -> RemoveTrustPolicyResponse:
+        """
+        Detaches the trust policy with the given ID from a project. Returns an empty message.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def list_tokens(self, request: ListTokensRequest, ctx: RequestContext[ListTokensRequest, ListTokensResponse], /) -> ListTokensResponse:
         """
         A project's API tokens (ID and description; never the secret).
@@ -799,6 +940,39 @@ class ProjectServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.reset_project,
+                ),
+                "/depot.core.v1.ProjectService/ListTrustPolicies": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListTrustPolicies",
+                        service_name="depot.core.v1.ProjectService",
+                        input=ListTrustPoliciesRequest,
+                        output=ListTrustPoliciesResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_trust_policies,
+                ),
+                "/depot.core.v1.ProjectService/AddTrustPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="AddTrustPolicy",
+                        service_name="depot.core.v1.ProjectService",
+                        input=AddTrustPolicyRequest,
+                        output=AddTrustPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.add_trust_policy,
+                ),
+                "/depot.core.v1.ProjectService/RemoveTrustPolicy": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="RemoveTrustPolicy",
+                        service_name="depot.core.v1.ProjectService",
+                        input=RemoveTrustPolicyRequest,
+                        output=RemoveTrustPolicyResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.remove_trust_policy,
                 ),
                 "/depot.core.v1.ProjectService/ListTokens": EndpointSync.unary(
                     method=MethodInfo(
@@ -1037,6 +1211,76 @@ class ProjectServiceClientSync(ConnectClientSync):
                 service_name="depot.core.v1.ProjectService",
                 input=ResetProjectRequest,
                 output=ResetProjectResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def list_trust_policies(
+        self,
+        request: ListTrustPoliciesRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ListTrustPoliciesResponse:
+        """
+        Returns the trust policies attached to a project (GitHub, CircleCI or Buildkite CI identities).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListTrustPolicies",
+                service_name="depot.core.v1.ProjectService",
+                input=ListTrustPoliciesRequest,
+                output=ListTrustPoliciesResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def add_trust_policy(
+        self,
+        request: AddTrustPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AddTrustPolicyResponse:
+        """
+        Attaches a new trust policy for one CI provider (chosen by the `provider` oneof) to a project
+        and returns it with its ID.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="AddTrustPolicy",
+                service_name="depot.core.v1.ProjectService",
+                input=AddTrustPolicyRequest,
+                output=AddTrustPolicyResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def remove_trust_policy(
+        self,
+        request: RemoveTrustPolicyRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> RemoveTrustPolicyResponse:
+        """
+        Detaches the trust policy with the given ID from a project. Returns an empty message.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RemoveTrustPolicy",
+                service_name="depot.core.v1.ProjectService",
+                input=RemoveTrustPolicyRequest,
+                output=RemoveTrustPolicyResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -19,7 +19,7 @@ from typing_extensions import deprecated
 if TYPE_CHECKING:
     from typing import overload
 
-    from protobuf import DescFile
+    from protobuf import DescFile, Oneof
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 
@@ -538,6 +538,320 @@ class CachePolicy(Message[_CachePolicyFields]):
         keep_days: int
         keep_gb: int
 
+_ListTrustPoliciesRequestFields: TypeAlias = Literal["project_id"]
+
+class ListTrustPoliciesRequest(Message[_ListTrustPoliciesRequestFields]):
+    """
+    ```proto
+    message depot.core.v1.ListTrustPoliciesRequest
+    ```
+
+    Attributes:
+        project_id:
+            ```proto
+            string project_id = 1;
+            ```
+    """
+
+    __slots__ = ("project_id",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            project_id: str = "",
+        ) -> None:
+            pass
+
+        project_id: str
+
+_ListTrustPoliciesResponseFields: TypeAlias = Literal["trust_policies"]
+
+class ListTrustPoliciesResponse(Message[_ListTrustPoliciesResponseFields]):
+    """
+    ```proto
+    message depot.core.v1.ListTrustPoliciesResponse
+    ```
+
+    Attributes:
+        trust_policies:
+            ```proto
+            repeated depot.core.v1.TrustPolicy trust_policies = 1;
+            ```
+    """
+
+    __slots__ = ("trust_policies",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            trust_policies: list[TrustPolicy] | None = None,
+        ) -> None:
+            pass
+
+        trust_policies: list[TrustPolicy]
+
+_AddTrustPolicyRequestFields: TypeAlias = Literal["project_id", "buildkite", "circleci", "github"]
+
+class AddTrustPolicyRequest(Message[_AddTrustPolicyRequestFields]):
+    """
+    ```proto
+    message depot.core.v1.AddTrustPolicyRequest
+    ```
+
+    Attributes:
+        project_id:
+            ```proto
+            string project_id = 1;
+            ```
+        provider:
+            ```proto
+            oneof provider
+            ```
+    """
+
+    __slots__ = ("project_id", "provider")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            project_id: str = "",
+            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None = None,
+        ) -> None:
+            pass
+
+        project_id: str
+        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None
+
+_AddTrustPolicyResponseFields: TypeAlias = Literal["trust_policy"]
+
+class AddTrustPolicyResponse(Message[_AddTrustPolicyResponseFields]):
+    """
+    ```proto
+    message depot.core.v1.AddTrustPolicyResponse
+    ```
+
+    Attributes:
+        trust_policy:
+            ```proto
+            optional depot.core.v1.TrustPolicy trust_policy = 1;
+            ```
+    """
+
+    __slots__ = ("trust_policy",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            trust_policy: TrustPolicy | None = None,
+        ) -> None:
+            pass
+
+        trust_policy: TrustPolicy | None
+
+_RemoveTrustPolicyRequestFields: TypeAlias = Literal["project_id", "trust_policy_id"]
+
+class RemoveTrustPolicyRequest(Message[_RemoveTrustPolicyRequestFields]):
+    """
+    ```proto
+    message depot.core.v1.RemoveTrustPolicyRequest
+    ```
+
+    Attributes:
+        project_id:
+            ```proto
+            string project_id = 1;
+            ```
+        trust_policy_id:
+            ```proto
+            string trust_policy_id = 2;
+            ```
+    """
+
+    __slots__ = ("project_id", "trust_policy_id")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            project_id: str = "",
+            trust_policy_id: str = "",
+        ) -> None:
+            pass
+
+        project_id: str
+        trust_policy_id: str
+
+_RemoveTrustPolicyResponseFields: TypeAlias = NoReturn
+
+class RemoveTrustPolicyResponse(Message[_RemoveTrustPolicyResponseFields]):
+    """
+    ```proto
+    message depot.core.v1.RemoveTrustPolicyResponse
+    ```
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+        ) -> None:
+            pass
+
+_TrustPolicyFields: TypeAlias = Literal["trust_policy_id", "buildkite", "circleci", "github"]
+
+class TrustPolicy(Message[_TrustPolicyFields]):
+    """
+    Lets a CI provider's identity act for the project; exactly one provider is set.
+
+    ```proto
+    message depot.core.v1.TrustPolicy
+    ```
+
+    Attributes:
+        trust_policy_id:
+            ```proto
+            string trust_policy_id = 1;
+            ```
+        provider:
+            ```proto
+            oneof provider
+            ```
+    """
+
+    __slots__ = ("trust_policy_id", "provider")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            trust_policy_id: str = "",
+            provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None = None,
+        ) -> None:
+            pass
+
+        trust_policy_id: str
+        provider: Oneof[Literal["buildkite"], TrustPolicy.Buildkite] | Oneof[Literal["circleci"], TrustPolicy.CircleCI] | Oneof[Literal["github"], TrustPolicy.GitHub] | None
+
+    _GitHubFields: TypeAlias = Literal["repository_owner", "repository"]
+
+    class GitHub(Message[_GitHubFields]):
+        """
+        ```proto
+        message depot.core.v1.TrustPolicy.GitHub
+        ```
+
+        Attributes:
+            repository_owner:
+                GitHub account (user or org) that owns the repository.
+
+                ```proto
+                string repository_owner = 1;
+                ```
+            repository:
+                ```proto
+                string repository = 2;
+                ```
+        """
+
+        __slots__ = ("repository_owner", "repository")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                repository_owner: str = "",
+                repository: str = "",
+            ) -> None:
+                pass
+
+            repository_owner: str
+            repository: str
+
+    _CircleCIFields: TypeAlias = Literal["organization_uuid", "project_uuid"]
+
+    class CircleCI(Message[_CircleCIFields]):
+        """
+        ```proto
+        message depot.core.v1.TrustPolicy.CircleCI
+        ```
+
+        Attributes:
+            organization_uuid:
+                Must be the UUID form of the CircleCI org, not its human-readable ID.
+
+                ```proto
+                string organization_uuid = 1;
+                ```
+            project_uuid:
+                Must be the UUID form of the CircleCI project, not its human-readable ID.
+
+                ```proto
+                string project_uuid = 2;
+                ```
+        """
+
+        __slots__ = ("organization_uuid", "project_uuid")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                organization_uuid: str = "",
+                project_uuid: str = "",
+            ) -> None:
+                pass
+
+            organization_uuid: str
+            project_uuid: str
+
+    _BuildkiteFields: TypeAlias = Literal["organization_slug", "pipeline_slug"]
+
+    class Buildkite(Message[_BuildkiteFields]):
+        """
+        ```proto
+        message depot.core.v1.TrustPolicy.Buildkite
+        ```
+
+        Attributes:
+            organization_slug:
+                ```proto
+                string organization_slug = 1;
+                ```
+            pipeline_slug:
+                ```proto
+                string pipeline_slug = 2;
+                ```
+        """
+
+        __slots__ = ("organization_slug", "pipeline_slug")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                organization_slug: str = "",
+                pipeline_slug: str = "",
+            ) -> None:
+                pass
+
+            organization_slug: str
+            pipeline_slug: str
+
 _ListTokensRequestFields: TypeAlias = Literal["project_id"]
 
 class ListTokensRequest(Message[_ListTokensRequestFields]):
@@ -898,7 +1212,7 @@ class Hardware(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"x\n\x13ListProjectsRequest\x12 \n\tpage_size\x18d \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18e \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"r\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12&\n\x0fnext_page_token\x18d \x01(\tR\rnextPageToken"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\xd0\x02\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1a\xf8\x01\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x129\n\ncreated_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nexpires_at\x18e \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18f \x01(\x0b2\x1a.google.protobuf.TimestampR\nlastUsedAt"\x83\x01\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x12,\n\x12expires_in_seconds\x18d \x01(\x03R\x10expiresInSeconds"\x83\x01\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x129\n\nexpires_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"N\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x1d\n\nproject_id\x18d \x01(\tR\tprojectId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\xf0\t\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponse\x12\\\n\x11ResetProjectCache\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12X\n\x11ListProjectTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12[\n\x12CreateProjectToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12[\n\x12DeleteProjectToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
+    b'\n\x1bdepot/core/v1/project.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x02\n\x07Project\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\'\n\x0forganization_id\x18\x02 \x01(\tR\x0eorganizationId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n\tregion_id\x18\x04 \x01(\tR\x08regionId\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n\x0ccache_policy\x18\x06 \x01(\x0b2\x1a.depot.core.v1.CachePolicyR\x0bcachePolicy\x123\n\x08hardware\x18\x07 \x01(\x0e2\x17.depot.core.v1.HardwareR\x08hardware"x\n\x13ListProjectsRequest\x12 \n\tpage_size\x18d \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18e \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"r\n\x14ListProjectsResponse\x122\n\x08projects\x18\x01 \x03(\x0b2\x16.depot.core.v1.ProjectR\x08projects\x12&\n\x0fnext_page_token\x18d \x01(\tR\rnextPageToken"2\n\x11GetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"F\n\x12GetProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa5\x02\n\x14CreateProjectRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12,\n\x0forganization_id\x18\x02 \x01(\tH\x00R\x0eorganizationId\x88\x01\x01\x12\x1b\n\tregion_id\x18\x03 \x01(\tR\x08regionId\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x01R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x02R\x08hardware\x88\x01\x01B\x12\n\x10_organization_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15CreateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"\xa3\x02\n\x14UpdateProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12 \n\tregion_id\x18\x03 \x01(\tH\x01R\x08regionId\x88\x01\x01\x12B\n\x0ccache_policy\x18\x04 \x01(\x0b2\x1a.depot.core.v1.CachePolicyH\x02R\x0bcachePolicy\x88\x01\x01\x128\n\x08hardware\x18\x05 \x01(\x0e2\x17.depot.core.v1.HardwareH\x03R\x08hardware\x88\x01\x01B\x07\n\x05_nameB\x0c\n\n_region_idB\x0f\n\r_cache_policyB\x0b\n\t_hardware"I\n\x15UpdateProjectResponse\x120\n\x07project\x18\x01 \x01(\x0b2\x16.depot.core.v1.ProjectR\x07project"5\n\x14DeleteProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x17\n\x15DeleteProjectResponse"4\n\x13ResetProjectRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\x16\n\x14ResetProjectResponse"z\n\x0bCachePolicy\x12&\n\nkeep_bytes\x18\x01 \x01(\x03H\x00R\tkeepBytesB\x02\x18\x01\x88\x01\x01\x12\x1b\n\tkeep_days\x18\x02 \x01(\x05R\x08keepDays\x12\x17\n\x07keep_gb\x18\x03 \x01(\x05R\x06keepGbB\r\n\x0b_keep_bytes"9\n\x18ListTrustPoliciesRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"^\n\x19ListTrustPoliciesResponse\x12A\n\x0etrust_policies\x18\x01 \x03(\x0b2\x1a.depot.core.v1.TrustPolicyR\rtrustPolicies"\x88\x02\n\x15AddTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06githubB\n\n\x08provider"W\n\x16AddTrustPolicyResponse\x12=\n\x0ctrust_policy\x18\x01 \x01(\x0b2\x1a.depot.core.v1.TrustPolicyR\x0btrustPolicy"a\n\x18RemoveTrustPolicyRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12&\n\x0ftrust_policy_id\x18\x02 \x01(\tR\rtrustPolicyId"\x1b\n\x19RemoveTrustPolicyResponse"\x97\x04\n\x0bTrustPolicy\x12&\n\x0ftrust_policy_id\x18\x01 \x01(\tR\rtrustPolicyId\x12D\n\tbuildkite\x18\x02 \x01(\x0b2$.depot.core.v1.TrustPolicy.BuildkiteH\x00R\tbuildkite\x12A\n\x08circleci\x18\x03 \x01(\x0b2#.depot.core.v1.TrustPolicy.CircleCIH\x00R\x08circleci\x12;\n\x06github\x18\x04 \x01(\x0b2!.depot.core.v1.TrustPolicy.GitHubH\x00R\x06github\x1aS\n\x06GitHub\x12)\n\x10repository_owner\x18\x01 \x01(\tR\x0frepositoryOwner\x12\x1e\n\nrepository\x18\x02 \x01(\tR\nrepository\x1aZ\n\x08CircleCI\x12+\n\x11organization_uuid\x18\x01 \x01(\tR\x10organizationUuid\x12!\n\x0cproject_uuid\x18\x02 \x01(\tR\x0bprojectUuid\x1a]\n\tBuildkite\x12+\n\x11organization_slug\x18\x01 \x01(\tR\x10organizationSlug\x12#\n\rpipeline_slug\x18\x02 \x01(\tR\x0cpipelineSlugB\n\n\x08provider"2\n\x11ListTokensRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"\xd0\x02\n\x12ListTokensResponse\x12?\n\x06tokens\x18\x01 \x03(\x0b2\'.depot.core.v1.ListTokensResponse.TokenR\x06tokens\x1a\xf8\x01\n\x05Token\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x129\n\ncreated_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nexpires_at\x18e \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt\x12<\n\x0clast_used_at\x18f \x01(\x0b2\x1a.google.protobuf.TimestampR\nlastUsedAt"\x83\x01\n\x12CreateTokenRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription\x12,\n\x12expires_in_seconds\x18d \x01(\x03R\x10expiresInSeconds"\x83\x01\n\x13CreateTokenResponse\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\x129\n\nexpires_at\x18d \x01(\x0b2\x1a.google.protobuf.TimestampR\texpiresAt"Q\n\x12UpdateTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12 \n\x0bdescription\x18\x02 \x01(\tR\x0bdescription"\x15\n\x13UpdateTokenResponse"N\n\x12DeleteTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\x12\x1d\n\nproject_id\x18d \x01(\tR\tprojectId"\x15\n\x13DeleteTokenResponse*\xc3\x01\n\x08Hardware\x12\x18\n\x14HARDWARE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHARDWARE_16X32\x10\x01\x12\x10\n\x0cHARDWARE_4X4\x10\x02\x12\x10\n\x0cHARDWARE_8X8\x10\x03\x12\x11\n\rHARDWARE_8X16\x10\x04\x12\x12\n\x0eHARDWARE_32X64\x10\x05\x12\x13\n\x0fHARDWARE_64X128\x10\x06\x12\x13\n\x0fHARDWARE_96X192\x10\x07\x12\x14\n\x10HARDWARE_192X384\x10\x082\x9f\x0c\n\x0eProjectService\x12W\n\x0cListProjects\x12".depot.core.v1.ListProjectsRequest\x1a#.depot.core.v1.ListProjectsResponse\x12Q\n\nGetProject\x12 .depot.core.v1.GetProjectRequest\x1a!.depot.core.v1.GetProjectResponse\x12Z\n\rCreateProject\x12#.depot.core.v1.CreateProjectRequest\x1a$.depot.core.v1.CreateProjectResponse\x12Z\n\rUpdateProject\x12#.depot.core.v1.UpdateProjectRequest\x1a$.depot.core.v1.UpdateProjectResponse\x12Z\n\rDeleteProject\x12#.depot.core.v1.DeleteProjectRequest\x1a$.depot.core.v1.DeleteProjectResponse\x12W\n\x0cResetProject\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12f\n\x11ListTrustPolicies\x12\'.depot.core.v1.ListTrustPoliciesRequest\x1a(.depot.core.v1.ListTrustPoliciesResponse\x12]\n\x0eAddTrustPolicy\x12$.depot.core.v1.AddTrustPolicyRequest\x1a%.depot.core.v1.AddTrustPolicyResponse\x12f\n\x11RemoveTrustPolicy\x12\'.depot.core.v1.RemoveTrustPolicyRequest\x1a(.depot.core.v1.RemoveTrustPolicyResponse\x12Q\n\nListTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12T\n\x0bCreateToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12T\n\x0bUpdateToken\x12!.depot.core.v1.UpdateTokenRequest\x1a".depot.core.v1.UpdateTokenResponse\x12T\n\x0bDeleteToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponse\x12\\\n\x11ResetProjectCache\x12".depot.core.v1.ResetProjectRequest\x1a#.depot.core.v1.ResetProjectResponse\x12X\n\x11ListProjectTokens\x12 .depot.core.v1.ListTokensRequest\x1a!.depot.core.v1.ListTokensResponse\x12[\n\x12CreateProjectToken\x12!.depot.core.v1.CreateTokenRequest\x1a".depot.core.v1.CreateTokenResponse\x12[\n\x12DeleteProjectToken\x12!.depot.core.v1.DeleteTokenRequest\x1a".depot.core.v1.DeleteTokenResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -917,6 +1231,16 @@ _DESC = file_desc(
         "ResetProjectRequest": ResetProjectRequest,
         "ResetProjectResponse": ResetProjectResponse,
         "CachePolicy": CachePolicy,
+        "ListTrustPoliciesRequest": ListTrustPoliciesRequest,
+        "ListTrustPoliciesResponse": ListTrustPoliciesResponse,
+        "AddTrustPolicyRequest": AddTrustPolicyRequest,
+        "AddTrustPolicyResponse": AddTrustPolicyResponse,
+        "RemoveTrustPolicyRequest": RemoveTrustPolicyRequest,
+        "RemoveTrustPolicyResponse": RemoveTrustPolicyResponse,
+        "TrustPolicy": TrustPolicy,
+        "TrustPolicy.GitHub": TrustPolicy.GitHub,
+        "TrustPolicy.CircleCI": TrustPolicy.CircleCI,
+        "TrustPolicy.Buildkite": TrustPolicy.Buildkite,
         "ListTokensRequest": ListTokensRequest,
         "ListTokensResponse": ListTokensResponse,
         "ListTokensResponse.Token": ListTokensResponse.Token,
