@@ -28,6 +28,8 @@ from depot_api.gen.depot.cli.v1beta1.projects_connect import (
 from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
 from depot_api.gen.depot.core.v1.org_connect import OrganizationServiceClient
 from depot_api.gen.depot.core.v1.project_connect import ProjectServiceClient
+from depot_api.gen.depot.core.v1.usage_connect import UsageServiceClient
+from depot_api.gen.depotapi.insights.v1.insights_connect import BuildInsightsServiceClient
 from depot_api.gen.depotapi.machine.v1.machine_connect import MachineServiceClient
 from depot_api.startup import prepare
 
@@ -54,6 +56,8 @@ class Clients:
     cli_projects: CliProjectsServiceClient
     cli_push: CliPushServiceClient
     cli_login: CliLoginServiceClient
+    usage: UsageServiceClient
+    insights: BuildInsightsServiceClient
 
 
 @dataclass
@@ -82,6 +86,8 @@ class InProcessAPI:
             cli_projects=CliProjectsServiceClient(base, **options),
             cli_push=CliPushServiceClient(base, **options),
             cli_login=CliLoginServiceClient(base, **options),
+            usage=UsageServiceClient(base, **options),
+            insights=BuildInsightsServiceClient(base, **options),
         )
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from sqlalchemy import Table, select
 
+from depot_api.api.status_messages import decode_status_message
 from depot_api.domain.builds import Outcome
 from depot_api.domain.principal import Principal
 from depot_api.domain.trust_policies import PolicyInput
+from depot_api.gen.moby.buildkit.v1 import control_pb
 from depot_api.models import CiProvider, Platform, TokenKind
 from depot_api.store.database import create_engine
 from depot_api.store.schema import metadata
@@ -20,6 +22,15 @@ from .factories import new_project
 
 # The GitHub repository (owner, name) whose CI jobs project A's trust policy admits.
 TRUSTED_REPOSITORY = ("acme", "app")
+# The digest of the step in builds A and A2.
+WORLD_STEP = "sha256:" + "5" * 64
+WORLD_STEP_MESSAGE = decode_status_message(
+    control_pb.StatusResponse(
+        vertexes=[control_pb.Vertex(digest=WORLD_STEP, name="[1/1] RUN echo hi")],
+        logs=[control_pb.VertexLog(vertex=WORLD_STEP, msg=b"hi\n", stream=1)],
+    ).to_binary(),
+    "world",
+)
 
 
 @dataclass
@@ -67,6 +78,9 @@ async def build_world(api: InProcessAPI) -> World:
     build_a, build_a_token = await d.builds.create(admin_a, project_a)
     build_a2, _ = await d.builds.create(admin_a, project_a2)
     build_b, _ = await d.builds.create(admin_b, project_b)
+    # A step with a log in each of org A's running builds, for the insights' readers.
+    for build in (build_a, build_a2):
+        await d.insights.upload(admin_a, build.id, [WORLD_STEP_MESSAGE])
     # An organization token past its expiry, and the token of a build that has ended (the
     # matrix runs with no grace period after a build ends).
     expired, expired_secret = d.tokens.new_token(TokenKind.ORG, "old", org_id=org_a.id)

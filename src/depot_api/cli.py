@@ -43,6 +43,7 @@ from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
 from depot_api.logs import configure_logging
 from depot_api.models import MachineConnection
+from depot_api.report_build import ReportFailed, report_build
 from depot_api.server.address import claim_address
 from depot_api.server.errors import ServeError
 from depot_api.server.supervisor import Supervisor
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return asyncio.run(_agent(args))
+        if args.command == "report-build":
+            return _report_build(args)
         return _run(args, resolve_args(args, os.environ))
     except (SettingError, ConfigFileError) as e:
         return _failed(str(e), USAGE_ERROR)
@@ -91,6 +94,18 @@ def _run(args: argparse.Namespace, resolved: Resolved) -> int:
         return asyncio.run(_admin(args, settings))
     except EnvironmentProblem as e:
         return _failed(f"{resolved.describe(e.field)}: {e.problem}", ENVIRONMENT_ERROR)
+
+
+def _report_build(args: argparse.Namespace) -> int:
+    try:
+        reported = report_build(args.server, args.build_id, args.token, args.file)
+    except ReportFailed as e:
+        return _failed(str(e), USAGE_ERROR if e.usage else ENVIRONMENT_ERROR)
+    print(
+        f"uploaded {reported.messages} status messages of build {args.build_id}: "
+        f"{reported.merged} merged, {reported.repeated} already there"
+    )
+    return 0
 
 
 def _failed(message: str, status: int) -> int:
@@ -225,6 +240,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(show, None)
 
     add_agent_command(commands)
+
+    report = commands.add_parser(
+        "report-build",
+        help="upload the BuildKit progress log of a build run elsewhere, for its insights",
+        description="Upload a build's `docker buildx build --progress=rawjson` log (one JSON "
+        "SolveStatus per line) so that the build's steps, logs and cache hits show as for "
+        "builds on depot-api's machines. The log is checked whole first: a bad line uploads "
+        "nothing. Running it again is harmless: what arrived is not merged twice.",
+    )
+    report.add_argument("--server", required=True, metavar="URL", help="the depot-api server")
+    report.add_argument("--build-id", required=True, metavar="ID", help="the build")
+    report.add_argument(
+        "--token", required=True, metavar="BUILD_TOKEN", help="the build's token (CreateBuild's)"
+    )
+    report.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="the log; - or none: standard input"
+    )
     return parser
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from depot_api.config_file import ConfigFile
+from depot_api.domain.insights import DEFAULT_LOG_RETENTION, DEFAULT_MAX_LOG_BYTES
 from depot_api.domain.projects import DEFAULT_REGIONS
 from depot_api.models import CiProvider
 from depot_api.setting_kinds import (
@@ -115,6 +116,10 @@ class Settings:
     oidc_audiences: tuple[str, ...] = ()
     oidc_leeway: timedelta = timedelta(seconds=30)
     oidc_keys_refetch: timedelta = timedelta(seconds=30)
+    # Build insights: the logs one build keeps at most (past it they are cut with a marker),
+    # and how long builds' logs are kept (their steps and counters stay).
+    max_build_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    build_log_retention: timedelta = DEFAULT_LOG_RETENTION
 
     @property
     def database_url(self) -> str:
@@ -281,6 +286,16 @@ SETTINGS: tuple[Setting, ...] = (
         help="the key that seals private keys in the database (a Fernet key); "
         "servers sharing a database must share it",
         commands=frozenset({SERVE, ADMIN}),
+    ),
+    Setting(
+        "max_build_log_bytes", "DEPOT_API_MAX_BUILD_LOG_BYTES", whole_number(1),
+        flag="--max-build-log-bytes", metavar="BYTES",
+        help="the step logs one build keeps at most; past it they are cut with a marker",
+    ),
+    Setting(
+        "build_log_retention", "DEPOT_API_BUILD_LOG_RETENTION", seconds(above_low=True),
+        flag="--build-log-retention", metavar="SECONDS",
+        help="how long builds' step logs are kept (their steps and counters stay)",
     ),
     Setting(
         "machine_heartbeat", "DEPOT_API_MACHINE_HEARTBEAT", _MACHINE_TIMING,

@@ -274,3 +274,112 @@ class MachineConnection:
     reported_at: datetime
     # The build's project, when the build is known; filled in by the store.
     project_id: str | None = None
+
+
+# Build insights: the steps, logs and cache hits of a build, as BuildKit reported them.
+
+
+@dataclass(frozen=True, slots=True)
+class VertexUpdate:
+    """One BuildKit vertex (a build step) as one status message carried it. BuildKit resends
+    a vertex whole whenever it changes; an empty field is one the message did not set."""
+
+    digest: str
+    name: str
+    inputs: tuple[str, ...]
+    started_us: int | None
+    completed_us: int | None
+    cached: bool
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogPiece:
+    """Output a step printed, as one status message carried it (at most one chunk's bytes:
+    the domain cuts longer output into pieces)."""
+
+    digest: str
+    at_us: int
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage:
+    """One BuildKit status message, decoded: key identifies its content (a message sent twice
+    has the same key, so it is merged once)."""
+
+    key: str
+    vertexes: tuple[VertexUpdate, ...]
+    logs: tuple[LogPiece, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InsightsFlags:
+    """What a reporter says about its own view of a build: messages it had to drop, and
+    whether it listened from the side (so it may have missed the start)."""
+
+    dropped: int = 0
+    side_listener: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MergeLimits:
+    """The per-build log cap and the marker put in a step's log where it is cut."""
+
+    max_log_bytes: int
+    cut_marker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStep:
+    build_id: str
+    digest: str
+    position: int
+    name: str
+    inputs: tuple[str, ...]
+    started_us: int | None
+    completed_us: int | None
+    cached: bool
+    error: str | None
+    has_logs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """A stored piece of one step's log: seq orders a step's chunks."""
+
+    seq: int
+    at_us: int
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInsights:
+    """A build's counters and what is known about the completeness of its insights."""
+
+    build_id: str
+    total_steps: int
+    cached_steps: int
+    saved_us: int
+    log_bytes: int
+    log_bytes_cut: int
+    dropped: int
+    side_listener: bool
+    logs_expired: bool
+
+    @property
+    def incomplete(self) -> bool:
+        """A reporter dropped status messages: some steps or logs may be missing."""
+        return self.dropped > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectUsage:
+    project_id: str
+    project_name: str
+    build_count: int
+    build_seconds: float
+    saved_seconds: float
+    cache_bytes: int

@@ -21,9 +21,11 @@ from depot_api.api.cli_projects_service import CliProjectsServiceImpl
 from depot_api.api.cli_unserved import CliLoginServiceImpl, CliPushServiceImpl
 from depot_api.api.core_build_service import CoreBuildServiceImpl
 from depot_api.api.guard import Guard
+from depot_api.api.insights_service import BuildInsightsServiceImpl
 from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
+from depot_api.api.usage_service import UsageServiceImpl
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
 from depot_api.gen.depot.buildkit.v1 import buildkit_connect, buildkit_pb
@@ -33,7 +35,15 @@ from depot_api.gen.depot.cli.v1 import push_connect, push_pb
 from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_connect, projects_pb
 from depot_api.gen.depot.core.v1 import build_connect as core_build_connect
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
-from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_connect, project_pb
+from depot_api.gen.depot.core.v1 import (
+    org_connect,
+    org_pb,
+    project_connect,
+    project_pb,
+    usage_connect,
+    usage_pb,
+)
+from depot_api.gen.depotapi.insights.v1 import insights_connect, insights_pb
 from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 from depot_api.wiring import Domain
 
@@ -58,13 +68,23 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
         ),
         Service(
             build_connect.BuildServiceASGIApplication,
-            BuildServiceImpl(domain.builds),
+            BuildServiceImpl(domain.builds, domain.insights),
             build_pb.desc(),
         ),
         Service(
             core_build_connect.BuildServiceASGIApplication,
-            CoreBuildServiceImpl(domain.builds),
+            CoreBuildServiceImpl(domain.builds, domain.insights),
             core_build_pb.desc(),
+        ),
+        Service(
+            usage_connect.UsageServiceASGIApplication,
+            UsageServiceImpl(domain.usage),
+            usage_pb.desc(),
+        ),
+        Service(
+            insights_connect.BuildInsightsServiceASGIApplication,
+            BuildInsightsServiceImpl(domain.insights),
+            insights_pb.desc(),
         ),
         Service(
             org_connect.OrganizationServiceASGIApplication,
@@ -78,7 +98,7 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
         ),
         Service(
             machine_connect.MachineServiceASGIApplication,
-            MachineServiceImpl(domain.machines, domain.connections, heartbeat_ms),
+            MachineServiceImpl(domain.machines, domain.connections, domain.insights, heartbeat_ms),
             machine_pb.desc(),
             Guard.MACHINE,
         ),

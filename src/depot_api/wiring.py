@@ -14,6 +14,7 @@ from depot_api.domain.builds import Builds
 from depot_api.domain.connections import Connections
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
 from depot_api.domain.health import Health
+from depot_api.domain.insights import Insights
 from depot_api.domain.machines import Machines
 from depot_api.domain.oidc_issuers import Issuers
 from depot_api.domain.oidc_keys import IssuerKeys
@@ -23,6 +24,7 @@ from depot_api.domain.projects import Projects
 from depot_api.domain.secretbox import SecretBox, load_or_create_key
 from depot_api.domain.tokens import Tokens
 from depot_api.domain.trust_policies import TrustPolicies
+from depot_api.domain.usage import Usage
 from depot_api.http_json import HttpJsonSource
 from depot_api.models import CiProvider
 from depot_api.store import Store, open_store
@@ -42,6 +44,8 @@ class Domain:
     connections: Connections
     endpoints: Endpoints
     build_reports: BuildReports
+    insights: Insights
+    usage: Usage
     health: Health
     # Where the OIDC issuers' keys are fetched from: closed at shutdown.
     issuer_documents: HttpJsonSource
@@ -116,6 +120,15 @@ def build_domain(
             wait_for_machines=settings.wait_for_machines,
         ),
         build_reports=BuildReports(store.builds, builds, now=now),
+        insights=Insights(
+            insight_store=store.insights,
+            machine_store=store.machines,
+            builds=builds,
+            max_log_bytes=settings.max_build_log_bytes,
+            log_retention=settings.build_log_retention,
+            now=now,
+        ),
+        usage=Usage(store.usage, projects, now=now),
         health=Health(store),
         issuer_documents=issuer_documents,
     )

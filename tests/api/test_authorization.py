@@ -34,13 +34,21 @@ from depot_api.gen.depot.cli.v1beta1 import login_connect, login_pb, projects_pb
 from depot_api.gen.depot.cli.v1beta1 import projects_connect as cli_projects_connect
 from depot_api.gen.depot.core.v1 import build_connect as core_build_connect
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
-from depot_api.gen.depot.core.v1 import org_connect, org_pb, project_connect, project_pb
+from depot_api.gen.depot.core.v1 import (
+    org_connect,
+    org_pb,
+    project_connect,
+    project_pb,
+    usage_connect,
+    usage_pb,
+)
+from depot_api.gen.depotapi.insights.v1 import insights_connect, insights_pb
 from depot_api.gen.depotapi.machine.v1 import machine_connect, machine_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb
 
 from ..conftest import Clients, InProcessAPI
 from ..oidc_issuer import LocalIssuer, local_issuer
-from ..world import TRUSTED_REPOSITORY, World, WorldCache
+from ..world import TRUSTED_REPOSITORY, WORLD_STEP, World, WorldCache
 
 UNAUTHENTICATED_CALLERS = ("none", "malformed", "unknown", "revoked", "expired", "ended_build")
 CALLERS = (
@@ -409,6 +417,12 @@ TABLE += [
             machine_pb.ReportConnectionsRequest(machine_id=w.machine_id), headers=h
         ),
     ),
+    machine_only(
+        M + "ReportBuildStatus",
+        lambda c, w, h: c.machines.report_build_status(
+            machine_pb.ReportBuildStatusRequest(machine_id=w.machine_id), headers=h
+        ),
+    ),
 ]
 
 
@@ -449,6 +463,10 @@ def build_scoped(
             variant="another build",
         ),
     ]
+
+
+U = "depot.core.v1.UsageService/"
+INSIGHTS = "depotapi.insights.v1.BuildInsightsService/"
 
 
 def unserved(rpc: str, call: Call) -> Row:
@@ -576,6 +594,50 @@ TABLE += [
             projects_pb.ResetProjectCacheRequest(project_id=w.project_a), headers=h
         ),
     ),
+    *build_scoped(
+        B + "GetBuildSteps",
+        lambda c, b, h: c.builds.get_build_steps(
+            build_pb.GetBuildStepsRequest(build_id=b), headers=h
+        ),
+    ),
+    *build_scoped(
+        B + "GetBuildStepLogs",
+        lambda c, b, h: c.builds.get_build_step_logs(
+            build_pb.GetBuildStepLogsRequest(build_id=b, build_step_digest=WORLD_STEP), headers=h
+        ),
+    ),
+    *build_scoped(
+        INSIGHTS + "UploadBuildStatus",
+        lambda c, b, h: c.insights.upload_build_status(
+            insights_pb.UploadBuildStatusRequest(
+                build_id=b,
+                status_responses=[
+                    control_pb.StatusResponse(
+                        vertexes=[control_pb.Vertex(digest=WORLD_STEP, name="[1/1] RUN echo hi")]
+                    ).to_binary()
+                ],
+            ),
+            headers=h,
+        ),
+    ),
+    row(
+        U + "GetUsage",
+        lambda c, w, h: c.usage.get_usage(usage_pb.GetUsageRequest(), headers=h),
+        ok=(*MANAGERS, *OUTSIDERS),
+        denied=NARROW,
+    ),
+    row(
+        U + "ListProjectUsage",
+        lambda c, w, h: c.usage.list_project_usage(usage_pb.ListProjectUsageRequest(), headers=h),
+        ok=(*MANAGERS, *OUTSIDERS),
+        denied=NARROW,
+    ),
+    managed(
+        U + "GetProjectUsage",
+        lambda c, w, h: c.usage.get_project_usage(
+            usage_pb.GetProjectUsageRequest(project_id=w.project_a), headers=h
+        ),
+    ),
     unserved_without_token(
         CLI_LOGIN + "StartLogin",
         lambda c, w, h: c.cli_login.start_login(login_pb.StartLoginRequest(), headers=h),
@@ -673,6 +735,8 @@ def test_every_rpc_has_rows() -> None:
             cli_projects_connect.ProjectsService,
             push_connect.PushService,
             login_connect.LoginService,
+            usage_connect.UsageService,
+            insights_connect.BuildInsightsService,
         )
         for method in service.desc().methods
     }

@@ -132,6 +132,21 @@ async def test_a_constraint_violation_is_named_and_nothing_is_kept(driver: Drive
     assert await names(driver) == ["taken", "other"]
 
 
+async def test_many_rows_run_in_one_call_and_a_violation_keeps_none(driver: Driver) -> None:
+    async with driver.write() as session:
+        await session.run_many(_ADD, [{"id": n, "name": f"n{n}"} for n in range(1, 501)])
+        await session.run_many(_ADD, [])
+    assert len(await names(driver)) == 500
+
+    async def add_with_a_clash() -> None:
+        async with driver.write() as session:
+            await session.run_many(_ADD, [{"id": 501, "name": "new"}, {"id": 502, "name": "n7"}])
+
+    with pytest.raises(ConstraintViolation):
+        await add_with_a_clash()
+    assert len(await names(driver)) == 500
+
+
 async def test_an_unreachable_postgresql_is_unavailable() -> None:
     driver = open_driver("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     try:

@@ -9,9 +9,10 @@ from depot_api.api.convert import (
 )
 from depot_api.api.guard import Context, current_principal
 from depot_api.domain.builds import Builds, duration_seconds
+from depot_api.domain.insights import Insights
 from depot_api.gen.depot.core.v1 import build_connect
 from depot_api.gen.depot.core.v1 import build_pb as pb
-from depot_api.models import Build, BuildStatus
+from depot_api.models import Build, BuildInsights, BuildStatus
 
 _STATUS = {
     BuildStatus.RUNNING: pb.Build.Status.RUNNING,
@@ -23,23 +24,29 @@ _STATUS = {
 
 
 class CoreBuildServiceImpl(build_connect.BuildService):
-    def __init__(self, builds: Builds) -> None:
+    def __init__(self, builds: Builds, insights: Insights) -> None:
         self._builds = builds
+        self._insights = insights
 
     async def list_builds(
         self, request: pb.ListBuildsRequest, ctx: Context
     ) -> pb.ListBuildsResponse:
         page = await builds_page(self._builds, request)
+        counters = await self._insights.counters(page.items)
         return pb.ListBuildsResponse(
-            builds=[build_message(b) for b in page.items], next_page_token=page.next_page_token
+            builds=[build_message(b, counters.get(b.id)) for b in page.items],
+            next_page_token=page.next_page_token,
         )
 
     async def get_build(self, request: pb.GetBuildRequest, ctx: Context) -> pb.GetBuildResponse:
         build = await self._builds.get(current_principal(), request.build_id)
-        return pb.GetBuildResponse(build=build_message(build))
+        counters = await self._insights.counters([build])
+        return pb.GetBuildResponse(build=build_message(build, counters.get(build.id)))
 
 
-def build_message(build: Build) -> pb.Build:
+def build_message(build: Build, insights: BuildInsights | None) -> pb.Build:
+    """The build with its insights counters when it has any (absent otherwise: nothing was
+    reported of its steps)."""
     duration = duration_seconds(build)
     return pb.Build(
         build_id=build.id,
@@ -49,4 +56,7 @@ def build_message(build: Build) -> pb.Build:
         finished_at=optional_micros_timestamp(build.finished_us),
         # The real field is an int32 of whole seconds.
         build_duration_seconds=None if duration is None else round(duration),
+        saved_duration_seconds=None if insights is None else round(insights.saved_us / 1e6),
+        cached_steps=None if insights is None else insights.cached_steps,
+        total_steps=None if insights is None else insights.total_steps,
     )

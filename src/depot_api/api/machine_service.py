@@ -9,18 +9,26 @@ from protobuf import Oneof
 from depot_api.api.convert import time_of
 from depot_api.api.guard import Context, current_principal
 from depot_api.api.platforms import platform_from_wire
+from depot_api.api.status_messages import decode_status_messages
 from depot_api.domain.connections import Connections, ReportedConnection
+from depot_api.domain.insights import Insights, ReportedBuild
 from depot_api.domain.machines import Assignment, HealthReport, Machines, Stop
 from depot_api.gen.depotapi.machine.v1 import machine_connect
 from depot_api.gen.depotapi.machine.v1 import machine_pb as pb
+from depot_api.models import InsightsFlags
 
 
 class MachineServiceImpl(machine_connect.MachineService):
     def __init__(
-        self, machines: Machines, connections: Connections, heartbeat_interval_ms: int
+        self,
+        machines: Machines,
+        connections: Connections,
+        insights: Insights,
+        heartbeat_interval_ms: int,
     ) -> None:
         self._machines = machines
         self._connections = connections
+        self._insights = insights
         self._interval_ms = heartbeat_interval_ms
 
     async def register(self, request: pb.RegisterRequest, ctx: Context) -> pb.RegisterResponse:
@@ -80,6 +88,24 @@ class MachineServiceImpl(machine_connect.MachineService):
             [_reported(i, report) for i, report in enumerate(request.connections)],
         )
         return pb.ReportConnectionsResponse()
+
+    async def report_build_status(
+        self, request: pb.ReportBuildStatusRequest, ctx: Context
+    ) -> pb.ReportBuildStatusResponse:
+        # Every message of every build is decoded before anything is merged: a malformed one
+        # refuses the whole call.
+        reports = [
+            ReportedBuild(
+                build_id=batch.build_id,
+                messages=decode_status_messages(
+                    batch.status_responses, f"builds[{index}].status_responses"
+                ),
+                flags=InsightsFlags(dropped=batch.dropped, side_listener=batch.side_listener),
+            )
+            for index, batch in enumerate(request.builds)
+        ]
+        await self._insights.report_from_machine(current_principal(), request.machine_id, reports)
+        return pb.ReportBuildStatusResponse()
 
 
 def _reported(index: int, report: pb.ConnectionReport) -> ReportedConnection:

@@ -8,6 +8,8 @@
     machines.py    machines, bindings, build endpoints (and the lock order)
     connections.py client connections to machines: admission's facts, the agents' reports
     trust_policies.py the CI identities (OIDC) that may create a project's builds
+    insights.py    build steps, step logs and counters (the merge of BuildKit's status)
+    usage.py       usage figures per project
     database.py    Database: read()/write() sessions for the aggregates, the engine that
                    migrates, and why a database cannot be used (explained_errors)
     driver.py      statements compiled once (Query), run on sqlite3 or asyncpg: the one

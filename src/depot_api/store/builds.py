@@ -48,7 +48,7 @@ _INSERT_BUILD_AND_TOKEN = Query(
     )
 )
 # A build's columns in the order _build reads them (by position: listings read hundreds).
-_BUILD_COLUMNS = (
+BUILD_COLUMNS = (
     b.c.id,
     b.c.project_id,
     b.c.org_id,
@@ -59,20 +59,20 @@ _BUILD_COLUMNS = (
     b.c.error_message,
     b.c.trust_policy_id,
 )
-_BUILD = Query(select(*_BUILD_COLUMNS).where(b.c.id == bindparam("id")))
+_BUILD = Query(select(*BUILD_COLUMNS).where(b.c.id == bindparam("id")))
 _LIVE_BUILD = Query(  # a build whose project is not deleted
-    select(*_BUILD_COLUMNS)
+    select(*BUILD_COLUMNS)
     .join(p, p.c.id == b.c.project_id)
     .where(b.c.id == bindparam("id"), p.c.deleted_at.is_(None))
 )
 _BUILDS = Query(
-    select(*_BUILD_COLUMNS)
+    select(*BUILD_COLUMNS)
     .where(b.c.project_id == bindparam("project_id"))
     .order_by(*_newest_first)
     .limit(bindparam("limit"))
 )
 _BUILDS_BEFORE = Query(
-    select(*_BUILD_COLUMNS)
+    select(*BUILD_COLUMNS)
     .where(
         b.c.project_id == bindparam("project_id"),
         tuple_(b.c.created_at, b.c.id)
@@ -93,7 +93,7 @@ _FINISH = Query(
         finished_at=bindparam("at"),
         error_message=bindparam("message"),
     )
-    .returning(*_BUILD_COLUMNS)
+    .returning(*BUILD_COLUMNS)
 )
 _TOUCH_HEALTH = Query(update(b).where(_running).values(last_health_at=bindparam("at")))
 _NOTE_MACHINE_WAIT = Query(
@@ -175,7 +175,7 @@ class SqlBuildStore(BuildStore):
     async def get_build(self, build_id: str) -> Build | None:
         async with self._db.read() as session:
             row = await session.one(_LIVE_BUILD, id=build_id)
-        return None if row is None else _build(row)
+        return None if row is None else build_of_row(row)
 
     async def list_builds(
         self, project_id: str, before: Position | None, limit: int
@@ -191,7 +191,7 @@ class SqlBuildStore(BuildStore):
                     before_id=before[1],
                     limit=limit,
                 )
-        return [_build(row) for row in rows]
+        return [build_of_row(row) for row in rows]
 
     async def finish_build(
         self, build_id: str, status: BuildStatus, at: datetime, error_message: str | None
@@ -206,7 +206,7 @@ class SqlBuildStore(BuildStore):
             )
             if row is None:  # not running (finished already), or no such build
                 row = await session.one(_BUILD, id=build_id)
-            return None if row is None else _build(row)
+            return None if row is None else build_of_row(row)
 
     # Health and machine waits
 
@@ -259,8 +259,8 @@ class SqlBuildStore(BuildStore):
 _STATUSES = {status.value: status for status in BuildStatus}
 
 
-def _build(row: Row) -> Build:
-    """A build from a row of _BUILD_COLUMNS (which are its fields, in order)."""
+def build_of_row(row: Row) -> Build:
+    """A build from a row of BUILD_COLUMNS (which are its fields, in order)."""
     (
         id_,
         project_id,

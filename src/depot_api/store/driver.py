@@ -130,6 +130,11 @@ class Session(ABC):
     async def run(self, query: Query | ClauseElement, /, **params: Any) -> int:
         """Execute a statement; the number of rows it changed."""
 
+    @abstractmethod
+    async def run_many(self, query: Query, rows: Sequence[Mapping[str, Any]], /) -> None:
+        """Execute a statement (with no list parameter) once for each row's parameters, in
+        one call of the driver: many inserts cost one round trip, not one each."""
+
     async def one(self, query: Query | ClauseElement, /, **params: Any) -> Row | None:
         rows = await self.all(query, **params)
         return rows[0] if rows else None
@@ -304,6 +309,17 @@ class _SqliteSession(Session):
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
+    async def run_many(self, query: Query, rows: Sequence[Mapping[str, Any]], /) -> None:
+        if not rows:
+            return
+        compiled = query.compiled(_SQLITE)
+        try:
+            self._connection.executemany(compiled.sql, [compiled.args(row)[1] for row in rows])
+        except sqlite3.IntegrityError as e:
+            raise ConstraintViolation(str(e)) from e
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
+
     async def run(self, query: Query | ClauseElement, /, **params: Any) -> int:
         sql, args = _sql_and_args(_SQLITE, query, params)
         try:
@@ -411,6 +427,19 @@ class _PostgresSession(Session):
         sql, args = _sql_and_args(_POSTGRES, query, params)
         try:
             return await self._connection.fetch(sql, *args)  # type: ignore[no-any-return]
+        except asyncpg.IntegrityConstraintViolationError as e:
+            raise ConstraintViolation(e.constraint_name or str(e)) from e
+        except _POSTGRES_ERRORS as e:
+            raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
+
+    async def run_many(self, query: Query, rows: Sequence[Mapping[str, Any]], /) -> None:
+        if not rows:
+            return
+        compiled = query.compiled(_POSTGRES)
+        try:
+            await self._connection.executemany(
+                compiled.sql, [compiled.args(row)[1] for row in rows]
+            )
         except asyncpg.IntegrityConstraintViolationError as e:
             raise ConstraintViolation(e.constraint_name or str(e)) from e
         except _POSTGRES_ERRORS as e:

@@ -20,6 +20,8 @@ Contract for every method of every aggregate:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -27,16 +29,23 @@ from depot_api.models import (
     AdmissionFacts,
     Binding,
     Build,
+    BuildInsights,
     BuildStatus,
+    BuildStep,
     CachePolicy,
     Hardware,
+    InsightsFlags,
+    LogChunk,
     Machine,
     MachineConnection,
     MachineState,
+    MergeLimits,
     Organization,
     Platform,
     Project,
     ProjectCA,
+    ProjectUsage,
+    StatusMessage,
     StatusReport,
     Token,
     TrustPolicy,
@@ -329,3 +338,67 @@ class ConnectionStore(Protocol):
     ) -> list[MachineConnection]:
         """At most limit connections, newest opened first, of the machine and/or the build
         when given (of every machine otherwise)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    # Messages merged now, and messages skipped because they had been merged before.
+    merged: int
+    repeated: int
+
+
+class InsightStore(Protocol):
+    """Build insights: steps, step logs and counters, as BuildKit's status messages said."""
+
+    async def merge(
+        self,
+        build_id: str,
+        *,
+        project_id: str,
+        build_created_us: int,
+        messages: Sequence[StatusMessage],
+        flags: InsightsFlags,
+        limits: MergeLimits,
+        now_us: int,
+    ) -> MergeResult:
+        """Merge the messages not merged before (by their key) into the build's steps, in
+        order: each vertex into its step (by digest; see store.insights for how fields
+        combine), each log piece appended to its step's log while the build's kept log bytes
+        stay within limits.max_log_bytes; the piece that crosses the cap is cut there and the
+        step's log ends with limits.cut_marker; later pieces are only counted. A log piece of
+        a step never seen makes the step (with no name yet). The flags only grow: dropped
+        keeps its largest value, side_listener once set stays. The build must exist."""
+
+    async def build_served_by(self, build_id: str, machine_id: str) -> Build | None:
+        """The build, if its project is live and it held an endpoint on the machine at some
+        time (released or not: the end of a build is reported after it lets go)."""
+
+    async def list_steps(self, build_id: str, *, after: int, limit: int) -> list[BuildStep]:
+        """At most limit steps with a position above after, in position order."""
+
+    async def get_step(self, build_id: str, digest: str) -> BuildStep | None:
+        """The step, or None when the build has no step of that digest."""
+
+    async def read_log(
+        self, build_id: str, digest: str, *, from_seq: int, limit: int
+    ) -> list[LogChunk]:
+        """At most limit chunks of the step's log from seq from_seq on, in order."""
+
+    async def insights(self, build_ids: list[str]) -> dict[str, BuildInsights]:
+        """The counters of the builds that have insights, by build ID."""
+
+    async def expire_logs(self, *, keep_since_us: int, limit: int) -> list[str]:
+        """Delete the logs of at most limit builds created before keep_since_us (oldest
+        first), keeping their steps and counters; returns their IDs."""
+
+
+class UsageStore(Protocol):
+    """Usage figures over builds and machines."""
+
+    async def project_usage(
+        self, project_ids: list[str], *, start_us: int, end_us: int
+    ) -> list[ProjectUsage]:
+        """For each live project named: its builds created in [start_us, end_us), their
+        seconds (of those that finished), the seconds their cached steps saved, and the cache
+        its machines hold now (the disk use the agents last reported of machines whose cache
+        is the project's). In the order of project_ids."""

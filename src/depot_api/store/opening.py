@@ -7,27 +7,32 @@ from contextlib import AbstractAsyncContextManager
 from depot_api.store.builds import SqlBuildStore
 from depot_api.store.connections import SqlConnectionStore
 from depot_api.store.database import Database
+from depot_api.store.insights import SqlInsightStore
 from depot_api.store.interface import (
     BuildStore,
     ConnectionStore,
+    InsightStore,
     MachineStore,
     OrgStore,
     ProjectStore,
     TrustPolicyStore,
+    UsageStore,
 )
 from depot_api.store.machines import SqlMachineStore
 from depot_api.store.migrating import Migration, migrate, startup_lock
 from depot_api.store.orgs import SqlOrgStore
 from depot_api.store.projects import SqlProjectStore
 from depot_api.store.trust_policies import SqlTrustPolicyStore
+from depot_api.store.usage import SqlUsageStore
 
 
 class Store:
     """Persistence, by aggregate: `orgs` (organizations, users, tokens), `projects` (with
     their CAs), `builds` (with health and status reports), `machines` (with bindings and
     endpoints), `connections` (client connections to machines' front doors), `trust_policies`
-    (the CI identities that may create builds). Each method of each is one transaction
-    (store.interface has the contracts)."""
+    (the CI identities that may create builds), `insights` (build steps, logs and counters),
+    `usage` (figures per project). Each method of each is one transaction (store.interface has
+    the contracts)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -37,6 +42,8 @@ class Store:
         self.machines: MachineStore = SqlMachineStore(database)
         self.connections: ConnectionStore = SqlConnectionStore(database)
         self.trust_policies: TrustPolicyStore = SqlTrustPolicyStore(database)
+        self.insights: InsightStore = SqlInsightStore(database)
+        self.usage: UsageStore = SqlUsageStore(database)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""

@@ -245,6 +245,78 @@ machine_connections = Table(
 )
 
 
+# Build insights (store.insights): what BuildKit said about each build, as the agents at the
+# machines' front doors (or `depot-api report-build`) reported it. One row per build that has
+# any, with the counters that outlive its logs.
+build_insights = Table(
+    "build_insights",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("project_id", ID, nullable=False),
+    # The build's creation, copied here so that the retention sweep walks one index.
+    Column("build_created_at", BigInteger, nullable=False),
+    # Steps seen so far: the next step's position.
+    Column("steps", Integer, nullable=False),
+    # Log bytes kept, and bytes not kept once the build's cap was reached.
+    Column("log_bytes", BigInteger, nullable=False),
+    Column("log_bytes_cut", BigInteger, nullable=False),
+    # The largest count of status messages a reporter said it dropped.
+    Column("dropped", BigInteger, nullable=False),
+    # A reporter listened from the side (the client never asked for status).
+    Column("side_listener", Boolean, nullable=False),
+    # The logs are past the retention and deleted; the steps and counters stay.
+    Column("logs_expired", Boolean, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_build_insights_retention", "logs_expired", "build_created_at"),
+)
+
+# A build's steps (BuildKit vertexes), one row per (build, digest), merged field by field.
+build_steps = Table(
+    "build_steps",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("digest", String(255), primary_key=True),
+    Column("project_id", ID, nullable=False),
+    # Order of first sight in the build: GetBuildSteps pages by it.
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    # The digests of the steps it depends on, one per line.
+    Column("inputs", Text, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("cached", Boolean, nullable=False),
+    Column("error", Text, nullable=True),
+    # The step's log chunks so far: the next chunk's seq.
+    Column("log_chunks", Integer, nullable=False),
+    # The step's log was cut at the build's cap (its last chunk is the marker).
+    Column("log_cut", Boolean, nullable=False),
+    Index("ix_build_steps_position", "build_id", "position"),
+    # Saved time: the latest uncached run of a digest in a project.
+    Index("ix_build_steps_runs", "project_id", "digest", "completed_at"),
+)
+
+# A step's output in order, in chunks of at most 64 KiB.
+build_step_logs = Table(
+    "build_step_logs",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("digest", String(255), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", BigInteger, nullable=False),
+    Column("stream", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# The status messages merged into a build, by a hash of their content: a message sent again
+# (a retried batch, an upload repeated) is merged once.
+build_status_seen = Table(
+    "build_status_seen",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("message_key", String(64), primary_key=True),
+)
+
+
 def micros_or_none(at: datetime | None) -> int | None:
     """A column's value for an optional time."""
     return None if at is None else to_micros(at)

@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import build_pb
-from .build_pb import Build, CreateBuildRequest, CreateBuildResponse, FinishBuildRequest, FinishBuildResponse, GetBuildRequest, ListBuildsRequest, ListBuildsResponse
+from .build_pb import Build, CreateBuildRequest, CreateBuildResponse, FinishBuildRequest, FinishBuildResponse, GetBuildRequest, GetBuildStepLogsRequest, GetBuildStepLogsResponse, GetBuildStepsRequest, GetBuildStepsResponse, ListBuildsRequest, ListBuildsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -43,6 +43,20 @@ class BuildService(Protocol):
     async def finish_build(self, request: FinishBuildRequest, ctx: RequestContext[FinishBuildRequest, FinishBuildResponse], /) -> FinishBuildResponse:
         """
         Closes out a running build with its outcome.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_build_steps(self, request: GetBuildStepsRequest, ctx: RequestContext[GetBuildStepsRequest, GetBuildStepsResponse], /) -> GetBuildStepsResponse:
+        """
+        Paged listing of a build's steps: name, digest, start/finish time, cache hit state, optional
+        error text, and whether logs exist.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_build_step_logs(self, request: GetBuildStepLogsRequest, ctx: RequestContext[GetBuildStepLogsRequest, GetBuildStepLogsResponse], /) -> GetBuildStepLogsResponse:
+        """
+        Paged log lines (text + timestamp) for a single step, selected by project, build and the step's
+        digest.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -97,6 +111,28 @@ class BuildServiceASGIApplication(ConnectASGIApplication[BuildService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.finish_build,
+                ),
+                "/depot.build.v1.BuildService/GetBuildSteps": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetBuildSteps",
+                        service_name="depot.build.v1.BuildService",
+                        input=GetBuildStepsRequest,
+                        output=GetBuildStepsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_build_steps,
+                ),
+                "/depot.build.v1.BuildService/GetBuildStepLogs": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetBuildStepLogs",
+                        service_name="depot.build.v1.BuildService",
+                        input=GetBuildStepLogsRequest,
+                        output=GetBuildStepLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_build_step_logs,
                 ),
                 "/depot.build.v1.BuildService/GetBuild": Endpoint.unary(
                     method=MethodInfo(
@@ -183,6 +219,54 @@ class BuildServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_build_steps(
+        self,
+        request: GetBuildStepsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetBuildStepsResponse:
+        """
+        Paged listing of a build's steps: name, digest, start/finish time, cache hit state, optional
+        error text, and whether logs exist.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBuildSteps",
+                service_name="depot.build.v1.BuildService",
+                input=GetBuildStepsRequest,
+                output=GetBuildStepsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_build_step_logs(
+        self,
+        request: GetBuildStepLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetBuildStepLogsResponse:
+        """
+        Paged log lines (text + timestamp) for a single step, selected by project, build and the step's
+        digest.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBuildStepLogs",
+                service_name="depot.build.v1.BuildService",
+                input=GetBuildStepLogsRequest,
+                output=GetBuildStepLogsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def get_build(
         self,
         request: GetBuildRequest,
@@ -246,6 +330,20 @@ class BuildServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def get_build_steps(self, request: GetBuildStepsRequest, ctx: RequestContext[GetBuildStepsRequest, GetBuildStepsResponse], /) -> GetBuildStepsResponse:
+        """
+        Paged listing of a build's steps: name, digest, start/finish time, cache hit state, optional
+        error text, and whether logs exist.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_build_step_logs(self, request: GetBuildStepLogsRequest, ctx: RequestContext[GetBuildStepLogsRequest, GetBuildStepLogsResponse], /) -> GetBuildStepLogsResponse:
+        """
+        Paged log lines (text + timestamp) for a single step, selected by project, build and the step's
+        digest.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def get_build(self, request: GetBuildRequest, ctx: RequestContext[GetBuildRequest, Build], /) -> Build:
         """
         Seed only: one build, as a bare Build with BUILD_STATUS_* names.
@@ -295,6 +393,28 @@ class BuildServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.finish_build,
+                ),
+                "/depot.build.v1.BuildService/GetBuildSteps": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetBuildSteps",
+                        service_name="depot.build.v1.BuildService",
+                        input=GetBuildStepsRequest,
+                        output=GetBuildStepsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_build_steps,
+                ),
+                "/depot.build.v1.BuildService/GetBuildStepLogs": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetBuildStepLogs",
+                        service_name="depot.build.v1.BuildService",
+                        input=GetBuildStepLogsRequest,
+                        output=GetBuildStepLogsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_build_step_logs,
                 ),
                 "/depot.build.v1.BuildService/GetBuild": EndpointSync.unary(
                     method=MethodInfo(
@@ -375,6 +495,54 @@ class BuildServiceClientSync(ConnectClientSync):
                 service_name="depot.build.v1.BuildService",
                 input=FinishBuildRequest,
                 output=FinishBuildResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_build_steps(
+        self,
+        request: GetBuildStepsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetBuildStepsResponse:
+        """
+        Paged listing of a build's steps: name, digest, start/finish time, cache hit state, optional
+        error text, and whether logs exist.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBuildSteps",
+                service_name="depot.build.v1.BuildService",
+                input=GetBuildStepsRequest,
+                output=GetBuildStepsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_build_step_logs(
+        self,
+        request: GetBuildStepLogsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetBuildStepLogsResponse:
+        """
+        Paged log lines (text + timestamp) for a single step, selected by project, build and the step's
+        digest.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBuildStepLogs",
+                service_name="depot.build.v1.BuildService",
+                input=GetBuildStepLogsRequest,
+                output=GetBuildStepLogsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

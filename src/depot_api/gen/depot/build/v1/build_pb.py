@@ -227,6 +227,305 @@ class FinishBuildResponse(Message[_FinishBuildResponseFields]):
         ) -> None:
             pass
 
+_GetBuildStepsRequestFields: TypeAlias = Literal["project_id", "build_id", "page_size", "page_token"]
+
+class GetBuildStepsRequest(Message[_GetBuildStepsRequestFields]):
+    """
+    ```proto
+    message depot.build.v1.GetBuildStepsRequest
+    ```
+
+    Attributes:
+        project_id:
+            ```proto
+            string project_id = 1;
+            ```
+        build_id:
+            ```proto
+            string build_id = 2;
+            ```
+        page_size:
+            ```proto
+            optional int32 page_size = 3;
+            ```
+        page_token:
+            ```proto
+            optional string page_token = 4;
+            ```
+    """
+
+    __slots__ = ("project_id", "build_id", "page_size", "page_token")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            project_id: str = "",
+            build_id: str = "",
+            page_size: int | None = None,
+            page_token: str | None = None,
+        ) -> None:
+            pass
+
+        project_id: str
+        build_id: str
+        page_size: int
+        page_token: str
+
+_GetBuildStepsResponseFields: TypeAlias = Literal["build_steps", "next_page_token"]
+
+class GetBuildStepsResponse(Message[_GetBuildStepsResponseFields]):
+    """
+    ```proto
+    message depot.build.v1.GetBuildStepsResponse
+    ```
+
+    Attributes:
+        build_steps:
+            ```proto
+            repeated depot.build.v1.GetBuildStepsResponse.BuildStep build_steps = 1;
+            ```
+        next_page_token:
+            ```proto
+            optional string next_page_token = 2;
+            ```
+    """
+
+    __slots__ = ("build_steps", "next_page_token")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_steps: list[GetBuildStepsResponse.BuildStep] | None = None,
+            next_page_token: str | None = None,
+        ) -> None:
+            pass
+
+        build_steps: list[GetBuildStepsResponse.BuildStep]
+        next_page_token: str
+
+    _BuildStepFields: TypeAlias = Literal["name", "digest", "started_at", "completed_at", "cache_state", "error", "has_logs"]
+
+    class BuildStep(Message[_BuildStepFields]):
+        """
+        One step of a build.
+
+        ```proto
+        message depot.build.v1.GetBuildStepsResponse.BuildStep
+        ```
+
+        Attributes:
+            name:
+                ```proto
+                string name = 1;
+                ```
+            digest:
+                ```proto
+                string digest = 2;
+                ```
+            started_at:
+                ```proto
+                optional google.protobuf.Timestamp started_at = 3;
+                ```
+            completed_at:
+                ```proto
+                optional google.protobuf.Timestamp completed_at = 4;
+                ```
+            cache_state:
+                ```proto
+                depot.build.v1.GetBuildStepsResponse.BuildStep.CacheState cache_state = 5;
+                ```
+            error:
+                ```proto
+                optional string error = 6;
+                ```
+            has_logs:
+                ```proto
+                bool has_logs = 7;
+                ```
+        """
+
+        __slots__ = ("name", "digest", "started_at", "completed_at", "cache_state", "error", "has_logs")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                name: str = "",
+                digest: str = "",
+                started_at: Timestamp | None = None,
+                completed_at: Timestamp | None = None,
+                cache_state: GetBuildStepsResponse.BuildStep.CacheState | None = None,
+                error: str | None = None,
+                has_logs: bool = False,
+            ) -> None:
+                pass
+
+            name: str
+            digest: str
+            started_at: Timestamp | None
+            completed_at: Timestamp | None
+            cache_state: GetBuildStepsResponse.BuildStep.CacheState
+            error: str
+            has_logs: bool
+
+        class CacheState(Enum):
+            """
+            Whether the step was served from cache.
+
+            ```proto
+            enum depot.build.v1.GetBuildStepsResponse.BuildStep.CacheState
+            ```
+
+            Attributes:
+                UNSPECIFIED:
+                    ```proto
+                    CACHE_STATE_UNSPECIFIED = 0
+                    ```
+                UNCACHED:
+                    ```proto
+                    CACHE_STATE_UNCACHED = 1
+                    ```
+                CACHED:
+                    ```proto
+                    CACHE_STATE_CACHED = 2
+                    ```
+            """
+
+            UNSPECIFIED = 0
+            UNCACHED = 1
+            CACHED = 2
+
+_GetBuildStepLogsRequestFields: TypeAlias = Literal["project_id", "build_id", "build_step_digest", "page_size", "page_token"]
+
+class GetBuildStepLogsRequest(Message[_GetBuildStepLogsRequestFields]):
+    """
+    ```proto
+    message depot.build.v1.GetBuildStepLogsRequest
+    ```
+
+    Attributes:
+        project_id:
+            ```proto
+            string project_id = 1;
+            ```
+        build_id:
+            ```proto
+            string build_id = 2;
+            ```
+        build_step_digest:
+            The step's digest as returned by GetBuildSteps.
+
+            ```proto
+            string build_step_digest = 3;
+            ```
+        page_size:
+            ```proto
+            optional int32 page_size = 4;
+            ```
+        page_token:
+            ```proto
+            optional string page_token = 5;
+            ```
+    """
+
+    __slots__ = ("project_id", "build_id", "build_step_digest", "page_size", "page_token")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            project_id: str = "",
+            build_id: str = "",
+            build_step_digest: str = "",
+            page_size: int | None = None,
+            page_token: str | None = None,
+        ) -> None:
+            pass
+
+        project_id: str
+        build_id: str
+        build_step_digest: str
+        page_size: int
+        page_token: str
+
+_GetBuildStepLogsResponseFields: TypeAlias = Literal["logs", "next_page_token"]
+
+class GetBuildStepLogsResponse(Message[_GetBuildStepLogsResponseFields]):
+    """
+    ```proto
+    message depot.build.v1.GetBuildStepLogsResponse
+    ```
+
+    Attributes:
+        logs:
+            ```proto
+            repeated depot.build.v1.GetBuildStepLogsResponse.Log logs = 1;
+            ```
+        next_page_token:
+            Note the unusual field number 6.
+
+            ```proto
+            optional string next_page_token = 6;
+            ```
+    """
+
+    __slots__ = ("logs", "next_page_token")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            logs: list[GetBuildStepLogsResponse.Log] | None = None,
+            next_page_token: str | None = None,
+        ) -> None:
+            pass
+
+        logs: list[GetBuildStepLogsResponse.Log]
+        next_page_token: str
+
+    _LogFields: TypeAlias = Literal["message", "timestamp"]
+
+    class Log(Message[_LogFields]):
+        """
+        One log line.
+
+        ```proto
+        message depot.build.v1.GetBuildStepLogsResponse.Log
+        ```
+
+        Attributes:
+            message:
+                ```proto
+                string message = 1;
+                ```
+            timestamp:
+                ```proto
+                optional google.protobuf.Timestamp timestamp = 2;
+                ```
+        """
+
+        __slots__ = ("message", "timestamp")
+
+        if TYPE_CHECKING:
+
+            def __init__(
+                self,
+                *,
+                message: str = "",
+                timestamp: Timestamp | None = None,
+            ) -> None:
+                pass
+
+            message: str
+            timestamp: Timestamp | None
+
 _GetBuildRequestFields: TypeAlias = Literal["build_id"]
 
 class GetBuildRequest(Message[_GetBuildRequestFields]):
@@ -462,7 +761,7 @@ class BuildStatus(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x1adepot/build/v1/build.proto\x12\x0edepot.build.v1\x1a\x1fgoogle/protobuf/timestamp.proto"3\n\x12CreateBuildRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"Q\n\x13CreateBuildResponse\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1f\n\x0bbuild_token\x18\x02 \x01(\tR\nbuildToken"\xef\x03\n\x12FinishBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12K\n\x07success\x18\x02 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x03 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05error\x12A\n\x06result\x18d \x01(\x0b2).depot.build.v1.FinishBuildRequest.ResultR\x06result\x1a\x0e\n\x0cBuildSuccess\x1a"\n\nBuildError\x12\x14\n\x05error\x18\x01 \x01(\tR\x05error\x1a\xa7\x01\n\x06Result\x12K\n\x07success\x18\x01 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x02 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05errorB\t\n\x07outcomeB\t\n\x07outcome"\x15\n\x13FinishBuildResponse",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"\xed\x04\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.depot.build.v1.BuildStatusR\x06status\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\x16build_duration_seconds\x18\x05 \x01(\x01H\x00R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x06 \x01(\x01H\x01R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x07 \x01(\x05H\x02R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\x08 \x01(\x05H\x03R\ntotalSteps\x88\x01\x01\x12>\n\nstarted_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x05R\nfinishedAt\x88\x01\x01B\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_stepsB\r\n\x0b_started_atB\x0e\n\x0c_finished_at"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"k\n\x12ListBuildsResponse\x12-\n\x06builds\x18\x01 \x03(\x0b2\x15.depot.build.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x94\x01\n\x0bBuildStatus\x12\x1c\n\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14BUILD_STATUS_RUNNING\x10\x01\x12\x19\n\x15BUILD_STATUS_FINISHED\x10\x02\x12\x17\n\x13BUILD_STATUS_FAILED\x10\x03\x12\x19\n\x15BUILD_STATUS_CANCELED\x10\x042\xd7\x02\n\x0cBuildService\x12V\n\x0bCreateBuild\x12".depot.build.v1.CreateBuildRequest\x1a#.depot.build.v1.CreateBuildResponse\x12V\n\x0bFinishBuild\x12".depot.build.v1.FinishBuildRequest\x1a#.depot.build.v1.FinishBuildResponse\x12B\n\x08GetBuild\x12\x1f.depot.build.v1.GetBuildRequest\x1a\x15.depot.build.v1.Build\x12S\n\nListBuilds\x12!.depot.build.v1.ListBuildsRequest\x1a".depot.build.v1.ListBuildsResponseb\x06proto3',
+    b'\n\x1adepot/build/v1/build.proto\x12\x0edepot.build.v1\x1a\x1fgoogle/protobuf/timestamp.proto"3\n\x12CreateBuildRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId"Q\n\x13CreateBuildResponse\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1f\n\x0bbuild_token\x18\x02 \x01(\tR\nbuildToken"\xef\x03\n\x12FinishBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12K\n\x07success\x18\x02 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x03 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05error\x12A\n\x06result\x18d \x01(\x0b2).depot.build.v1.FinishBuildRequest.ResultR\x06result\x1a\x0e\n\x0cBuildSuccess\x1a"\n\nBuildError\x12\x14\n\x05error\x18\x01 \x01(\tR\x05error\x1a\xa7\x01\n\x06Result\x12K\n\x07success\x18\x01 \x01(\x0b2/.depot.build.v1.FinishBuildRequest.BuildSuccessH\x00R\x07success\x12E\n\x05error\x18\x02 \x01(\x0b2-.depot.build.v1.FinishBuildRequest.BuildErrorH\x00R\x05errorB\t\n\x07outcomeB\t\n\x07outcome"\x15\n\x13FinishBuildResponse"\xb3\x01\n\x14GetBuildStepsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12 \n\tpage_size\x18\x03 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x04 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xee\x04\n\x15GetBuildStepsResponse\x12P\n\x0bbuild_steps\x18\x01 \x03(\x0b2/.depot.build.v1.GetBuildStepsResponse.BuildStepR\nbuildSteps\x12+\n\x0fnext_page_token\x18\x02 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1a\xc1\x03\n\tBuildStep\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06digest\x18\x02 \x01(\tR\x06digest\x129\n\nstarted_at\x18\x03 \x01(\x0b2\x1a.google.protobuf.TimestampR\tstartedAt\x12B\n\x0ccompleted_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\x0bcompletedAt\x88\x01\x01\x12[\n\x0bcache_state\x18\x05 \x01(\x0e2:.depot.build.v1.GetBuildStepsResponse.BuildStep.CacheStateR\ncacheState\x12\x19\n\x05error\x18\x06 \x01(\tH\x01R\x05error\x88\x01\x01\x12\x19\n\x08has_logs\x18\x07 \x01(\x08R\x07hasLogs"[\n\nCacheState\x12\x1b\n\x17CACHE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14CACHE_STATE_UNCACHED\x10\x01\x12\x16\n\x12CACHE_STATE_CACHED\x10\x02B\x0f\n\r_completed_atB\x08\n\x06_errorB\x12\n\x10_next_page_token"\xe2\x01\n\x17GetBuildStepLogsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12\x19\n\x08build_id\x18\x02 \x01(\tR\x07buildId\x12*\n\x11build_step_digest\x18\x03 \x01(\tR\x0fbuildStepDigest\x12 \n\tpage_size\x18\x04 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x05 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"\xf8\x01\n\x18GetBuildStepLogsResponse\x12@\n\x04logs\x18\x01 \x03(\x0b2,.depot.build.v1.GetBuildStepLogsResponse.LogR\x04logs\x12+\n\x0fnext_page_token\x18\x06 \x01(\tH\x00R\rnextPageToken\x88\x01\x01\x1aY\n\x03Log\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x128\n\ttimestamp\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\ttimestampB\x12\n\x10_next_page_token",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"\xed\x04\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x12\x1d\n\nproject_id\x18\x02 \x01(\tR\tprojectId\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.depot.build.v1.BuildStatusR\x06status\x129\n\ncreated_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\x16build_duration_seconds\x18\x05 \x01(\x01H\x00R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x06 \x01(\x01H\x01R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x07 \x01(\x05H\x02R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\x08 \x01(\x05H\x03R\ntotalSteps\x88\x01\x01\x12>\n\nstarted_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x05R\nfinishedAt\x88\x01\x01B\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_stepsB\r\n\x0b_started_atB\x0e\n\x0c_finished_at"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"k\n\x12ListBuildsResponse\x12-\n\x06builds\x18\x01 \x03(\x0b2\x15.depot.build.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x94\x01\n\x0bBuildStatus\x12\x1c\n\x18BUILD_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14BUILD_STATUS_RUNNING\x10\x01\x12\x19\n\x15BUILD_STATUS_FINISHED\x10\x02\x12\x17\n\x13BUILD_STATUS_FAILED\x10\x03\x12\x19\n\x15BUILD_STATUS_CANCELED\x10\x042\x9c\x04\n\x0cBuildService\x12V\n\x0bCreateBuild\x12".depot.build.v1.CreateBuildRequest\x1a#.depot.build.v1.CreateBuildResponse\x12V\n\x0bFinishBuild\x12".depot.build.v1.FinishBuildRequest\x1a#.depot.build.v1.FinishBuildResponse\x12\\\n\rGetBuildSteps\x12$.depot.build.v1.GetBuildStepsRequest\x1a%.depot.build.v1.GetBuildStepsResponse\x12e\n\x10GetBuildStepLogs\x12\'.depot.build.v1.GetBuildStepLogsRequest\x1a(.depot.build.v1.GetBuildStepLogsResponse\x12B\n\x08GetBuild\x12\x1f.depot.build.v1.GetBuildRequest\x1a\x15.depot.build.v1.Build\x12S\n\nListBuilds\x12!.depot.build.v1.ListBuildsRequest\x1a".depot.build.v1.ListBuildsResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
@@ -474,6 +773,13 @@ _DESC = file_desc(
         "FinishBuildRequest.BuildError": FinishBuildRequest.BuildError,
         "FinishBuildRequest.Result": FinishBuildRequest.Result,
         "FinishBuildResponse": FinishBuildResponse,
+        "GetBuildStepsRequest": GetBuildStepsRequest,
+        "GetBuildStepsResponse": GetBuildStepsResponse,
+        "GetBuildStepsResponse.BuildStep": GetBuildStepsResponse.BuildStep,
+        "GetBuildStepsResponse.BuildStep.CacheState": GetBuildStepsResponse.BuildStep.CacheState,
+        "GetBuildStepLogsRequest": GetBuildStepLogsRequest,
+        "GetBuildStepLogsResponse": GetBuildStepLogsResponse,
+        "GetBuildStepLogsResponse.Log": GetBuildStepLogsResponse.Log,
         "GetBuildRequest": GetBuildRequest,
         "Build": Build,
         "ListBuildsRequest": ListBuildsRequest,
