@@ -41,9 +41,14 @@ class Server:
 
 @contextmanager
 def depot_api(
-    data_dir: Path, workers: int, database: str | None, env: dict[str, str] | None = None
+    data_dir: Path,
+    workers: int,
+    database: str | None,
+    env: dict[str, str] | None = None,
+    program: Path = BIN / "depot-api",
 ) -> Iterator[Server]:
-    args = [str(BIN / "depot-api"), "serve", "--port", "0", "--data-dir", str(data_dir)]
+    """program: another install's `depot-api`, to compare with (bench/tracing.py)."""
+    args = [str(program), "serve", "--port", "0", "--data-dir", str(data_dir)]
     args += ["--workers", str(workers), "--log-level", "warning"]
     # The load generators drive thousands of calls a second with one token, far above the
     # per-token abuse limits; limits this high are never reached, but their bookkeeping runs

@@ -281,3 +281,39 @@ def test_a_state_directory_it_cannot_make_is_one_line(
     assert err.startswith(f"depot-api agent: cannot make --state-dir {state}: ")
     assert "Not a directory" in err
     assert len(err.splitlines()) == 1
+
+
+def test_the_agent_reads_a_config_file_below_flags_and_variables(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'server = "http://api:8080"\ntoken = "dpm_from_file"\nplatform = "arm64"\n'
+        'advertise = "bk-1:1234"\ncapacity = 3\nlog_format = "json"\n'
+    )
+    parsed = options("--config", str(config), environ={})
+    assert parsed.config.token == "dpm_from_file"
+    assert (parsed.config.platform, parsed.config.capacity, parsed.log_format) == (
+        "arm64",
+        3,
+        "json",
+    )
+    over = options("--capacity", "5", environ={"DEPOT_API_AGENT_CONFIG": str(config), **TOKEN})
+    assert (over.config.capacity, over.config.token) == (5, "dpm_secret")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('sever = "http://x"\n', "unknown setting 'sever'; did you mean server?"),
+        ("capacity = [\n", "is not valid TOML"),
+        ("capacity = 5000\n", 'capacity in {file} "5000" must be a whole number from 0 to'),
+        ('log_format = "xml"\n', 'log_format in {file} "xml" must be one of text, json'),
+        ('buildkitd = "/b"\ndocker_socket = "/d.sock"\n', "choose two different daemons"),
+    ],
+)
+def test_a_wrong_agent_config_file_is_one_line(content: str, message: str, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(content)
+    with pytest.raises(BadOption) as raised:
+        options(*REQUIRED, "--config", str(config))
+    assert message.format(file=config) in str(raised.value)
+    assert "\n" not in str(raised.value)

@@ -29,6 +29,7 @@ from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
 from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
+from depot_api.api.observing import Observer
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.api.server_shims import (
@@ -41,6 +42,7 @@ from depot_api.api.server_shims import (
 )
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
+from depot_api.metrics import CONTENT_TYPE, exposition
 from depot_api.services import served
 from depot_api.wiring import Domain, domain_for
 
@@ -52,8 +54,9 @@ _DRAIN_POLL_SECONDS = 0.2
 # The HTTP/JSON view's OpenAPI document (package data; tests/test_openapi.py keeps it true),
 # read once: it is served as is.
 _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
-# The paths that are not RPCs.
+# The paths that are not RPCs (and /metrics, unless it has an address of its own).
 _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
+_METRICS = "/metrics"
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -112,6 +115,11 @@ class DepotAPI:
         self._sweeper: asyncio.Task[None] | None = None
         self._liveness_window = settings.liveness_window.total_seconds()
         self._max_bytes = max_bytes
+        # /metrics is served here unless the supervisor serves it on an address of its own.
+        self._plain_routes: tuple[str, ...] = _PLAIN_ROUTES
+        if not settings.metrics_address:
+            self._plain_routes += (_METRICS,)
+        self.observer = Observer(self._routes, self._catalog.knows, self._plain_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -119,7 +127,7 @@ class DepotAPI:
             # Counted so that a draining process knows when its last call has ended.
             self._in_flight += 1
             try:
-                await self._http(scope, receive, send)
+                await self.observer(scope, receive, send, self._http)
             finally:
                 self._in_flight -= 1
         elif kind == "lifespan":
@@ -144,7 +152,7 @@ class DepotAPI:
                 body = await read_body_first(receive, self._max_bytes)
             send = explaining_refusals(self._catalog, scope, send)
             await service(utf8_headers(scope), receive_waiting_for_disconnect(receive, body), send)
-        elif path in _PLAIN_ROUTES and scope["method"] not in ("GET", "HEAD"):
+        elif path in self._plain_routes and scope["method"] not in ("GET", "HEAD"):
             await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
             await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
@@ -154,6 +162,8 @@ class DepotAPI:
             await self._ready(send)
         elif path == "/openapi.yaml":
             await _plain(send, 200, _OPENAPI_YAML, b"application/yaml")
+        elif path == _METRICS and path in self._plain_routes:
+            await self._metrics(send)
         else:
             await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             await self._not_found(path, send)
@@ -166,9 +176,23 @@ class DepotAPI:
             return
         message = (
             f"{path} not found: RPCs are POSTed to /package.Service/Method; "
-            f"the other paths are {', '.join(_PLAIN_ROUTES)}\n"
+            f"the other paths are {', '.join(self._plain_routes)}\n"
         )
         await _plain(send, 404, message.encode("utf-8", "backslashreplace"))
+
+    async def _metrics(self, send: Send) -> None:
+        """The metrics of every worker; this worker's samples taken now."""
+        try:
+            await self._sample_for_metrics()
+        except Exception:  # the rest is worth serving without a database
+            log.warning("/metrics: cannot count the machines now", exc_info=True)
+        await _plain(send, 200, exposition(), CONTENT_TYPE.encode())
+
+    async def _sample_for_metrics(self) -> None:
+        """The gauges that are sampled rather than kept: this worker's database connections,
+        and the machines by state (from the database)."""
+        await self.domain.machines.count_for_metrics()
+        self.domain.store.database.sample_connections()
 
     async def _ready(self, send: Send) -> None:
         if self.drain.draining:  # so that a load balancer sends new calls elsewhere
@@ -235,6 +259,9 @@ class DepotAPI:
                 continue
             if canceled:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
+            # For a /metrics served by the supervisor, which has no database of its own.
+            with contextlib.suppress(Exception):
+                await self._sample_for_metrics()
 
 
 async def _plain(

@@ -18,12 +18,14 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib.metadata import version
+from pathlib import Path
 from typing import NoReturn
 
 from depot_api.agent.agent import Agent, Refused
 from depot_api.agent.options import BadOption, add_agent_command, agent_options
 from depot_api.config import (
     ADMIN,
+    CONFIG_ENV,
     MIGRATE,
     SERVE,
     SETTINGS,
@@ -31,9 +33,11 @@ from depot_api.config import (
     Setting,
     SettingError,
     Settings,
+    file_keys,
     resolve,
     settings_of,
 )
+from depot_api.config_file import ConfigFile, ConfigFileError, read_config_file
 from depot_api.domain.connections import CONNECTION_RETENTION, LIST_DEFAULT, LIST_MAX
 from depot_api.domain.errors import DomainError, InvalidArgument
 from depot_api.domain.tokens import lifetime_of
@@ -52,6 +56,7 @@ from depot_api.startup import (
     open_database,
     prepare,
 )
+from depot_api.tracing import configure_tracing
 from depot_api.wiring import Domain, build_domain
 
 USAGE_ERROR = 2
@@ -67,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report-build":
             return _report_build(args)
         return _run(args, resolve_args(args, os.environ))
-    except SettingError as e:
+    except (SettingError, ConfigFileError) as e:
         return _failed(str(e), USAGE_ERROR)
     except DomainError as e:
         return _failed(e.message, USAGE_ERROR)
@@ -80,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, resolved: Resolved) -> int:
     settings = resolved.settings
     try:
+        if args.command == "config":
+            return _show_config(resolved)
         if args.command == "serve":
             return asyncio.run(_serve(settings))
         if args.command == "migrate":
@@ -221,6 +228,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     drain.add_argument("--machine", required=True, metavar="MACHINE_ID", help="the machine")
 
+    config = commands.add_parser(
+        "config",
+        help="show the effective configuration",
+        description="Show each setting's effective value and where it came from (a flag, the "
+        "environment, the configuration file or the default), secrets masked. It takes the "
+        "flags of serve, migrate and admin, so that a command line can be checked as it is.",
+    )
+    config_actions = config.add_subparsers(dest="action", required=True)
+    show = config_actions.add_parser("show", help="print every setting, its value and source")
+    _add_setting_flags(show, None)
+
     add_agent_command(commands)
 
     report = commands.add_parser(
@@ -242,12 +260,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """A flag for each setting of the command that has one, its help from the table.
+def _add_setting_flags(parser: argparse.ArgumentParser, command: str | None) -> None:
+    """A flag for each setting of the command (of every command: None) that has one, its help
+    from the table, and --config.
 
     Every flag is read as text and left None when not given: resolve() then takes the value
-    from the flag, the environment or the default, and checks it, the same way for each."""
-    for setting in settings_of(command):
+    from the flag, the environment, the file or the default, and checks it, the same way for
+    each."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML file of settings, below flags and the environment (env {CONFIG_ENV}; "
+        "default: none)",
+    )
+    chosen = [s for s in SETTINGS if s.commands] if command is None else settings_of(command)
+    for setting in chosen:
         if setting.flag is None:
             continue
         help = f"{setting.help} (env {setting.env}; default: {setting.describe_default()})"
@@ -270,7 +297,29 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
 def resolve_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
     """The settings of the parsed command: each from its flag, its variable or its default."""
     flags = {s.field: _flag_text(s, getattr(args, s.field, None)) for s in SETTINGS if s.flag}
-    return resolve(args.command, flags, environ)
+    command = None if args.command == "config" else args.command
+    return resolve(command, flags, environ, _config_file(args.config, environ))
+
+
+def _config_file(flag: str | None, environ: Mapping[str, str]) -> ConfigFile | None:
+    named = flag if flag is not None else environ.get(CONFIG_ENV)
+    if not named:
+        return None
+    return read_config_file(Path(named), file_keys())
+
+
+def _show_config(resolved: Resolved) -> int:
+    """One line per setting: its file key, its value (secrets masked) and where it came from."""
+    rows = [
+        (s.field, resolved.given[s.field].shown(), resolved.given[s.field].source)
+        for s in SETTINGS
+        if s.commands
+    ]
+    key_width = max(len(key) for key, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    for key, value, source in rows:
+        print(f"{key:<{key_width}}  {value:<{value_width}}  {source}".rstrip())
+    return 0
 
 
 def _flag_text(setting: Setting, value: str | bool | list[str] | None) -> str | None:
@@ -299,7 +348,10 @@ def _environment_only(command: str) -> str:
     if command == SERVE:
         lines.append(f"log levels: {', '.join(LOG_LEVELS)}")
         lines.append("durations are numbers of seconds, such as 120 or 0.5")
-    lines.append("a flag wins over its environment variable; an empty variable counts as unset")
+    lines.append(
+        "a flag wins over its environment variable, which wins over the --config file; an "
+        "empty variable counts as unset"
+    )
     return "\n".join(lines)
 
 
@@ -444,7 +496,7 @@ def _when(at: datetime | None) -> str:
 
 async def _serve(settings: Settings) -> int:
     check_tls_files(settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # First of all: a server refused its port must not have touched the data directory.
     with claim_address(settings.host, settings.port):
         secret = await prepare(settings)
@@ -477,7 +529,8 @@ async def _agent(args: argparse.Namespace) -> int:
         print(f"depot-api agent: cannot make --state-dir {config.state_dir}: {e}", file=sys.stderr)
         return 1
     # Only now: what went before is printed, and in-process callers keep their own logging.
-    configure_logging(options.log_level)
+    configure_logging(options.log_level, options.log_format)
+    configure_tracing("depot-api-agent")
     try:
         status = await Agent(config).run(stop)
     except Refused as e:

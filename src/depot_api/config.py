@@ -6,7 +6,9 @@ kind of value (setting_kinds.py), help and whether it is secret. The flags and `
 its worker processes all come from it, so a name or a default is written in one place.
 
 A value comes from its flag when the flag is given, else from its environment variable (an
-empty one counts as unset), else from the default in Settings.
+empty one counts as unset), else from the configuration file (`--config FILE`, or
+DEPOT_API_CONFIG; config_file.py), else from the default in Settings. A file's keys are the
+`field` names of the table's rows.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from depot_api.config_file import ConfigFile
 from depot_api.domain.insights import DEFAULT_LOG_RETENTION, DEFAULT_MAX_LOG_BYTES
 from depot_api.domain.projects import DEFAULT_REGIONS
 from depot_api.models import CiProvider
 from depot_api.setting_kinds import (
+    LOG_FORMATS,
     LOG_LEVELS,
     Kind,
     build_url_template,
@@ -30,6 +34,7 @@ from depot_api.setting_kinds import (
     database_url,
     fernet_key,
     ip_address,
+    listen_address,
     number,
     on_off,
     optional_word_list,
@@ -44,6 +49,8 @@ DEFAULT_DATA_DIR = Path("depot-api-data")
 
 # The commands that read settings (the agent has settings of its own).
 SERVE, MIGRATE, ADMIN = "serve", "migrate", "admin"
+# Where the configuration file is named when --config is not given.
+CONFIG_ENV = "DEPOT_API_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,11 @@ class Settings:
     rate_burst: int = 400
     max_streams_per_token: int = 200
     log_level: str = "info"
+    # Log lines as readable text or as one JSON object each (logs.py).
+    log_format: str = "text"
+    # Where /metrics is served: "" on the API's own port, else IP:PORT of its own listener in
+    # the supervisor (metrics.py), so that it need not be public.
+    metrics_address: str = ""
     # On SIGTERM, how long calls in flight may take to finish before the server stops anyway.
     shutdown_grace: timedelta = timedelta(seconds=30)
     # Set by the supervisor for its workers only: where it asks them to drain
@@ -247,6 +259,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="LEVEL", help=f"how much to log: {', '.join(LOG_LEVELS)}",
     ),
     Setting(
+        "log_format", "DEPOT_API_LOG_FORMAT", choice(LOG_FORMATS), flag="--log-format",
+        metavar="FORMAT", help="log lines as readable text, or as one JSON object each: "
+        + ", ".join(LOG_FORMATS),
+    ),
+    Setting(
+        "metrics_address", "DEPOT_API_METRICS_ADDRESS", listen_address(),
+        flag="--metrics-address", metavar="IP:PORT", default_text="/metrics on the API's port",
+        help="serve /metrics on this address only, not on the API's port",
+    ),
+    Setting(
         "build_url", "DEPOT_API_BUILD_URL", build_url_template(), flag="--build-url",
         metavar="TEMPLATE", default_text="none",
         help="the build URL the depot CLI prints, with {project_id} and {build_id}",
@@ -342,8 +364,10 @@ class Given:
     """Where one setting's value came from, and how the user wrote it."""
 
     setting: Setting
-    origin: Literal["flag", "environment", "default"]
+    origin: Literal["flag", "environment", "file", "default"]
     text: str = ""
+    # The configuration file, for a value that came from one.
+    file: Path | None = None
 
     def __str__(self) -> str:
         """The setting as the user gave it: `--port 99999`, `DEPOT_API_PORT=abc`, or
@@ -351,11 +375,38 @@ class Given:
         setting = self.setting
         if self.origin == "default":
             return f"{setting.flag or setting.env} (default: {setting.describe_default()})"
+        if self.origin == "file":
+            where = f"{setting.field} in {self.file}"
+            return where if setting.secret else f"{where} ({self.shown()!r})"
         name = setting.flag if self.origin == "flag" and setting.flag else setting.env
         if setting.secret:
             return name
-        shown = shlex.quote(setting.kind.redact(self.text))
+        shown = shlex.quote(self.shown())
         return f"{name} {shown}" if self.origin == "flag" else f"{name}={shown}"
+
+    def shown(self) -> str:
+        """The value as written, fit to show: a URL's password hidden, a secret as ****."""
+        if self.origin == "default":
+            return self.setting.describe_default()
+        if self.setting.secret:
+            return MASK
+        return self.setting.kind.redact(self.text)
+
+    @property
+    def source(self) -> str:
+        """Where the value came from: `flag --port`, `env DEPOT_API_PORT`, `file x.toml`,
+        `default`."""
+        if self.origin == "flag":
+            return f"flag {self.setting.flag}"
+        if self.origin == "environment":
+            return f"env {self.setting.env}"
+        if self.origin == "file":
+            return f"file {self.file}"
+        return "default"
+
+
+# How a secret's value is shown: never, not even its length.
+MASK = "********"
 
 
 class SettingError(Exception):
@@ -377,19 +428,27 @@ class Resolved:
         return str(self.given[field_name])
 
 
+def file_keys() -> frozenset[str]:
+    """The keys a configuration file may have: every setting a command reads."""
+    return frozenset(s.field for s in SETTINGS if s.commands)
+
+
 def resolve(
-    command: str | None, flags: Mapping[str, str | None], environ: Mapping[str, str]
+    command: str | None,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    file: ConfigFile | None = None,
 ) -> Resolved:
     """The settings a command reads (every setting when command is None), each from its flag
     (flags maps a Settings field to the flag's text, None when not given), else from the
-    environment, else its default.
+    environment, else from the configuration file, else its default.
 
     Raises SettingError, naming the setting as given, for the first value that is not valid.
     """
     values: dict[str, object] = {}
     given: dict[str, Given] = {}
     for setting in SETTINGS:
-        source = given[setting.field] = _source(setting, command, flags, environ)
+        source = given[setting.field] = _source(setting, command, flags, environ, file)
         if source.origin == "default":
             continue
         try:
@@ -411,6 +470,7 @@ def _source(
     command: str | None,
     flags: Mapping[str, str | None],
     environ: Mapping[str, str],
+    file: ConfigFile | None,
 ) -> Given:
     if command is not None and command not in setting.commands:
         return Given(setting, "default")
@@ -420,4 +480,6 @@ def _source(
     env_text = environ.get(setting.env)
     if env_text:
         return Given(setting, "environment", env_text)
+    if file is not None and setting.commands and setting.field in file.texts:
+        return Given(setting, "file", file.texts[setting.field], file.path)
     return Given(setting, "default")

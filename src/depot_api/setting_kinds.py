@@ -23,6 +23,7 @@ FERNET_KEY_RECIPE = (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 # The longest duration any setting accepts: beyond it a typo is likelier than intent, and
 # far beyond it Python's timedelta overflows.
@@ -142,6 +143,30 @@ def ip_address() -> Kind:
             raise ValueError(
                 "must be an IP address to listen on, such as 127.0.0.1, 0.0.0.0 or ::"
             ) from None
+
+    return Kind(parse, str)
+
+
+def listen_address() -> Kind:
+    """IP:PORT ([IPv6]:PORT for IPv6) to listen on; empty means none."""
+
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not text:
+            return ""
+        host, _, port = text.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        try:
+            ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+            number = int(port)
+        except ValueError:
+            ip, number = None, -1
+        if ip is None or not 0 < number < 65536 or (ip.version == 6) != bracketed:
+            raise ValueError(
+                "must be IP:PORT to listen on, such as 127.0.0.1:9100 or [::1]:9100, "
+                "with a port 1-65535"
+            )
+        return f"[{ip}]:{number}" if ip.version == 6 else f"{ip}:{number}"
 
     return Kind(parse, str)
 

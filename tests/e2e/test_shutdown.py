@@ -139,14 +139,17 @@ async def end_of(stream: AsyncIterator[buildkit_pb.GetEndpointResponse]) -> Code
     return None
 
 
-def test_a_killed_supervisors_drain_directory_is_cleaned_up(tmp_path: Path) -> None:
+def test_a_killed_supervisors_run_directories_are_cleaned_up(tmp_path: Path) -> None:
+    """The drain and metrics directories of a run (supervisor.py)."""
     data = tmp_path / "data"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    stale = data / "run" / f"drain-{gone.pid}"  # as a supervisor killed outright leaves it
-    stale.mkdir(parents=True)
+    # As a supervisor killed outright leaves them.
+    stale = [data / "run" / f"{kind}-{gone.pid}" for kind in ("drain", "metrics")]
+    for directory in stale:
+        directory.mkdir(parents=True)
     with running_server(data) as server:
-        assert not stale.exists()
-        [mine] = (data / "run").iterdir()
-        assert mine.name == f"drain-{server.process.pid}"
+        assert not any(directory.exists() for directory in stale)
+        mine = sorted(p.name for p in (data / "run").iterdir())
+        assert mine == [f"drain-{server.process.pid}", f"metrics-{server.process.pid}"]
     assert list((data / "run").iterdir()) == []  # a clean stop removes its own

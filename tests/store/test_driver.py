@@ -286,3 +286,26 @@ async def test_a_sqlite_transaction_that_sqlite_ended_itself_reports_the_real_er
         assert await names(driver) == ["kept"]
     finally:
         await driver.close()
+
+
+async def test_connections_in_use_and_idle_are_counted(driver: Driver) -> None:
+    """What the database connections gauge samples (metrics.py)."""
+    assert driver.connections() == (0, 1)  # the fixture's write is over
+    async with driver.read() as session:
+        await session.value(text("SELECT 1"))
+        in_use, _ = driver.connections()
+        assert in_use == 1
+    in_use, idle = driver.connections()
+    assert (in_use, idle) == (0, 1)
+    async with driver.write() as session:
+        await session.value(text("SELECT 1"))
+        assert driver.connections()[0] == 1
+    assert driver.connections()[0] == 0
+
+
+async def test_a_driver_not_yet_used_has_no_connection(tmp_path: Path) -> None:
+    for backend in BACKENDS:
+        with database(backend, tmp_path / backend) as url:
+            driver = open_driver(normalize_url(url))
+            assert driver.connections() == (0, 0)
+            await driver.close()

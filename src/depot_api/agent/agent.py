@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
+from depot_api import tracing
 from depot_api.agent.build_status import DEFAULT_CAP_BYTES, Batch, Insights, StatusQueue
 from depot_api.agent.control import DaemonUnavailable
 from depot_api.agent.daemons import (
@@ -203,19 +205,31 @@ class Agent:
         self._door_trouble.clear(f"listening on {self._config.listen} again")
         log.info("front door listening on %s", self._config.listen)
 
+    @contextlib.contextmanager
+    def _traced(self, method: str) -> Iterator[dict[str, str]]:
+        """The headers of one machine call: with tracing on (tracing.py), the call is a span
+        and its `traceparent` goes along, so that the server's span of it joins this trace."""
+        if not tracing.enabled():
+            yield self._headers
+            return
+        headers = dict(self._headers)
+        with tracing.client_call_span(f"depotapi.machine.v1.MachineService/{method}", headers):
+            yield headers
+
     async def _admit(self, client: MachineServiceClient, binding_id: str, build_id: str) -> str:
         """The server's word on a build's connection: "" to admit, else the refusal; raises
         AdmissionUnknown when the server cannot be asked."""
         if not self._machine_id:
             return "the agent is not registered yet"
         try:
-            answer = await client.admit_connection(
-                pb.AdmitConnectionRequest(
-                    machine_id=self._machine_id, binding_id=binding_id, build_id=build_id
-                ),
-                headers=self._headers,
-                timeout_ms=5_000,
-            )
+            with self._traced("AdmitConnection") as headers:
+                answer = await client.admit_connection(
+                    pb.AdmitConnectionRequest(
+                        machine_id=self._machine_id, binding_id=binding_id, build_id=build_id
+                    ),
+                    headers=headers,
+                    timeout_ms=5_000,
+                )
         except ConnectError as e:
             raise AdmissionUnknown(f"{e.code.value}: {e.message}") from None
         if answer.admitted:
@@ -230,13 +244,14 @@ class Agent:
         try:
             for start in range(0, len(due), _REPORTS_PER_CALL):
                 batch = due[start : start + _REPORTS_PER_CALL]
-                await client.report_connections(
-                    pb.ReportConnectionsRequest(
-                        machine_id=self._machine_id,
-                        connections=[_connection_report(c) for c in batch],
-                    ),
-                    headers=self._headers,
-                )
+                with self._traced("ReportConnections") as headers:
+                    await client.report_connections(
+                        pb.ReportConnectionsRequest(
+                            machine_id=self._machine_id,
+                            connections=[_connection_report(c) for c in batch],
+                        ),
+                        headers=headers,
+                    )
                 due = due[start + _REPORTS_PER_CALL :]
         except ConnectError as e:
             if e.code == Code.INVALID_ARGUMENT:
@@ -342,16 +357,17 @@ class Agent:
         """Register; None once registered, else the seconds to wait before trying again."""
         server = self._config.server
         try:
-            answer = await client.register(
-                pb.RegisterRequest(
-                    platform=pb.Platform.ARM64
-                    if self._config.platform == "arm64"
-                    else pb.Platform.AMD64,
-                    endpoint=self._config.advertise,
-                    capacity=self._config.capacity,
-                ),
-                headers=self._headers,
-            )
+            with self._traced("Register") as headers:
+                answer = await client.register(
+                    pb.RegisterRequest(
+                        platform=pb.Platform.ARM64
+                        if self._config.platform == "arm64"
+                        else pb.Platform.AMD64,
+                        endpoint=self._config.advertise,
+                        capacity=self._config.capacity,
+                    ),
+                    headers=headers,
+                )
         except ConnectError as e:
             cause = _refusal(e, server)
             if cause is not None:
@@ -379,16 +395,19 @@ class Agent:
         daemon = self._daemon
         ready, error = await self._readiness(daemon)
         try:
-            answer = await client.heartbeat(
-                pb.HeartbeatRequest(
-                    machine_id=self._machine_id,
-                    running_binding_id="" if daemon is None or daemon.exited else daemon.binding_id,
-                    buildkit_ready=ready,
-                    disk_used_bytes=await self._disk_usage(daemon if ready else None),
-                    buildkit_error=error,
-                ),
-                headers=self._headers,
-            )
+            with self._traced("Heartbeat") as headers:
+                answer = await client.heartbeat(
+                    pb.HeartbeatRequest(
+                        machine_id=self._machine_id,
+                        running_binding_id=""
+                        if daemon is None or daemon.exited
+                        else daemon.binding_id,
+                        buildkit_ready=ready,
+                        disk_used_bytes=await self._disk_usage(daemon if ready else None),
+                        buildkit_error=error,
+                    ),
+                    headers=headers,
+                )
         except ConnectError as e:
             if e.code == Code.NOT_FOUND:
                 log.warning("the server does not know this machine any more; registering again")

@@ -1,6 +1,8 @@
 """The command line of `depot-api agent`: every option also comes from a DEPOT_API_AGENT_*
-variable (a flag wins), and every value is checked before the agent starts, so a mistake
-costs one line naming the flag or variable, not a loop of retries against a wrong address.
+variable, or from the TOML file of `--config FILE` (DEPOT_API_AGENT_CONFIG), whose keys are the
+options' names (`server`, `log_format`, ...). A flag wins, then the variable, then the file.
+Every value is checked before the agent starts, so a mistake costs one line naming the flag,
+variable or file, not a loop of retries against a wrong address.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from depot_api.agent.agent import AgentConfig
+from depot_api.config_file import ConfigFileError, read_config_file
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
+CONFIG_ENV = "DEPOT_API_AGENT_CONFIG"
 _PLATFORMS = ("amd64", "arm64")
 _MAX_CAPACITY = 1000  # what the server accepts at registration
 _MAX_BUFFER_MB = 4096
@@ -101,6 +106,12 @@ _OPTIONS = (
         "64",
     ),
     _Option("log_level", "LEVEL", "one of " + ", ".join(_LOG_LEVELS), "info"),
+    _Option(
+        "log_format",
+        "FORMAT",
+        "log lines as readable text or one JSON object each: " + ", ".join(_LOG_FORMATS),
+        "text",
+    ),
 )
 
 
@@ -112,6 +123,7 @@ class BadOption(Exception):
 class AgentOptions:
     config: AgentConfig
     log_level: str
+    log_format: str = "text"
 
 
 def add_agent_command(commands: argparse._SubParsersAction[Any]) -> None:
@@ -120,7 +132,13 @@ def add_agent_command(commands: argparse._SubParsersAction[Any]) -> None:
         help="run on a BuildKit host: serve builds with it",
         description="Run on a BuildKit host: register with depot-api and run BuildKit's "
         "daemon for the project the server assigns. Every option may instead be given in "
-        "its environment variable; a flag wins over the variable.",
+        "its environment variable or in the --config file; a flag wins over the variable, "
+        "which wins over the file.",
+    )
+    agent.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML file of these options, keyed by their names (env {CONFIG_ENV})",
     )
     for option in _OPTIONS:
         if option.required:
@@ -136,12 +154,19 @@ def add_agent_command(commands: argparse._SubParsersAction[Any]) -> None:
 def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> AgentOptions:
     """The agent's settings from its flags, else its variables, else the defaults."""
     given: dict[str, tuple[str, str]] = {}  # name -> (value, where it came from)
+    named = getattr(args, "config", None) or environ.get(CONFIG_ENV)
+    try:
+        file = None if not named else read_config_file(Path(named), [o.name for o in _OPTIONS])
+    except ConfigFileError as e:
+        raise BadOption(str(e)) from None
     for option in _OPTIONS:
         flag_value: str | None = getattr(args, option.name)
         if flag_value is not None:
             given[option.name] = (flag_value, option.flag)
         elif environ.get(option.env):
             given[option.name] = (environ[option.env], option.env)
+        elif file is not None and option.name in file.texts:
+            given[option.name] = (file.texts[option.name], f"{option.name} in {file.path}")
         elif option.default is not None:
             given[option.name] = (option.default, option.flag)
     missing = [o for o in _OPTIONS if o.required and o.name not in given]
@@ -154,7 +179,11 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
     else:
         listen = "0.0.0.0:" + advertise.rsplit(":", 1)[1]
     docker_socket = given.get("docker_socket")
-    buildkitd_chosen = args.buildkitd is not None or bool(environ.get("DEPOT_API_AGENT_BUILDKITD"))
+    buildkitd_chosen = (
+        args.buildkitd is not None
+        or bool(environ.get("DEPOT_API_AGENT_BUILDKITD"))
+        or (file is not None and "buildkitd" in file.texts)
+    )
     if docker_socket is not None and buildkitd_chosen:
         raise BadOption(
             f"{docker_socket[1]} and --buildkitd (or DEPOT_API_AGENT_BUILDKITD) choose two "
@@ -173,7 +202,11 @@ def agent_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Agent
         build_insights=_one_of(*given["build_insights"], ("on", "off")) == "on",
         insights_buffer_bytes=_buffer_mb(*given["insights_buffer_mb"]) << 20,
     )
-    return AgentOptions(config, _one_of(*given["log_level"], _LOG_LEVELS).lower())
+    return AgentOptions(
+        config,
+        _one_of(*given["log_level"], _LOG_LEVELS).lower(),
+        _one_of(*given["log_format"], _LOG_FORMATS),
+    )
 
 
 def _server_url(value: str, source: str) -> str:

@@ -17,6 +17,7 @@ from connectrpc.request import RequestContext
 from protobuf import DescMessage
 
 from depot_api.api.field_names import is_json, json_path
+from depot_api.api.observing import note_error_code
 from depot_api.domain import errors as domain
 from depot_api.domain.secretbox import SecretBoxError
 
@@ -55,7 +56,17 @@ def to_connect_error(
     error: Exception, procedure: str, *, json_request: DescMessage | None = None
 ) -> ConnectError:
     """The Connect error for error. json_request, the request message's descriptor, is given
-    when the caller wrote JSON: a field is then named by its JSON name."""
+    when the caller wrote JSON: a field is then named by its JSON name.
+
+    Its code is noted in the call's record, for the request's log line and metrics."""
+    mapped = _connect_error_of(error, procedure, json_request)
+    note_error_code(mapped.code.value)
+    return mapped
+
+
+def _connect_error_of(
+    error: Exception, procedure: str, json_request: DescMessage | None
+) -> ConnectError:
     if isinstance(error, ConnectError):
         if error.code is Code.INTERNAL and _COMPRESSED_WITHOUT_COMPRESSION in error.message:
             return ConnectError(Code.INVALID_ARGUMENT, error.message)

@@ -33,6 +33,7 @@ from connectrpc.request import RequestContext
 from depot_api.api.drain import Drain, DrainInterceptor
 from depot_api.api.errors import call_error
 from depot_api.api.limits import Limits
+from depot_api.api.observing import note_principal
 from depot_api.domain.auth import Authenticator
 from depot_api.domain.errors import PermissionDenied
 from depot_api.domain.principal import Principal
@@ -137,6 +138,7 @@ class Admission:
             )
         self._drain.refuse_if_draining()
         self._limits.check_rate(principal.token_id, response_headers)
+        note_principal(principal)
         stream_of = None
         if streaming:
             self._limits.open_stream(principal.token_id)

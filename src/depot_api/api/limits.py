@@ -18,6 +18,7 @@ from connectrpc.errors import ConnectError
 from protobuf.wkt.google.protobuf.duration_pb import Duration
 
 from depot_api.gen.google.rpc.error_details_pb import RetryInfo
+from depot_api.metrics import RATE_LIMIT_REFUSALS
 
 # Buckets that have filled up again are forgotten once this many tokens have been seen, so
 # the table cannot grow without bound however many tokens call.
@@ -105,6 +106,7 @@ class Limits:
         wait = self.rate.take(token_id)
         if not wait:
             return
+        RATE_LIMIT_REFUSALS.labels("rate").inc()
         # The hint twice: RetryInfo for gRPC and Connect clients, Retry-After for plain HTTP.
         response_headers["retry-after"] = str(math.ceil(wait))
         delay = Duration(seconds=int(wait), nanos=int((wait % 1) * 1e9))
@@ -119,6 +121,7 @@ class Limits:
         """Count an open stream; refuse it with resource_exhausted when the token has its
         limit open. Every successful call must be paired with close_stream."""
         if not self.streams.open(token_id):
+            RATE_LIMIT_REFUSALS.labels("streams").inc()
             raise ConnectError(
                 Code.RESOURCE_EXHAUSTED,
                 f"this token already has {self.streams.limit} streams open, the most one token "

@@ -84,6 +84,10 @@ class Catalog:
             sorted(self._methods)
         )
 
+    def knows(self, path: str) -> bool:
+        """Whether path is one of the RPCs served here (/package.Service/Method)."""
+        return path in self._kinds
+
     def is_rpc_path(self, path: str) -> bool:
         """Whether path names an RPC (/package.Service/Method), served here or not."""
         return _RPC_PATH.fullmatch(path) is not None

@@ -20,6 +20,7 @@ from depot_api.domain.principal import Principal
 from depot_api.domain.projects import Projects
 from depot_api.domain.tokens import Tokens
 from depot_api.domain.trust_policies import TrustPolicies
+from depot_api.metrics import observe_build_finished
 from depot_api.models import Build, BuildStatus, Page, Project, TokenKind
 from depot_api.store.interface import BuildStore
 from depot_api.times import to_micros
@@ -102,8 +103,9 @@ class Builds:
 
     async def finish(self, principal: Principal, build_id: str, outcome: Outcome) -> Build:
         build = await self._reachable(principal, build_id)
+        now = self._now()
         after = await self._build_store.finish_build(
-            build.id, outcome.status, self._now(), outcome.error_message
+            build.id, outcome.status, now, outcome.error_message
         )
         if after is None:
             raise NotFound(f"build {build_id} not found")
@@ -112,6 +114,10 @@ class Builds:
                 f"build {build_id} has already finished as {after.status.value}; "
                 f"it cannot finish again as {outcome.status.value}"
             )
+        if after.finished_us == to_micros(
+            now
+        ):  # this call ended it (a repeated finish is not counted)
+            observe_build_finished(after.status, (now - after.created_at).total_seconds())
         return after
 
     async def get(self, principal: Principal, build_id: str) -> Build:

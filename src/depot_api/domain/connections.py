@@ -22,6 +22,7 @@ from depot_api.domain.ids import require_id
 from depot_api.domain.machines import require_machine_token
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_description
+from depot_api.metrics import count_front_door
 from depot_api.models import AdmissionFacts, BuildStatus, MachineConnection
 from depot_api.store.interface import ConnectionStore, MachineStore
 
@@ -135,6 +136,7 @@ class Connections:
             await self._connection_store.record_connections(
                 machine_id, connections, keep_since=now - CONNECTION_RETENTION
             )
+            count_front_door(connections)
 
     # Administration
 

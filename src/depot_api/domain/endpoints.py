@@ -38,6 +38,7 @@ from depot_api.domain.ids import new_id
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
 from depot_api.domain.waiting import WaitingBuilds
+from depot_api.metrics import GET_ENDPOINT_WAIT, count_silent_builds_canceled
 from depot_api.models import Binding, Build, BuildStatus, Machine, Platform, ProjectCA
 from depot_api.store.interface import BuildStore, MachineStore, ProjectStore
 
@@ -160,6 +161,7 @@ class Endpoints:
                 machine = await self._acquire(build, platform, ca)
                 if machine is not None and self._serving(machine):
                     await self._build_store.mark_build_started(build.id, self._now())
+                    GET_ENDPOINT_WAIT.labels("ready").observe(time.monotonic() - started)
                     yield self._active(build, machine, ca)
                     return
                 recheck_at = None
@@ -169,6 +171,7 @@ class Endpoints:
                         recheck_at = time.monotonic() + put_off
             moment = time.monotonic()
             if moment >= deadline:
+                GET_ENDPOINT_WAIT.labels("timeout").observe(moment - started)
                 raise self._no_machine(platform, build_id)
             if moment - last_pending >= pending_every:
                 last_pending = moment
@@ -241,9 +244,11 @@ class Endpoints:
     async def cancel_silent_builds(self) -> list[str]:
         """One liveness sweep; every server process runs it periodically."""
         now = self._now()
-        return await self._build_store.cancel_silent_builds(
+        canceled = await self._build_store.cancel_silent_builds(
             silent_since=now - self._timings.liveness_window, now=now
         )
+        count_silent_builds_canceled(len(canceled))
+        return canceled
 
     async def close(self) -> None:
         await self._feed.close()

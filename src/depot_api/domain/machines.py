@@ -9,6 +9,7 @@ period is given back (Idle); a drained machine without a project is told to Stop
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from depot_api.domain.errors import InvalidField, NotFound, PermissionDenied
 from depot_api.domain.ids import new_id, require_id, with_fresh_ids
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
+from depot_api.metrics import set_machine_counts
 from depot_api.models import Machine, MachineState, Platform, TokenKind
 from depot_api.store.interface import MachineStore, ProjectStore
 
@@ -171,6 +173,11 @@ class Machines:
 
     async def list(self) -> list[Machine]:
         return await self._machine_store.list_machines()
+
+    async def count_for_metrics(self) -> None:
+        """Count the machines by state and platform into the machines gauge (metrics.py)."""
+        counts = Counter((m.state, m.platform) for m in await self._machine_store.list_machines())
+        set_machine_counts(dict(counts))
 
 
 def require_machine_token(principal: Principal) -> None:

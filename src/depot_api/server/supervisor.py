@@ -21,11 +21,15 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import start_http_server
 from pyvoy import PyvoyServer
 
 from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX
 from depot_api.config import Settings
+from depot_api.metrics import MULTIPROCESS_ENV, forget_process, multiprocess_registry
+from depot_api.server.errors import ServeError
 from depot_api.server.worker import Worker
 
 log = logging.getLogger("depot_api.server")
@@ -38,7 +42,9 @@ _DRAIN_POLL_SECONDS = 0.1
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
-        self._drain_dir = _new_drain_dir(settings.data_dir)
+        self._drain_dir = _new_run_dir(settings.data_dir, "drain")
+        # Where the workers keep their metrics, summed by whoever serves /metrics (metrics.py).
+        self._metrics_dir = _new_run_dir(settings.data_dir, "metrics")
         self._settings = replace(settings, drain_dir=self._drain_dir)
         self._port = settings.port
         self._stopping = asyncio.Event()
@@ -49,7 +55,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signalled)
+        metrics_server = None
         try:
+            if self._settings.metrics_address:
+                metrics_server = _serve_metrics(self._settings.metrics_address, self._metrics_dir)
             first = await self._start()
             self._workers.append(first)
             # Workers after the first bind the port the first one got (which matters for port 0).
@@ -68,7 +77,11 @@ class Supervisor:
         finally:
             self._stopping.set()  # no worker is restarted from here on
             await asyncio.gather(*(w.stop() for w in self._workers), return_exceptions=True)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             shutil.rmtree(self._drain_dir, ignore_errors=True)
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return 0
 
     def _signalled(self) -> None:
@@ -88,6 +101,8 @@ class Supervisor:
                 return
             stopping.cancel()
             log.error("worker %d exited with status %s; restarting it", index, exited.result())
+            # Its counters still count; its share of the live gauges no longer does.
+            forget_process(worker.pid, self._metrics_dir)
             await asyncio.sleep(_RESTART_DELAY_SECONDS)
             if self._stopping.is_set():
                 return
@@ -129,21 +144,36 @@ class Supervisor:
             tls_cert=_resolved(settings.tls_cert),
             tls_key=_resolved(settings.tls_key),
         ).get_envoy_config()
-        return await Worker.start(envoy_config, settings.to_env())
+        env = {**settings.to_env(), MULTIPROCESS_ENV: str(self._metrics_dir.resolve())}
+        return await Worker.start(envoy_config, env)
 
 
-def _new_drain_dir(data_dir: Path) -> Path:
-    """This run's drain directory, in the data directory: `run/drain-<supervisor PID>`.
+def _serve_metrics(address: str, directory: Path) -> WSGIServer:
+    """/metrics on an address of its own, served from the supervisor's process (a thread of
+    prometheus-client's): the sum over the workers' files."""
+    host, _, port = address.rpartition(":")
+    try:
+        server, _thread = start_http_server(
+            int(port), host.strip("[]"), registry=multiprocess_registry(directory)
+        )
+    except OSError as e:
+        raise ServeError(f"--metrics-address {address}: cannot listen there: {e}") from None
+    log.info("metrics on http://%s/metrics", address)
+    return server
 
-    A supervisor killed outright leaves its directory behind; the next start removes the ones
-    whose supervisor is gone."""
+
+def _new_run_dir(data_dir: Path, kind: str) -> Path:
+    """A directory of this run, in the data directory: `run/<kind>-<supervisor PID>`.
+
+    A supervisor killed outright leaves its directories behind; the next start removes the
+    ones whose supervisor is gone."""
     runs = data_dir / "run"
     runs.mkdir(mode=0o700, exist_ok=True)
-    for stale in runs.glob("drain-*"):
-        pid = stale.name.removeprefix("drain-")
+    for stale in runs.glob(f"{kind}-*"):
+        pid = stale.name.removeprefix(f"{kind}-")
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    mine = runs / f"drain-{os.getpid()}"
+    mine = runs / f"{kind}-{os.getpid()}"
     shutil.rmtree(mine, ignore_errors=True)  # a dead supervisor's, whose PID we reuse
     mine.mkdir(mode=0o700)
     return mine

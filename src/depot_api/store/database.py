@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -26,6 +27,8 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from depot_api import tracing
+from depot_api.metrics import DB_CONNECTIONS, TRANSACTION_COMMITTED, TRANSACTION_ROLLED_BACK
 from depot_api.store.driver import (
     POSTGRES_COMMAND_TIMEOUT_S,
     POSTGRES_CONNECT_TIMEOUT_S,
@@ -61,12 +64,38 @@ class Database:
     def read(self) -> AbstractAsyncContextManager[Session]:
         """A session for single statements, each its own transaction: reads, and on
         PostgreSQL a write that is one statement (SQLite's writers wait for the write lock
-        in write() only)."""
+        in write() only). A span when tracing is on; not timed: reads are the hot path's most
+        frequent step, and a histogram there cost a measurable share of a call (bench/)."""
+        if tracing.enabled():
+            return self._traced_read()
         return self._driver.read()
 
-    def write(self) -> AbstractAsyncContextManager[Session]:
-        """A transaction that commits when the block ends and rolls back if it raises."""
-        return self._driver.write()
+    @asynccontextmanager
+    async def _traced_read(self) -> AsyncIterator[Session]:
+        with tracing.transaction_span("read", self.dialect_name):
+            async with self._driver.read() as session:
+                yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Session]:
+        """A transaction that commits when the block ends and rolls back if it raises.
+        Timed (metrics.py), and a span when tracing is on."""
+        committed = False
+        with tracing.transaction_span("write", self.dialect_name):
+            started = time.perf_counter()
+            try:
+                async with self._driver.write() as session:
+                    yield session
+                committed = True  # past the driver's block: the commit is done
+            finally:
+                took = time.perf_counter() - started
+                (TRANSACTION_COMMITTED if committed else TRANSACTION_ROLLED_BACK).observe(took)
+
+    def sample_connections(self) -> None:
+        """Put the connections in use and idle into their gauge (metrics.py)."""
+        in_use, idle = self._driver.connections()
+        DB_CONNECTIONS.labels("in_use").set(in_use)
+        DB_CONNECTIONS.labels("idle").set(idle)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable, readable and migrated."""

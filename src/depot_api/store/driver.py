@@ -161,6 +161,10 @@ class Driver(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
+    def connections(self) -> tuple[int, int]:
+        """The connections in use and idle, now."""
+
 
 def open_driver(url: str) -> Driver:
     """The driver for a normalized database URL (postgresql+asyncpg:// or sqlite+aiosqlite://).
@@ -273,6 +277,11 @@ class SqliteDriver(Driver):
             # Another process writes: let this one's other calls run meanwhile.
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.005)
+
+    def connections(self) -> tuple[int, int]:
+        if self._connection is None:
+            return 0, 0
+        return (1, 0) if self._busy else (0, 1)
 
     def _enter(self) -> None:
         if self._busy:
@@ -395,6 +404,12 @@ class PostgresDriver(Driver):
                 await transaction.commit()
             except _POSTGRES_ERRORS as e:
                 raise StoreUnavailable(f"commit failed: {type(e).__name__}: {e}") from e
+
+    def connections(self) -> tuple[int, int]:
+        if self._pool is None:
+            return 0, 0
+        idle = self._pool.get_idle_size()
+        return self._pool.get_size() - idle, idle
 
     async def close(self) -> None:
         if self._pool is not None:
