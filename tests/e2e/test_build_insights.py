@@ -153,15 +153,19 @@ def read_insights(site: Site, project_id: str, *build_ids: str) -> dict[str, Any
 def insights_once(
     site: Site, project_id: str, build_id: str, ready: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    """The build's insights once `ready` holds for them (the agent reports every half
-    second; the build's end may come a moment after the CLI's)."""
+    """The build's insights once `ready` holds for them and they have settled: the same on
+    two reads a second apart. The agent reports every half second and the build's end may
+    come a moment after the CLI's; the steps and the counters are read by separate calls, so
+    only settled insights can be compared with each other."""
     deadline = time.monotonic() + 30
+    before: dict[str, Any] | None = None
     while True:
         found = read_insights(site, project_id, build_id)[build_id]
-        if ready(found):
+        if ready(found) and found == before:
             return found
         assert time.monotonic() < deadline, json.dumps(found, indent=1)
-        time.sleep(0.5)
+        before = found if ready(found) else None
+        time.sleep(1)
 
 
 async def builds_of(store: Store, project_id: str) -> list[str]:
