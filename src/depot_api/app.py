@@ -29,6 +29,7 @@ from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
 from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
+from depot_api.api.public_url import SHARE_PATH, note_arrival
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.api.server_shims import (
@@ -39,6 +40,7 @@ from depot_api.api.server_shims import (
     stop_watching_the_supervisor,
     utf8_headers,
 )
+from depot_api.api.share_page import STYLESHEET_PATH, SharePage
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
 from depot_api.services import served
@@ -54,6 +56,8 @@ _DRAIN_POLL_SECONDS = 0.2
 _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes()
 # The paths that are not RPCs.
 _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
+# The pages (read with GET or HEAD too): the stylesheet, and shared builds under SHARE_PATH.
+_PAGE_ROUTES = (STYLESHEET_PATH,)
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -106,6 +110,7 @@ class DepotAPI:
             domain.endpoints,
             max_bytes,
         )
+        self._share_page = SharePage(domain.shares)
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -139,11 +144,21 @@ class DepotAPI:
             receive = receive_waiting_for_disconnect(receive, body)
             await self._seed_get_endpoint(scope, receive, send)
         elif service is not None:
+            note_arrival(scope)  # for the links an RPC makes (public_url.py)
             body = []
             if reads_body_first(scope):
                 body = await read_body_first(receive, self._max_bytes)
             send = explaining_refusals(self._catalog, scope, send)
             await service(utf8_headers(scope), receive_waiting_for_disconnect(receive, body), send)
+        elif _is_page(path):
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            if scope["method"] not in ("GET", "HEAD"):
+                message = f"{path.split(SHARE_PATH)[0] or SHARE_PATH} is read with GET\n"
+                await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
+            elif path == STYLESHEET_PATH:
+                await self._share_page.stylesheet(send)
+            else:
+                await self._share_page.page(path, send)
         elif path in _PLAIN_ROUTES and scope["method"] not in ("GET", "HEAD"):
             await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
@@ -235,6 +250,10 @@ class DepotAPI:
                 continue
             if canceled:
                 log.info("canceled %d silent build(s): %s", len(canceled), ", ".join(canceled))
+
+
+def _is_page(path: str) -> bool:
+    return path in _PAGE_ROUTES or path.startswith(SHARE_PATH)
 
 
 async def _plain(

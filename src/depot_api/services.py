@@ -25,6 +25,7 @@ from depot_api.api.insights_service import BuildInsightsServiceImpl
 from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
+from depot_api.api.public_url import PublicURL
 from depot_api.api.usage_service import UsageServiceImpl
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
@@ -73,7 +74,9 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
         ),
         Service(
             core_build_connect.BuildServiceASGIApplication,
-            CoreBuildServiceImpl(domain.builds, domain.insights),
+            CoreBuildServiceImpl(
+                domain.builds, domain.insights, domain.shares, PublicURL(settings.public_url)
+            ),
             core_build_pb.desc(),
         ),
         Service(
