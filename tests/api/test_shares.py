@@ -5,18 +5,28 @@ link that shares nothing), and bad input. On SQLite and PostgreSQL (the api fixt
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from pyqwest import Client
+from pyqwest.testing import ASGITransport
 
+from depot_api.app import DepotAPI, create_app
+from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.core.v1 import build_pb as core_pb
 from depot_api.gen.depot.core.v1 import project_pb
+from depot_api.gen.depot.core.v1.build_connect import BuildServiceClient as CoreBuildServiceClient
 from depot_api.gen.depotapi.insights.v1 import insights_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb as c
+from depot_api.startup import prepare
 
 from ..conftest import InProcessAPI, bearer
+from ..factories import new_build
 
 STEP, OTHER = (f"sha256:{n * 64}" for n in "de")
 HOSTILE_NAME = '[1/2] RUN echo <script>alert("step")</script>'
@@ -174,3 +184,60 @@ async def test_pages_are_read_with_get(api: InProcessAPI) -> None:
     status, headers, css = await _get(api, "http://test/static/console.css")
     assert status == 200 and headers["content-type"] == "text/css; charset=utf-8"
     assert ".step" in css
+
+
+async def test_the_link_is_on_the_public_url(settings: Settings) -> None:
+    """--public-url is the base of the link (a proxy's address, say); and a link works in
+    another process over the same database, and dies there at once when sharing stops."""
+    public = replace(settings, public_url="https://depot.example.com/builds")
+    org_token = await prepare(public)
+    assert org_token is not None
+    async with _app(public) as first, _app(public) as second:
+        org = bearer(org_token)
+        build_id, _ = await new_build(first.app.domain, org_token)
+        shared = await first.core_builds.share_build(
+            core_pb.ShareBuildRequest(build_id=build_id), headers=org
+        )
+        assert shared.share_url.startswith("https://depot.example.com/builds/share/")
+        path = "/share/" + shared.share_url.rsplit("/", 1)[1]
+        assert (await second.http.get(f"http://test{path}")).status == 200
+        again = await second.core_builds.share_build(
+            core_pb.ShareBuildRequest(build_id=build_id), headers=org
+        )
+        assert again.share_url == shared.share_url  # the same link, from any process
+        await first.core_builds.stop_sharing_build(
+            core_pb.StopSharingBuildRequest(build_id=build_id), headers=org
+        )
+        assert (await second.http.get(f"http://test{path}")).status == 404
+
+
+async def test_a_deleted_projects_build_is_not_shown(api: InProcessAPI) -> None:
+    clients = api.clients()
+    org = bearer(api.org_token)
+    build_id, _ = await _build_with_insights(api)
+    shared = await clients.core_builds.share_build(
+        core_pb.ShareBuildRequest(build_id=build_id), headers=org
+    )
+    assert (await _get(api, shared.share_url))[0] == 200
+    build = await api.app.domain.store.builds.get_build(build_id)
+    assert build is not None
+    await clients.projects.delete_project(
+        project_pb.DeleteProjectRequest(project_id=build.project_id), headers=org
+    )
+    status, _, html = await _get(api, shared.share_url)
+    assert status == 404 and build_id not in html
+
+
+@dataclass
+class _Running:
+    app: DepotAPI
+    http: Client
+    core_builds: CoreBuildServiceClient
+
+
+@asynccontextmanager
+async def _app(settings: Settings) -> AsyncIterator[_Running]:
+    app = create_app(settings)
+    async with ASGITransport(app) as transport:
+        http = Client(transport)
+        yield _Running(app, http, CoreBuildServiceClient("http://test", http_client=http))
