@@ -9,10 +9,6 @@ Screenshots are kept under the test's tmp directory (shared-*.png)."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +24,8 @@ from tests.helpers import ServerProcess
 
 from .conftest import Org
 from .machines import api_for, bearer
+from .node_scripts import run_node_script
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
-SCRIPT = NODE_DIR / "sdk_share.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 
 STEP, CACHED, FAILED = (f"sha256:{n * 64}" for n in "abc")
@@ -61,26 +56,8 @@ STATUS = [
 
 
 def sdk(server: ServerProcess, token: str, build_id: str, action: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("`node` is not on PATH: install Node.js 20 or later, then run `make install`")
-    result = subprocess.run(
-        [node, str(SCRIPT)],
-        cwd=NODE_DIR,
-        env={
-            **os.environ,
-            "DEPOT_API_URL": server.url,
-            "DEPOT_E2E_TOKEN": token,
-            "DEPOT_E2E_BUILD_ID": build_id,
-            "DEPOT_E2E_ACTION": action,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"sdk_share.mjs {action}: {result.stderr}\n{result.stdout}"
-    observed: dict[str, Any] = json.loads(result.stdout)
-    return observed
+    env = {"DEPOT_E2E_BUILD_ID": build_id, "DEPOT_E2E_ACTION": action}
+    return run_node_script("sdk_share.mjs", server.url, token, env)
 
 
 @pytest.fixture(scope="module")
