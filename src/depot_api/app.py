@@ -111,6 +111,7 @@ class DepotAPI:
             max_bytes,
         )
         self._share_page = SharePage(domain.shares)
+        self._links_from_arrival = not settings.public_url
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -144,7 +145,8 @@ class DepotAPI:
             receive = receive_waiting_for_disconnect(receive, body)
             await self._seed_get_endpoint(scope, receive, send)
         elif service is not None:
-            note_arrival(scope)  # for the links an RPC makes (public_url.py)
+            if self._links_from_arrival:  # for the links an RPC makes (public_url.py)
+                note_arrival(scope)
             body = []
             if reads_body_first(scope):
                 body = await read_body_first(receive, self._max_bytes)
