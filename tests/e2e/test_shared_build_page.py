@@ -9,6 +9,8 @@ Screenshots are kept under the test's tmp directory (shared-*.png)."""
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,8 @@ from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.gen.depotapi.insights.v1 import insights_connect, insights_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb as c
-from tests.helpers import ServerProcess
+from tests.databases import BACKENDS, database
+from tests.helpers import ServerProcess, running_server
 
 from .conftest import Org
 from .machines import api_for, bearer
@@ -150,3 +153,36 @@ def test_a_shared_link_in_a_real_browser(
     assert dialogs == [] and errors == []
     context.close()
     print(f"screenshots in {tmp_path}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_worker_shows_and_stops_the_same_link(tmp_path: Path, backend: str) -> None:
+    """Two worker processes on one port (port 0: only the socket knows the port): every
+    ShareBuild gives the same link, whichever worker answers, with the real port in it; after
+    StopSharingBuild no worker shows the page any more."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    with (
+        database(backend, data_dir) as url,
+        running_server(data_dir, "--database", url, "--workers", "2") as server,
+    ):
+        org = Org(id="", token=server.org_token)
+        with ThreadPoolExecutor(1) as thread:
+            build_id, token = thread.submit(asyncio.run, _shared_build(server, org)).result()
+        links = {sdk(server, token, build_id, "share")["shareUrl"] for _ in range(4)}
+        assert len(links) == 1
+        link = links.pop()
+        assert link.startswith(f"{server.url}/share/")
+        # A new connection each time: the kernel spreads them over both workers.
+        assert {_status(link) for _ in range(12)} == {200}
+        sdk(server, token, build_id, "stop")
+        assert {_status(link) for _ in range(12)} == {404}
+
+
+def _status(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
