@@ -6,9 +6,9 @@ NODE_E2E := tests/e2e/node
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test test-fast check lint typecheck generate generate-check clean \
-	bench bench-smoke bench-tools test-daemon-tools crash-loop crash-loop-smoke
+	bench bench-smoke bench-tools test-daemon-tools test-browser crash-loop crash-loop-smoke
 
-install: $(STAMP) $(NODE_E2E)/node_modules/.installed test-daemon-tools
+install: $(STAMP) $(NODE_E2E)/node_modules/.installed test-daemon-tools test-browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,14 @@ test-daemon-tools:
 	  (apt-get install -y -q docker.io busybox-static || \
 	   (apt-get update -q && apt-get install -y -q docker.io busybox-static)) || \
 	  echo 'docker.io and busybox-static could not be installed: the tests marked buildkit will fail (pytest -m "not buildkit" deselects them)' >&2
+
+# The browser the page tests drive (through Playwright, from PyPI): Debian's chromium, so that
+# nothing is downloaded when the tests run. Where it cannot be installed the setup goes on, and
+# the browser tests say what is missing.
+test-browser:
+	@test -x /usr/bin/chromium || \
+	  (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) || \
+	  echo 'chromium could not be installed: the browser tests will fail' >&2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench) $(wildcard campaigns)

@@ -12,6 +12,7 @@ from sqlalchemy import inspect
 
 from depot_api.domain.token_format import hash_secret
 from depot_api.gen.depot.build.v1 import build_pb
+from depot_api.gen.depot.core.v1 import build_pb as core_pb
 from depot_api.gen.depot.core.v1 import project_pb
 from depot_api.store.database import create_engine
 
@@ -33,6 +34,11 @@ async def test_database_files_never_contain_a_secret(api: InProcessAPI) -> None:
         secrets.append(token.secret)
         build = await c.builds.create_build(build_pb.CreateBuildRequest(project_id=pid), headers=h)
         secrets.append(build.build_token)
+        shared = await c.core_builds.share_build(
+            core_pb.ShareBuildRequest(build_id=build.build_id), headers=h
+        )
+        # A share link's secret (kept hashed, and sealed so that ShareBuild can give it back).
+        secrets.insert(1, shared.share_url.rsplit("/", 1)[1])
 
     d = api.app.domain
     org = await d.organizations.create("other")

@@ -30,6 +30,7 @@ from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
 from depot_api.api.observing import Observer
+from depot_api.api.public_url import SHARE_PATH, note_arrival
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
 from depot_api.api.server_shims import (
@@ -40,6 +41,7 @@ from depot_api.api.server_shims import (
     stop_watching_the_supervisor,
     utf8_headers,
 )
+from depot_api.api.share_page import STYLESHEET_PATH, SharePage
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
 from depot_api.metrics import CONTENT_TYPE, exposition
@@ -57,6 +59,8 @@ _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes
 # The paths that are not RPCs (and /metrics, unless it has an address of its own).
 _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 _METRICS = "/metrics"
+# The pages (read with GET or HEAD too): the stylesheet, and shared builds under SHARE_PATH.
+_PAGE_ROUTES = (STYLESHEET_PATH,)
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -109,6 +113,8 @@ class DepotAPI:
             domain.endpoints,
             max_bytes,
         )
+        self._share_page = SharePage(domain.shares)
+        self._links_from_arrival = not settings.public_url
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
         self._in_flight = 0
@@ -119,7 +125,9 @@ class DepotAPI:
         self._plain_routes: tuple[str, ...] = _PLAIN_ROUTES
         if not settings.metrics_address:
             self._plain_routes += (_METRICS,)
-        self.observer = Observer(self._routes, self._catalog.knows, self._plain_routes)
+        self.observer = Observer(
+            self._routes, self._catalog.knows, self._plain_routes, (*_PAGE_ROUTES, SHARE_PATH)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -147,11 +155,22 @@ class DepotAPI:
             receive = receive_waiting_for_disconnect(receive, body)
             await self._seed_get_endpoint(scope, receive, send)
         elif service is not None:
+            if self._links_from_arrival:  # for the links an RPC makes (public_url.py)
+                note_arrival(scope)
             body = []
             if reads_body_first(scope):
                 body = await read_body_first(receive, self._max_bytes)
             send = explaining_refusals(self._catalog, scope, send)
             await service(utf8_headers(scope), receive_waiting_for_disconnect(receive, body), send)
+        elif _is_page(path):
+            await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
+            if scope["method"] not in ("GET", "HEAD"):
+                message = f"{path.split(SHARE_PATH)[0] or SHARE_PATH} is read with GET\n"
+                await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
+            elif path == STYLESHEET_PATH:
+                await self._share_page.stylesheet(send)
+            else:
+                await self._share_page.page(path, send)
         elif path in self._plain_routes and scope["method"] not in ("GET", "HEAD"):
             await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"
@@ -262,6 +281,10 @@ class DepotAPI:
             # For a /metrics served by the supervisor, which has no database of its own.
             with contextlib.suppress(Exception):
                 await self._sample_for_metrics()
+
+
+def _is_page(path: str) -> bool:
+    return path in _PAGE_ROUTES or path.startswith(SHARE_PATH)
 
 
 async def _plain(

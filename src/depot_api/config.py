@@ -29,6 +29,7 @@ from depot_api.setting_kinds import (
     LOG_FORMATS,
     LOG_LEVELS,
     Kind,
+    base_url,
     build_url_template,
     choice,
     database_url,
@@ -109,6 +110,10 @@ class Settings:
     # {project_id} and {build_id}, e.g. https://ci.example.com/depot/{project_id}/{build_id}.
     # Empty (the default): no URL is given.
     build_url: str = ""
+    # Where people reach this server, for the links it makes (ShareBuild): a base URL such as
+    # https://depot.example.com. Empty (the default): the address the request arrived at,
+    # http(s)://host:port of the listening socket.
+    public_url: str = ""
     # CI jobs' OIDC tokens (docs/oidc.md): issuers replaced per provider ((provider, URL)
     # pairs; the others keep their defaults), audiences accepted besides https://depot.dev,
     # the leeway on their times, and how often one issuer's keys may be fetched at most.
@@ -272,6 +277,12 @@ SETTINGS: tuple[Setting, ...] = (
         "build_url", "DEPOT_API_BUILD_URL", build_url_template(), flag="--build-url",
         metavar="TEMPLATE", default_text="none",
         help="the build URL the depot CLI prints, with {project_id} and {build_id}",
+    ),
+    Setting(
+        "public_url", "DEPOT_API_PUBLIC_URL", base_url(), flag="--public-url", metavar="URL",
+        default_text="the address the server listens on",
+        help="the base of the links the server makes (shared builds), as people reach it, "
+        "e.g. https://depot.example.com",
     ),
     Setting(
         "wait_for_machines", "DEPOT_API_WAIT_FOR_MACHINES", on_off(),

@@ -126,6 +126,14 @@ class Token:
     last_used_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BuildShare:
+    """A build's share link as stored: its secret's SHA-256 (hex), and the secret sealed."""
+
+    secret_hash: str
+    sealed_secret: str
+
+
 class Build(NamedTuple):
     """A build. Its times are kept as epoch microseconds, as stored and as sent (a listing
     turns hundreds of them into messages; a datetime for each would double its cost); the

@@ -25,6 +25,7 @@ from depot_api.api.insights_service import BuildInsightsServiceImpl
 from depot_api.api.machine_service import MachineServiceImpl
 from depot_api.api.organization_service import OrganizationServiceImpl
 from depot_api.api.project_service import ProjectServiceImpl
+from depot_api.api.public_url import PublicURL, origin
 from depot_api.api.usage_service import UsageServiceImpl
 from depot_api.config import Settings
 from depot_api.gen.depot.build.v1 import build_connect, build_pb
@@ -58,6 +59,11 @@ class Service:
     guard: Guard = Guard.TOKEN
 
 
+def public_url_of(settings: Settings) -> PublicURL:
+    scheme = "https" if settings.tls_cert is not None else "http"
+    return PublicURL(settings.public_url, origin(scheme, settings.host, settings.port))
+
+
 def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
     heartbeat_ms = int(settings.machine_heartbeat.total_seconds() * 1000)
     return (
@@ -73,7 +79,9 @@ def served(domain: Domain, settings: Settings) -> tuple[Service, ...]:
         ),
         Service(
             core_build_connect.BuildServiceASGIApplication,
-            CoreBuildServiceImpl(domain.builds, domain.insights),
+            CoreBuildServiceImpl(
+                domain.builds, domain.insights, domain.shares, public_url_of(settings)
+            ),
             core_build_pb.desc(),
         ),
         Service(

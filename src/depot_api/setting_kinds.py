@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from string import Formatter
 from typing import Any
+from urllib.parse import urlsplit
 
 # How to make a key for DEPOT_API_SECRET_KEY, quoted in its error.
 FERNET_KEY_RECIPE = (
@@ -289,6 +290,35 @@ def build_url_template() -> Kind:
         if not fields <= {"project_id", "build_id"}:
             raise ValueError("may use the fields {project_id} and {build_id} and no others")
         return text
+
+    return Kind(parse, str)
+
+
+def base_url() -> Kind:
+    """An http(s) URL with a host and no query or fragment, kept without its trailing slash;
+    empty means none."""
+
+    def parse(text: str) -> str:
+        text = text.strip()
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or "?" in text
+            or "#" in text
+        ):
+            raise ValueError(
+                "must be an http:// or https:// URL with a host and no query or fragment, "
+                "such as https://depot.example.com"
+            )
+        return text.rstrip("/")
 
     return Kind(parse, str)
 

@@ -22,6 +22,7 @@ from depot_api.domain.oidc_tokens import CiTokens
 from depot_api.domain.organizations import Organizations
 from depot_api.domain.projects import Projects
 from depot_api.domain.secretbox import SecretBox, load_or_create_key
+from depot_api.domain.shares import Shares
 from depot_api.domain.tokens import Tokens
 from depot_api.domain.trust_policies import TrustPolicies
 from depot_api.domain.usage import Usage
@@ -46,6 +47,7 @@ class Domain:
     build_reports: BuildReports
     insights: Insights
     usage: Usage
+    shares: Shares
     health: Health
     # Where the OIDC issuers' keys are fetched from: closed at shutdown.
     issuer_documents: HttpJsonSource
@@ -74,6 +76,14 @@ def build_domain(
         else load_or_create_key(settings.secret_key_path)
     )
     issuer_documents = HttpJsonSource()
+    insights = Insights(
+        insight_store=store.insights,
+        machine_store=store.machines,
+        builds=builds,
+        max_log_bytes=settings.max_build_log_bytes,
+        log_retention=settings.build_log_retention,
+        now=now,
+    )
     timings = EndpointTimings(
         acquire_timeout=settings.acquire_timeout,
         pending_interval=settings.pending_interval,
@@ -120,14 +130,8 @@ def build_domain(
             wait_for_machines=settings.wait_for_machines,
         ),
         build_reports=BuildReports(store.builds, builds, now=now),
-        insights=Insights(
-            insight_store=store.insights,
-            machine_store=store.machines,
-            builds=builds,
-            max_log_bytes=settings.max_build_log_bytes,
-            log_retention=settings.build_log_retention,
-            now=now,
-        ),
+        insights=insights,
+        shares=Shares(store.shares, builds, insights, box, now=now),
         usage=Usage(store.usage, projects, now=now),
         health=Health(store),
         issuer_documents=issuer_documents,

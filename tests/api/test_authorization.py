@@ -305,6 +305,22 @@ TABLE = [
         not_found=OUTSIDERS,
     ),
     row(
+        CB + "ShareBuild",
+        lambda c, w, h: c.core_builds.share_build(
+            core_build_pb.ShareBuildRequest(build_id=w.build_a), headers=h
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
+        CB + "StopSharingBuild",
+        lambda c, w, h: c.core_builds.stop_sharing_build(
+            core_build_pb.StopSharingBuildRequest(build_id=w.build_a), headers=h
+        ),
+        ok=(*MANAGERS, *NARROW),
+        not_found=OUTSIDERS,
+    ),
+    row(
         CB + "ListBuilds",
         lambda c, w, h: c.core_builds.list_builds(
             core_build_pb.ListBuildsRequest(project_id=w.project_a), headers=h

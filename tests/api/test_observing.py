@@ -19,3 +19,11 @@ def test_labels_of_any_path_are_bounded(path: str) -> None:
         service, method = observer.labels(candidate)
         assert service in ("depot.core.v1.ProjectService", "unknown", "http")
         assert method in ("ListProjects", "unknown", "/healthz")
+
+
+def test_a_page_is_labelled_by_its_prefix_never_its_secret() -> None:
+    """A shared build's link is a secret: its page is counted and logged as the prefix."""
+    observer = Observer([], lambda p: False, ["/healthz"], ["/static/console.css", "/share/"])
+    assert observer.labels("/share/s3cr3t-link-part") == ("http", "/share/")
+    assert observer.labels("/static/console.css") == ("http", "/static/console.css")
+    assert observer.labels("/shared") == ("unknown", "unknown")

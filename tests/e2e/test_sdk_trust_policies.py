@@ -6,10 +6,6 @@ calls and prints what it saw."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,9 +22,8 @@ from tests.helpers import ServerProcess, running_server
 from tests.oidc_issuer import LocalIssuer, local_issuer
 
 from .conftest import admin
-from .test_sdk_node import NODE_DIR, SDK_PACKAGE
+from .node_scripts import run_node_script
 
-SCRIPT = NODE_DIR / "sdk_trust_policies.mjs"
 CIRCLE_ORG = "2f1a5c8e-8b54-4c5a-9b53-0c1f1b2d3e4f"
 CIRCLE_PROJECT = "7d3e9a10-55b2-4e0c-a4c1-9f8e7d6c5b4a"
 PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT = 7, 5, 3
@@ -61,27 +56,12 @@ def site(
 
 
 def run_script(site: Site, org_token: str, oidc: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not SDK_PACKAGE.is_file():
-        pytest.fail("Node.js or @depot/sdk-node is not installed: run `make install`")
-    result = subprocess.run(
-        [node, str(SCRIPT)],
-        cwd=NODE_DIR,
-        env={
-            **os.environ,
-            "DEPOT_API_URL": site.server.url,
-            "DEPOT_E2E_TOKEN": org_token,
-            "DEPOT_E2E_OIDC": oidc,
-            "DEPOT_E2E_CIRCLE_ORG": CIRCLE_ORG,
-            "DEPOT_E2E_CIRCLE_PROJECT": CIRCLE_PROJECT,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}"
-    observed: dict[str, Any] = json.loads(result.stdout)
-    return observed
+    env = {
+        "DEPOT_E2E_OIDC": oidc,
+        "DEPOT_E2E_CIRCLE_ORG": CIRCLE_ORG,
+        "DEPOT_E2E_CIRCLE_PROJECT": CIRCLE_PROJECT,
+    }
+    return run_node_script("sdk_trust_policies.mjs", site.server.url, org_token, env)
 
 
 async def test_the_sdk_adds_lists_and_removes_policies_and_a_ci_token_builds(

@@ -40,7 +40,7 @@ async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == head_revision() == "0008"
+            assert await conn.run_sync(_version) == head_revision() == "0009"
     finally:
         await engine.dispose()
 
@@ -57,6 +57,7 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             "auth_epoch",
             "build_endpoints",
             "build_insights",
+            "build_shares",
             "build_status_reports",
             "build_status_seen",
             "build_step_logs",

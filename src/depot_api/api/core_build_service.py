@@ -8,8 +8,10 @@ from depot_api.api.convert import (
     optional_micros_timestamp,
 )
 from depot_api.api.guard import Context, current_principal
+from depot_api.api.public_url import PublicURL
 from depot_api.domain.builds import Builds, duration_seconds
 from depot_api.domain.insights import Insights
+from depot_api.domain.shares import Shares
 from depot_api.gen.depot.core.v1 import build_connect
 from depot_api.gen.depot.core.v1 import build_pb as pb
 from depot_api.models import Build, BuildInsights, BuildStatus
@@ -24,9 +26,25 @@ _STATUS = {
 
 
 class CoreBuildServiceImpl(build_connect.BuildService):
-    def __init__(self, builds: Builds, insights: Insights) -> None:
+    def __init__(
+        self, builds: Builds, insights: Insights, shares: Shares, public_url: PublicURL
+    ) -> None:
         self._builds = builds
         self._insights = insights
+        self._shares = shares
+        self._public_url = public_url
+
+    async def share_build(
+        self, request: pb.ShareBuildRequest, ctx: Context
+    ) -> pb.ShareBuildResponse:
+        secret = await self._shares.share(current_principal(), request.build_id)
+        return pb.ShareBuildResponse(share_url=self._public_url.share_link(secret))
+
+    async def stop_sharing_build(
+        self, request: pb.StopSharingBuildRequest, ctx: Context
+    ) -> pb.StopSharingBuildResponse:
+        await self._shares.stop(current_principal(), request.build_id)
+        return pb.StopSharingBuildResponse()
 
     async def list_builds(
         self, request: pb.ListBuildsRequest, ctx: Context

@@ -157,11 +157,15 @@ class Observer:
         services: Collection[str],
         knows_method: Callable[[str], bool],
         plain_routes: Collection[str],
+        page_prefixes: Collection[str] = (),
     ) -> None:
         # The service paths served here ("/depot.build.v1.BuildService").
         self._services = frozenset(services)
         self._knows_method = knows_method
         self._plain_routes = frozenset(plain_routes)
+        # Pages are labelled by their prefix: the rest of a page's path may be a secret (a
+        # shared build's link), which must be in no label and no log line.
+        self._page_prefixes = tuple(page_prefixes)
         self._ended: list[Ended] = [log_line, count_call]
 
     def on_end(self, ended: Ended) -> None:
@@ -171,6 +175,9 @@ class Observer:
         """The bounded (service, method) of a path."""
         if path in self._plain_routes:
             return PLAIN_HTTP, path
+        for prefix in self._page_prefixes:
+            if path.startswith(prefix):
+                return PLAIN_HTTP, prefix
         service_path, _, method = path.rpartition("/")
         if service_path in self._services:
             return service_path.removeprefix("/"), method if self._knows_method(path) else UNKNOWN

@@ -183,6 +183,12 @@ class Insights:
         page_token: str | None,
     ) -> Page[BuildStep]:
         build = await self._readable(principal, project_id, build_id)
+        return await self.steps_of(build, page_size, page_token)
+
+    async def steps_of(
+        self, build: Build, page_size: int | None, page_token: str | None
+    ) -> Page[BuildStep]:
+        """The steps of a build the caller may read (its reach checked already)."""
         limit = resolve_page_size(page_size, default=STEP_PAGE_DEFAULT, maximum=STEP_PAGE_MAX)
         after = _decode_token(page_token, _STEP_TOKEN, 1)[0] if page_token else -1
         rows = await self._store.list_steps(build.id, after=after, limit=limit + 1)
@@ -204,13 +210,19 @@ class Insights:
         """The step's output as lines, in order: each line with the time BuildKit gave the
         output it began in. A page ends at page_size lines or about LOG_PAGE_BYTES."""
         build = await self._readable(principal, project_id, build_id)
+        return await self.step_logs_of(build, digest, page_size, page_token)
+
+    async def step_logs_of(
+        self, build: Build, digest: str, page_size: int | None, page_token: str | None
+    ) -> Page[LogLine]:
+        """A step's lines of a build the caller may read (its reach checked already)."""
         if not digest:
             raise InvalidField("build_step_digest", "is required")
         limit = resolve_page_size(page_size, default=LOG_PAGE_DEFAULT, maximum=LOG_PAGE_MAX)
         seq, offset = _decode_token(page_token, _LOG_TOKEN, 2) if page_token else (0, 0)
         step = await self._store.get_step(build.id, digest[:_DIGEST_MAX])
         if step is None:
-            raise NotFound(f"build {build_id} has no step {digest[:80]}")
+            raise NotFound(f"build {build.id} has no step {digest[:80]}")
         if not step.has_logs or self._logs_expired(build):
             return Page([], "")
         reader = _LineReader(limit)

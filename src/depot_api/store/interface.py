@@ -30,6 +30,7 @@ from depot_api.models import (
     Binding,
     Build,
     BuildInsights,
+    BuildShare,
     BuildStatus,
     BuildStep,
     CachePolicy,
@@ -345,6 +346,21 @@ class MergeResult:
     # Messages merged now, and messages skipped because they had been merged before.
     merged: int
     repeated: int
+
+
+class ShareStore(Protocol):
+    """Shared build links: at most one per build, found by the hash of its secret."""
+
+    async def share(self, build_id: str, new: BuildShare, now_us: int) -> BuildShare:
+        """The build's share: the one it has, else `new`, stored. Of concurrent callers in any
+        process, all get the same one."""
+
+    async def stop(self, build_id: str) -> bool:
+        """Remove the build's share; False when it had none."""
+
+    async def shared_build(self, secret_hash: str) -> Build | None:
+        """The build shared under this secret hash, unless it is not shared (any more) or its
+        project was deleted."""
 
 
 class InsightStore(Protocol):

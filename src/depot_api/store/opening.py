@@ -15,6 +15,7 @@ from depot_api.store.interface import (
     MachineStore,
     OrgStore,
     ProjectStore,
+    ShareStore,
     TrustPolicyStore,
     UsageStore,
 )
@@ -22,6 +23,7 @@ from depot_api.store.machines import SqlMachineStore
 from depot_api.store.migrating import Migration, migrate, startup_lock
 from depot_api.store.orgs import SqlOrgStore
 from depot_api.store.projects import SqlProjectStore
+from depot_api.store.shares import SqlShareStore
 from depot_api.store.trust_policies import SqlTrustPolicyStore
 from depot_api.store.usage import SqlUsageStore
 
@@ -31,8 +33,8 @@ class Store:
     their CAs), `builds` (with health and status reports), `machines` (with bindings and
     endpoints), `connections` (client connections to machines' front doors), `trust_policies`
     (the CI identities that may create builds), `insights` (build steps, logs and counters),
-    `usage` (figures per project). Each method of each is one transaction (store.interface has
-    the contracts)."""
+    `usage` (figures per project), `shares` (shared build links). Each method of each is one
+    transaction (store.interface has the contracts)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -44,6 +46,7 @@ class Store:
         self.trust_policies: TrustPolicyStore = SqlTrustPolicyStore(database)
         self.insights: InsightStore = SqlInsightStore(database)
         self.usage: UsageStore = SqlUsageStore(database)
+        self.shares: ShareStore = SqlShareStore(database)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""

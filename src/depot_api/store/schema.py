@@ -317,6 +317,19 @@ build_status_seen = Table(
 )
 
 
+# Shared build links (ShareBuild): at most one per build. The link's secret is kept as its
+# SHA-256 (what a page view looks up) and sealed with the server's secret key (so that ShareBuild
+# again can give the same link back); the database alone never holds a usable link.
+build_shares = Table(
+    "build_shares",
+    metadata,
+    Column("build_id", ID, ForeignKey("builds.id"), primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("sealed_secret", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+
 def micros_or_none(at: datetime | None) -> int | None:
     """A column's value for an optional time."""
     return None if at is None else to_micros(at)

@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import build_pb
-from .build_pb import GetBuildRequest, GetBuildResponse, ListBuildsRequest, ListBuildsResponse
+from .build_pb import GetBuildRequest, GetBuildResponse, ListBuildsRequest, ListBuildsResponse, ShareBuildRequest, ShareBuildResponse, StopSharingBuildRequest, StopSharingBuildResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -32,8 +32,21 @@ if TYPE_CHECKING:
 
 class BuildService(Protocol):
     """
-    Build metadata for reading.
+    Build metadata for reading, and public sharing links.
     """
+    async def share_build(self, request: ShareBuildRequest, ctx: RequestContext[ShareBuildRequest, ShareBuildResponse], /) -> ShareBuildResponse:
+        """
+        A link to the build that anyone who has it can open, read-only; the same link while the
+        build stays shared.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def stop_sharing_build(self, request: StopSharingBuildRequest, ctx: RequestContext[StopSharingBuildRequest, StopSharingBuildResponse], /) -> StopSharingBuildResponse:
+        """
+        Revokes the build's share link at once. Returns an empty message.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     async def list_builds(self, request: ListBuildsRequest, ctx: RequestContext[ListBuildsRequest, ListBuildsResponse], /) -> ListBuildsResponse:
         """
         Paged list of a project's builds, newest first.
@@ -64,6 +77,28 @@ class BuildServiceASGIApplication(ConnectASGIApplication[BuildService]):
         super().__init__(
             service=service,
             endpoints=lambda svc: {
+                "/depot.core.v1.BuildService/ShareBuild": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ShareBuild",
+                        service_name="depot.core.v1.BuildService",
+                        input=ShareBuildRequest,
+                        output=ShareBuildResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.share_build,
+                ),
+                "/depot.core.v1.BuildService/StopSharingBuild": Endpoint.unary(
+                    method=MethodInfo(
+                        name="StopSharingBuild",
+                        service_name="depot.core.v1.BuildService",
+                        input=StopSharingBuildRequest,
+                        output=StopSharingBuildResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.stop_sharing_build,
+                ),
                 "/depot.core.v1.BuildService/ListBuilds": Endpoint.unary(
                     method=MethodInfo(
                         name="ListBuilds",
@@ -101,8 +136,55 @@ class BuildServiceASGIApplication(ConnectASGIApplication[BuildService]):
 
 class BuildServiceClient(ConnectClient):
     """
-    Build metadata for reading.
+    Build metadata for reading, and public sharing links.
     """
+    async def share_build(
+        self,
+        request: ShareBuildRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ShareBuildResponse:
+        """
+        A link to the build that anyone who has it can open, read-only; the same link while the
+        build stays shared.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ShareBuild",
+                service_name="depot.core.v1.BuildService",
+                input=ShareBuildRequest,
+                output=ShareBuildResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def stop_sharing_build(
+        self,
+        request: StopSharingBuildRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> StopSharingBuildResponse:
+        """
+        Revokes the build's share link at once. Returns an empty message.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="StopSharingBuild",
+                service_name="depot.core.v1.BuildService",
+                input=StopSharingBuildRequest,
+                output=StopSharingBuildResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def list_builds(
         self,
         request: ListBuildsRequest,
@@ -152,8 +234,21 @@ class BuildServiceClient(ConnectClient):
 
 class BuildServiceSync(Protocol):
     """
-    Build metadata for reading.
+    Build metadata for reading, and public sharing links.
     """
+    def share_build(self, request: ShareBuildRequest, ctx: RequestContext[ShareBuildRequest, ShareBuildResponse], /) -> ShareBuildResponse:
+        """
+        A link to the build that anyone who has it can open, read-only; the same link while the
+        build stays shared.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def stop_sharing_build(self, request: StopSharingBuildRequest, ctx: RequestContext[StopSharingBuildRequest, StopSharingBuildResponse], /) -> StopSharingBuildResponse:
+        """
+        Revokes the build's share link at once. Returns an empty message.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def list_builds(self, request: ListBuildsRequest, ctx: RequestContext[ListBuildsRequest, ListBuildsResponse], /) -> ListBuildsResponse:
         """
         Paged list of a project's builds, newest first.
@@ -182,6 +277,28 @@ class BuildServiceWSGIApplication(ConnectWSGIApplication):
     ) -> None:
         super().__init__(
             endpoints={
+                "/depot.core.v1.BuildService/ShareBuild": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ShareBuild",
+                        service_name="depot.core.v1.BuildService",
+                        input=ShareBuildRequest,
+                        output=ShareBuildResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.share_build,
+                ),
+                "/depot.core.v1.BuildService/StopSharingBuild": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="StopSharingBuild",
+                        service_name="depot.core.v1.BuildService",
+                        input=StopSharingBuildRequest,
+                        output=StopSharingBuildResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.stop_sharing_build,
+                ),
                 "/depot.core.v1.BuildService/ListBuilds": EndpointSync.unary(
                     method=MethodInfo(
                         name="ListBuilds",
@@ -219,8 +336,55 @@ class BuildServiceWSGIApplication(ConnectWSGIApplication):
 
 class BuildServiceClientSync(ConnectClientSync):
     """
-    Build metadata for reading.
+    Build metadata for reading, and public sharing links.
     """
+    def share_build(
+        self,
+        request: ShareBuildRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ShareBuildResponse:
+        """
+        A link to the build that anyone who has it can open, read-only; the same link while the
+        build stays shared.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ShareBuild",
+                service_name="depot.core.v1.BuildService",
+                input=ShareBuildRequest,
+                output=ShareBuildResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def stop_sharing_build(
+        self,
+        request: StopSharingBuildRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> StopSharingBuildResponse:
+        """
+        Revokes the build's share link at once. Returns an empty message.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="StopSharingBuild",
+                service_name="depot.core.v1.BuildService",
+                input=StopSharingBuildRequest,
+                output=StopSharingBuildResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     def list_builds(
         self,
         request: ListBuildsRequest,

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, TYPE_CHECKING, TypeAlias
+from typing import Literal, NoReturn, TYPE_CHECKING, TypeAlias
 
 from protobuf import Enum, Message
 from protobuf._codegen import file_desc
@@ -19,6 +19,110 @@ if TYPE_CHECKING:
     from protobuf import DescFile
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
+
+_ShareBuildRequestFields: TypeAlias = Literal["build_id"]
+
+class ShareBuildRequest(Message[_ShareBuildRequestFields]):
+    """
+    ```proto
+    message depot.core.v1.ShareBuildRequest
+    ```
+
+    Attributes:
+        build_id:
+            ```proto
+            string build_id = 1;
+            ```
+    """
+
+    __slots__ = ("build_id",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+        ) -> None:
+            pass
+
+        build_id: str
+
+_ShareBuildResponseFields: TypeAlias = Literal["share_url"]
+
+class ShareBuildResponse(Message[_ShareBuildResponseFields]):
+    """
+    ```proto
+    message depot.core.v1.ShareBuildResponse
+    ```
+
+    Attributes:
+        share_url:
+            Public link to the build.
+
+            ```proto
+            string share_url = 1;
+            ```
+    """
+
+    __slots__ = ("share_url",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            share_url: str = "",
+        ) -> None:
+            pass
+
+        share_url: str
+
+_StopSharingBuildRequestFields: TypeAlias = Literal["build_id"]
+
+class StopSharingBuildRequest(Message[_StopSharingBuildRequestFields]):
+    """
+    ```proto
+    message depot.core.v1.StopSharingBuildRequest
+    ```
+
+    Attributes:
+        build_id:
+            ```proto
+            string build_id = 1;
+            ```
+    """
+
+    __slots__ = ("build_id",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            build_id: str = "",
+        ) -> None:
+            pass
+
+        build_id: str
+
+_StopSharingBuildResponseFields: TypeAlias = NoReturn
+
+class StopSharingBuildResponse(Message[_StopSharingBuildResponseFields]):
+    """
+    ```proto
+    message depot.core.v1.StopSharingBuildResponse
+    ```
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+        ) -> None:
+            pass
 
 _ListBuildsRequestFields: TypeAlias = Literal["project_id", "page_size", "page_token"]
 
@@ -272,11 +376,15 @@ class Build(Message[_BuildFields]):
 
 
 _DESC = file_desc(
-    b'\n\x19depot/core/v1/build.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"j\n\x12ListBuildsResponse\x12,\n\x06builds\x18\x01 \x03(\x0b2\x14.depot.core.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId">\n\x10GetBuildResponse\x12*\n\x05build\x18\x01 \x01(\x0b2\x14.depot.core.v1.BuildR\x05build"\xd3\x05\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x123\n\x06status\x18\x02 \x01(\x0e2\x1b.depot.core.v1.Build.StatusR\x06status\x129\n\ncreated_at\x18\x03 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nstarted_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampH\x01R\nfinishedAt\x88\x01\x01\x129\n\x16build_duration_seconds\x18\x06 \x01(\x05H\x02R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x07 \x01(\x05H\x03R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x08 \x01(\x05H\x04R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\t \x01(\x05H\x05R\ntotalSteps\x88\x01\x01"\x82\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_RUNNING\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x12\n\x0eSTATUS_SUCCESS\x10\x03\x12\x10\n\x0cSTATUS_ERROR\x10\x04\x12\x13\n\x0fSTATUS_CANCELED\x10\x05B\r\n\x0b_started_atB\x0e\n\x0c_finished_atB\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_steps2\xae\x01\n\x0cBuildService\x12Q\n\nListBuilds\x12 .depot.core.v1.ListBuildsRequest\x1a!.depot.core.v1.ListBuildsResponse\x12K\n\x08GetBuild\x12\x1e.depot.core.v1.GetBuildRequest\x1a\x1f.depot.core.v1.GetBuildResponseb\x06proto3',
+    b'\n\x19depot/core/v1/build.proto\x12\rdepot.core.v1\x1a\x1fgoogle/protobuf/timestamp.proto".\n\x11ShareBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"1\n\x12ShareBuildResponse\x12\x1b\n\tshare_url\x18\x01 \x01(\tR\x08shareUrl"4\n\x17StopSharingBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId"\x1a\n\x18StopSharingBuildResponse"\x95\x01\n\x11ListBuildsRequest\x12\x1d\n\nproject_id\x18\x01 \x01(\tR\tprojectId\x12 \n\tpage_size\x18\x02 \x01(\x05H\x00R\x08pageSize\x88\x01\x01\x12"\n\npage_token\x18\x03 \x01(\tH\x01R\tpageToken\x88\x01\x01B\x0c\n\n_page_sizeB\r\n\x0b_page_token"j\n\x12ListBuildsResponse\x12,\n\x06builds\x18\x01 \x03(\x0b2\x14.depot.core.v1.BuildR\x06builds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken",\n\x0fGetBuildRequest\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId">\n\x10GetBuildResponse\x12*\n\x05build\x18\x01 \x01(\x0b2\x14.depot.core.v1.BuildR\x05build"\xd3\x05\n\x05Build\x12\x19\n\x08build_id\x18\x01 \x01(\tR\x07buildId\x123\n\x06status\x18\x02 \x01(\x0e2\x1b.depot.core.v1.Build.StatusR\x06status\x129\n\ncreated_at\x18\x03 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nstarted_at\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\tstartedAt\x88\x01\x01\x12@\n\x0bfinished_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampH\x01R\nfinishedAt\x88\x01\x01\x129\n\x16build_duration_seconds\x18\x06 \x01(\x05H\x02R\x14buildDurationSeconds\x88\x01\x01\x129\n\x16saved_duration_seconds\x18\x07 \x01(\x05H\x03R\x14savedDurationSeconds\x88\x01\x01\x12&\n\x0ccached_steps\x18\x08 \x01(\x05H\x04R\x0bcachedSteps\x88\x01\x01\x12$\n\x0btotal_steps\x18\t \x01(\x05H\x05R\ntotalSteps\x88\x01\x01"\x82\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_RUNNING\x10\x01\x12\x11\n\rSTATUS_FAILED\x10\x02\x12\x12\n\x0eSTATUS_SUCCESS\x10\x03\x12\x10\n\x0cSTATUS_ERROR\x10\x04\x12\x13\n\x0fSTATUS_CANCELED\x10\x05B\r\n\x0b_started_atB\x0e\n\x0c_finished_atB\x19\n\x17_build_duration_secondsB\x19\n\x17_saved_duration_secondsB\x0f\n\r_cached_stepsB\x0e\n\x0c_total_steps2\xe6\x02\n\x0cBuildService\x12Q\n\nShareBuild\x12 .depot.core.v1.ShareBuildRequest\x1a!.depot.core.v1.ShareBuildResponse\x12c\n\x10StopSharingBuild\x12&.depot.core.v1.StopSharingBuildRequest\x1a\'.depot.core.v1.StopSharingBuildResponse\x12Q\n\nListBuilds\x12 .depot.core.v1.ListBuildsRequest\x1a!.depot.core.v1.ListBuildsResponse\x12K\n\x08GetBuild\x12\x1e.depot.core.v1.GetBuildRequest\x1a\x1f.depot.core.v1.GetBuildResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
     {
+        "ShareBuildRequest": ShareBuildRequest,
+        "ShareBuildResponse": ShareBuildResponse,
+        "StopSharingBuildRequest": StopSharingBuildRequest,
+        "StopSharingBuildResponse": StopSharingBuildResponse,
         "ListBuildsRequest": ListBuildsRequest,
         "ListBuildsResponse": ListBuildsResponse,
         "GetBuildRequest": GetBuildRequest,
