@@ -231,7 +231,7 @@ def saved_us(step: Any) -> ColumnElement[Any]:
     )
 
 
-def _counters(build_ids: list[str]) -> Any:
+def _counters() -> Any:
     counted = s.c.cached == true()
     saved = case(
         (
@@ -247,9 +247,15 @@ def _counters(build_ids: list[str]) -> Any:
             func.sum(case((counted, 1), else_=0)).label("cached"),
             func.sum(saved).label("saved"),
         )
-        .where(s.c.build_id.in_(build_ids))
+        .where(s.c.build_id.in_(bindparam("build_ids", expanding=True)))
         .group_by(s.c.build_id)
     )
+
+
+# Compiled once: GetBuild and every ListBuilds page read these (compiling them at each call
+# cost GetBuild most of its speed).
+_INSIGHTS_OF = Query(select(i).where(i.c.build_id.in_(bindparam("build_ids", expanding=True))))
+_COUNTERS = Query(_counters())
 
 
 @dataclass
@@ -509,8 +515,13 @@ class SqlInsightStore(InsightStore):
         found: dict[str, BuildInsights] = {}
         async with self._db.read() as session:
             for batch in _batches(build_ids):
-                rows = await session.all(select(i).where(i.c.build_id.in_(batch)))
-                counters = {r["build_id"]: r for r in await session.all(_counters(list(batch)))}
+                rows = await session.all(_INSIGHTS_OF, build_ids=list(batch))
+                if not rows:  # nothing was reported of these builds' steps
+                    continue
+                with_insights = [r["build_id"] for r in rows]
+                counters = {
+                    r["build_id"]: r for r in await session.all(_COUNTERS, build_ids=with_insights)
+                }
                 for r in rows:
                     counted = counters.get(r["build_id"])
                     found[r["build_id"]] = BuildInsights(
