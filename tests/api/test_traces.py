@@ -150,6 +150,28 @@ def test_the_agents_machine_calls_carry_traceparent_only_when_on(
         assert "traceparent" not in headers
 
 
+async def test_the_agents_build_status_call_joins_the_servers_trace(
+    api: InProcessAPI, exporter: InMemorySpanExporter
+) -> None:
+    """ReportBuildStatus, sent from the agent's own loop, is a client span like the other
+    machine calls, and the server's span of it is that span's child."""
+    agent = _agent()
+    agent._machine_id = "m-traced"
+    agent._status.add("b-traced", b"status")
+    exporter.clear()
+    # The agent's token is no machine's: refused, and kept for later, but traced all the same.
+    assert not await agent._report_build_status(api.clients().machines)
+    assert agent._status.pending_bytes() > 0
+    name = "depotapi.machine.v1.MachineService/ReportBuildStatus"
+    spans = [s for s in exporter.get_finished_spans() if s.name == name]
+    (client,) = [s for s in spans if s.kind is SpanKind.CLIENT]
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert client.context is not None and server.context is not None
+    assert server.parent is not None
+    assert server.parent.span_id == client.context.span_id
+    assert server.context.trace_id == client.context.trace_id
+
+
 @pytest.mark.parametrize(
     ("environ", "wanted"),
     [

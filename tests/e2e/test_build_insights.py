@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -32,12 +31,11 @@ from tests.helpers import ServerProcess, running_server, stop_process
 
 from .conftest import admin
 from .machines import QUICK, AgentProcess, Api, agent, api_for
+from .node_scripts import run_node_script
 from .test_depot_cli import DEPOT, depot
 
 pytestmark = pytest.mark.buildkit
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
-SCRIPT = NODE_DIR / "sdk_build_insights.mjs"
 UNCACHED, CACHED = 1, 2  # GetBuildStepsResponse.BuildStep.CacheState
 # The server and the CLI's health reports may be away for seconds in the fault tests.
 PATIENT = {
@@ -128,25 +126,10 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def read_insights(site: Site, project_id: str, *build_ids: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("`node` is not on PATH: install Node.js 20 or later, then run `make install`")
-    result = subprocess.run(
-        [node, str(SCRIPT)],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            **os.environ,
-            "DEPOT_API_URL": site.server.url,
-            "DEPOT_E2E_TOKEN": site.token,
-            "DEPOT_E2E_PROJECT_ID": project_id,
-            "DEPOT_E2E_BUILD_IDS": ",".join(build_ids),
-        },
+    env = {"DEPOT_E2E_PROJECT_ID": project_id, "DEPOT_E2E_BUILD_IDS": ",".join(build_ids)}
+    found: dict[str, Any] = run_node_script(
+        "sdk_build_insights.mjs", site.server.url, site.token, env, timeout=60
     )
-    assert result.returncode == 0, result.stderr
-    found: dict[str, Any] = json.loads(result.stdout)
     return found
 
 

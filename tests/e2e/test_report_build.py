@@ -8,22 +8,17 @@ refused with their line numbers, and nothing of them is stored."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.helpers import BIN, ServerProcess
 
 from .conftest import Org
 from .machines import api_for
-from .test_sdk_node import NODE_DIR, SDK_PACKAGE
+from .node_scripts import run_node_script
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rawjson"
-SCRIPT = NODE_DIR / "sdk_insights.mjs"
 UNCACHED, CACHED = 1, 2
 
 
@@ -48,26 +43,9 @@ def report_build(server: ServerProcess, build_id: str, token: str, *source: str,
 
 
 def read_with_sdk(server: ServerProcess, token: str, builds: list[dict[str, str]]) -> Any:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("`node` is not on PATH: install Node.js 20 or later, then run `make install`")
-    if not SDK_PACKAGE.is_file():
-        pytest.fail("@depot/sdk-node is not installed in tests/e2e/node: run `make install`")
-    result = subprocess.run(
-        [node, str(SCRIPT)],
-        cwd=NODE_DIR,
-        env={
-            **os.environ,
-            "DEPOT_API_URL": server.url,
-            "DEPOT_E2E_TOKEN": token,
-            "DEPOT_E2E_BUILDS": json.dumps(builds),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return run_node_script(
+        "sdk_insights.mjs", server.url, token, {"DEPOT_E2E_BUILDS": json.dumps(builds)}
     )
-    assert result.returncode == 0, f"sdk_insights.mjs failed:\n{result.stderr}\n{result.stdout}"
-    return json.loads(result.stdout)
 
 
 async def test_report_build_gives_a_build_run_elsewhere_its_insights(

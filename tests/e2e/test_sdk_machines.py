@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
 from itertools import pairwise
 from pathlib import Path
@@ -26,13 +24,11 @@ import pytest
 from depot_api.gen.depot.core.v1 import build_pb as core_build_pb
 
 from .machines import AMD64, STANDIN_WORKER, Api, Cluster, api, cluster, mtls_list_workers, wait_for
+from .node_scripts import NODE_DIR, SDK_VERSION, node_for_sdk, script_env
 
 __all__ = ["api", "cluster"]  # fixtures, imported for pytest to find
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
-SCRIPT = NODE_DIR / "sdk_machines.mjs"
-SDK_PACKAGE = NODE_DIR / "node_modules" / "@depot" / "sdk-node" / "package.json"
-SDK_VERSION = "1.4.0"
+SCRIPT = "sdk_machines.mjs"
 
 PERMISSION_DENIED, RESOURCE_EXHAUSTED = 7, 8  # Connect / gRPC codes
 HEALTH_REPORTS, HEALTH_EVERY_MS, DENIED_REPORTS = 4, 300, 5  # as in the script
@@ -43,33 +39,16 @@ class SdkScript:
     """sdk_machines.mjs running against the server, held at its checkpoints."""
 
     def __init__(self, url: str, token: str, project_id: str, hold_dir: Path) -> None:
-        node = shutil.which("node")
-        if node is None:
-            pytest.fail(
-                "`node` is not on PATH: install Node.js 20 or later, then run `make install`"
-            )
-        if not SDK_PACKAGE.is_file():
-            pytest.fail(
-                "@depot/sdk-node is not installed in tests/e2e/node/node_modules: "
-                "run `make install`"
-            )
-        installed = json.loads(SDK_PACKAGE.read_text())["version"]
-        if installed != SDK_VERSION:
-            pytest.fail(
-                f"tests/e2e/node has @depot/sdk-node {installed}, not {SDK_VERSION}: "
-                "run `make install`"
-            )
+        node = node_for_sdk(SDK_VERSION)
         self.hold_dir = hold_dir
         self.process = subprocess.Popen(
-            [node, str(SCRIPT)],
+            [node, str(NODE_DIR / SCRIPT)],
             cwd=NODE_DIR,
-            env={
-                **os.environ,
-                "DEPOT_API_URL": url,
-                "DEPOT_E2E_TOKEN": token,
-                "DEPOT_E2E_PROJECT_ID": project_id,
-                "DEPOT_E2E_HOLD_DIR": str(hold_dir),
-            },
+            env=script_env(
+                url,
+                token,
+                {"DEPOT_E2E_PROJECT_ID": project_id, "DEPOT_E2E_HOLD_DIR": str(hold_dir)},
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import socket
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,11 +22,7 @@ from depot_api.gen.depot.core.v1 import project_pb
 from tests.helpers import ServerProcess
 
 from .conftest import Org
-
-NODE_DIR = Path(__file__).resolve().parent / "node"
-SCRIPT = NODE_DIR / "sdk_e2e.mjs"
-SDK_PACKAGE = NODE_DIR / "node_modules" / "@depot" / "sdk-node" / "package.json"
-SDK_VERSION = "1.4.0"
+from .node_scripts import SDK_VERSION, run_node_script
 
 KEEP_BYTES = 53687091200  # 50 GiB, sent by the script as a bigint
 HARDWARE_4X4 = 2
@@ -46,31 +38,9 @@ FAILED_PRECONDITION, UNAUTHENTICATED = 9, 16
 def run_sdk_script(url: str, token: str) -> dict[str, Any]:
     """Run the SDK script against url with token; fail (never skip) when Node or the SDK is
     not installed."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("`node` is not on PATH: install Node.js 20 or later, then run `make install`")
-    if not SDK_PACKAGE.is_file():
-        pytest.fail(
-            "@depot/sdk-node is not installed in tests/e2e/node/node_modules: run `make install`"
-        )
-    installed = json.loads(SDK_PACKAGE.read_text())["version"]
-    if installed != SDK_VERSION:
-        pytest.fail(
-            f"tests/e2e/node has @depot/sdk-node {installed}, not {SDK_VERSION}: run `make install`"
-        )
-    result = subprocess.run(
-        [node, str(SCRIPT)],
-        cwd=NODE_DIR,
-        env={**os.environ, "DEPOT_API_URL": url, "DEPOT_E2E_TOKEN": token},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    observed: dict[str, Any] = run_node_script(
+        "sdk_e2e.mjs", url, token, {}, sdk_version=SDK_VERSION
     )
-    assert result.returncode == 0, (
-        f"sdk_e2e.mjs exited with {result.returncode}\n"
-        f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}"
-    )
-    observed: dict[str, Any] = json.loads(result.stdout)
     return observed
 
 

@@ -139,6 +139,10 @@ def test_curl_over_tls(
     denied = curl_post(f"{base}{LIST_PROJECTS}", "{}", token=None, flags=flags)
     assert (denied.status, denied.json()["code"]) == (401, "unauthenticated"), denied
 
+    # Refused over TLS too (test_server_process.py has the cleartext cases).
+    not_utf8 = curl_post(f"{base}{LIST_PROJECTS}%FF", "{}", token=None, flags=flags)
+    assert (not_utf8.status, not_utf8.http_version) == (400, version), not_utf8
+
 
 def test_curl_rejects_an_untrusted_certificate(tls_server: ServerProcess, tmp_path: Path) -> None:
     url = f"https://127.0.0.1:{tls_server.port}{LIST_ORGS}"

@@ -285,12 +285,13 @@ class Agent:
         batches = self._status.take()
         for n, batch in enumerate(batches):
             try:
-                await client.report_build_status(
-                    pb.ReportBuildStatusRequest(
-                        machine_id=self._machine_id, builds=[_status_batch(batch)]
-                    ),
-                    headers=self._headers,
-                )
+                with self._traced("ReportBuildStatus") as headers:
+                    await client.report_build_status(
+                        pb.ReportBuildStatusRequest(
+                            machine_id=self._machine_id, builds=[_status_batch(batch)]
+                        ),
+                        headers=headers,
+                    )
             except asyncio.CancelledError:
                 # Stopping: what was not acknowledged goes back, for the last report.
                 for unsent in batches[n:]:

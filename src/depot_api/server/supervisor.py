@@ -30,6 +30,7 @@ from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX
 from depot_api.config import Settings
 from depot_api.metrics import MULTIPROCESS_ENV, forget_process, multiprocess_registry
 from depot_api.server.errors import ServeError
+from depot_api.server.path_guard import add_path_guard
 from depot_api.server.worker import Worker
 
 log = logging.getLogger("depot_api.server")
@@ -144,6 +145,8 @@ class Supervisor:
             tls_cert=_resolved(settings.tls_cert),
             tls_key=_resolved(settings.tls_key),
         ).get_envoy_config()
+        if not add_path_guard(envoy_config):
+            raise ServeError("pyvoy's Envoy configuration has no pyvoy filter to guard")
         env = {**settings.to_env(), MULTIPROCESS_ENV: str(self._metrics_dir.resolve())}
         return await Worker.start(envoy_config, env)
 
