@@ -67,6 +67,8 @@ class Settings:
     tls_key: Path | None = None
     # How long a build token keeps working after its build ends (final status flushes).
     build_token_grace: timedelta = timedelta(seconds=120)
+    # How long a console sign-in lasts.
+    console_session_lifetime: timedelta = timedelta(hours=12)
     regions: tuple[str, ...] = DEFAULT_REGIONS
     # The largest request message accepted, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
@@ -227,6 +229,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_key", "DEPOT_API_TLS_KEY", path(optional=True), flag="--tls-key", metavar="FILE",
         default_text="none", help="the certificate's PEM private key, unencrypted",
+    ),
+    Setting(
+        "console_session_lifetime", "DEPOT_API_CONSOLE_SESSION_LIFETIME", seconds(),
+        flag="--console-session-lifetime", metavar="SECONDS",
+        help="how long a console sign-in lasts",
     ),
     Setting(
         "build_token_grace", "DEPOT_API_BUILD_TOKEN_GRACE", seconds(),

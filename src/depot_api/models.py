@@ -134,6 +134,18 @@ class BuildShare:
     sealed_secret: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A console session as stored: its ID's SHA-256 (hex), and the signed-in token's secret
+    hash and kind (the token itself is never stored)."""
+
+    session_hash: str
+    token_hash: str
+    token_kind: TokenKind
+    created_us: int
+    expires_us: int
+
+
 class Build(NamedTuple):
     """A build. Its times are kept as epoch microseconds, as stored and as sent (a listing
     turns hundreds of them into messages; a datetime for each would double its cost); the

@@ -12,6 +12,7 @@ from depot_api.domain.auth import Authenticator
 from depot_api.domain.build_reports import BuildReports
 from depot_api.domain.builds import Builds
 from depot_api.domain.connections import Connections
+from depot_api.domain.console_sessions import ConsoleSessions
 from depot_api.domain.endpoints import Endpoints, EndpointTimings
 from depot_api.domain.health import Health
 from depot_api.domain.insights import Insights
@@ -48,6 +49,7 @@ class Domain:
     insights: Insights
     usage: Usage
     shares: Shares
+    console_sessions: ConsoleSessions
     health: Health
     # Where the OIDC issuers' keys are fetched from: closed at shutdown.
     issuer_documents: HttpJsonSource
@@ -92,14 +94,18 @@ def build_domain(
         max_build_duration=settings.max_build_duration,
         machine_heartbeat=settings.machine_heartbeat,
     )
+    authenticator = Authenticator(
+        org_store=store.orgs,
+        build_store=store.builds,
+        build_token_grace=settings.build_token_grace,
+        now=now,
+        ci_tokens=ci_tokens_for(settings, issuer_documents),
+    )
     return Domain(
         store=store,
-        authenticator=Authenticator(
-            org_store=store.orgs,
-            build_store=store.builds,
-            build_token_grace=settings.build_token_grace,
-            now=now,
-            ci_tokens=ci_tokens_for(settings, issuer_documents),
+        authenticator=authenticator,
+        console_sessions=ConsoleSessions(
+            store.sessions, authenticator, lifetime=settings.console_session_lifetime, now=now
         ),
         projects=projects,
         tokens=tokens,

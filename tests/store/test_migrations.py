@@ -40,7 +40,7 @@ async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == head_revision() == "0009"
+            assert await conn.run_sync(_version) == head_revision() == "0010"
     finally:
         await engine.dispose()
 
@@ -63,6 +63,7 @@ async def test_migrating_twice_changes_nothing(empty_database_url: str) -> None:
             "build_step_logs",
             "build_steps",
             "builds",
+            "console_sessions",
             "machine_connections",
             "machines",
             "memberships",

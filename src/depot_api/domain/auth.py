@@ -84,7 +84,11 @@ class Authenticator:
             raise Unauthenticated(
                 "malformed token: not a depot-api token (wrong prefix, length or checksum)"
             )
-        secret_hash = hash_secret(secret)
+        return await self.authenticate_hash(hash_secret(secret), kind)
+
+    async def authenticate_hash(self, secret_hash: str, kind: TokenKind) -> Principal:
+        """The principal of the token with this secret hash, checked as at every call (the
+        console's sessions keep only the hash: a revoked token ends its sessions at once)."""
         # The epoch first: a change committed after this read moves it for the next call.
         epoch = await self._org_store.auth_epoch()
         now = self._now()

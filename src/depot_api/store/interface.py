@@ -34,6 +34,7 @@ from depot_api.models import (
     BuildStatus,
     BuildStep,
     CachePolicy,
+    ConsoleSession,
     Hardware,
     InsightsFlags,
     LogChunk,
@@ -361,6 +362,22 @@ class ShareStore(Protocol):
     async def shared_build(self, secret_hash: str) -> Build | None:
         """The build shared under this secret hash, unless it is not shared (any more) or its
         project was deleted."""
+
+
+class SessionStore(Protocol):
+    """Console sessions, found by the hash of their ID."""
+
+    async def create(self, session: ConsoleSession) -> None:
+        """Store a new session."""
+
+    async def find(self, session_hash: str, now_us: int) -> ConsoleSession | None:
+        """The session, unless it has ended or expired by now_us."""
+
+    async def end(self, session_hash: str) -> bool:
+        """Delete the session; False when there was none."""
+
+    async def purge_expired(self, now_us: int) -> int:
+        """Delete the sessions expired by now_us; how many."""
 
 
 class InsightStore(Protocol):

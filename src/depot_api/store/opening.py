@@ -15,6 +15,7 @@ from depot_api.store.interface import (
     MachineStore,
     OrgStore,
     ProjectStore,
+    SessionStore,
     ShareStore,
     TrustPolicyStore,
     UsageStore,
@@ -23,6 +24,7 @@ from depot_api.store.machines import SqlMachineStore
 from depot_api.store.migrating import Migration, migrate, startup_lock
 from depot_api.store.orgs import SqlOrgStore
 from depot_api.store.projects import SqlProjectStore
+from depot_api.store.sessions import SqlSessionStore
 from depot_api.store.shares import SqlShareStore
 from depot_api.store.trust_policies import SqlTrustPolicyStore
 from depot_api.store.usage import SqlUsageStore
@@ -47,6 +49,7 @@ class Store:
         self.insights: InsightStore = SqlInsightStore(database)
         self.usage: UsageStore = SqlUsageStore(database)
         self.shares: ShareStore = SqlShareStore(database)
+        self.sessions: SessionStore = SqlSessionStore(database)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database is reachable and migrated."""

@@ -330,6 +330,20 @@ build_shares = Table(
 )
 
 
+# Console sessions: the browser holds a random session ID, the store its SHA-256 and the hash
+# of the token signed in with (never the token): every page checks that token as an API call
+# would, so a revoked token ends its sessions at once, in every process.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("token_hash", String(64), nullable=False, index=True),
+    Column("token_kind", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+
 def micros_or_none(at: datetime | None) -> int | None:
     """A column's value for an optional time."""
     return None if at is None else to_micros(at)
