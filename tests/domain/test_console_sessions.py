@@ -84,3 +84,15 @@ def test_csrf_tokens_are_per_session_and_checked() -> None:
     assert not ConsoleSessions.csrf_ok("session-a", None)
     assert not ConsoleSessions.csrf_ok("session-a", "")
     assert not ConsoleSessions.csrf_ok(None, token)
+
+
+async def test_expired_sessions_are_purged_and_live_ones_kept(domain: Domain, clock: Clock) -> None:
+    _, _, secret = await _org_token(domain)
+    old, _ = await domain.console_sessions.sign_in(secret)
+    clock.advance(6 * 3600)
+    young, _ = await domain.console_sessions.sign_in(secret)
+    clock.advance(6 * 3600)
+    now_us = int(clock.now.timestamp() * 1_000_000)
+    assert await domain.store.sessions.purge_expired(now_us) == 1
+    assert await domain.console_sessions.principal(old) is None
+    assert await domain.console_sessions.principal(young) is not None
