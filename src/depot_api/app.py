@@ -25,11 +25,15 @@ from connectrpc_grpcreflect import (
 
 from depot_api.api import seed_endpoint
 from depot_api.api.asgi import ASGIApp, Receive, Scope, Send
+from depot_api.api.console.console import PREFIX as CONSOLE_PREFIX
+from depot_api.api.console.console import Console
+from depot_api.api.console.routes import ROUTES as CONSOLE_ROUTES
 from depot_api.api.drain import DRAIN_REQUEST, DRAINED_PREFIX, Drain
 from depot_api.api.guard import Admission, Guard, guard_interceptors
 from depot_api.api.json_codec import LenientKeysJSONCodec
 from depot_api.api.limits import Limits, RateLimiter, StreamLimiter
 from depot_api.api.observing import Observer
+from depot_api.api.pages import STATIC_FILES, send_redirect, send_static
 from depot_api.api.public_url import SHARE_PATH, note_arrival
 from depot_api.api.refusals import Catalog, connect_error, explaining_refusals
 from depot_api.api.seed_endpoint import SeedGetEndpoint
@@ -41,7 +45,7 @@ from depot_api.api.server_shims import (
     stop_watching_the_supervisor,
     utf8_headers,
 )
-from depot_api.api.share_page import STYLESHEET_PATH, SharePage
+from depot_api.api.share_page import SharePage
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
 from depot_api.metrics import CONTENT_TYPE, exposition
@@ -59,8 +63,8 @@ _OPENAPI_YAML = resources.files("depot_api").joinpath("openapi.yaml").read_bytes
 # The paths that are not RPCs (and /metrics, unless it has an address of its own).
 _PLAIN_ROUTES = ("/healthz", "/readyz", "/openapi.yaml")
 _METRICS = "/metrics"
-# The pages (read with GET or HEAD too): the stylesheet, and shared builds under SHARE_PATH.
-_PAGE_ROUTES = (STYLESHEET_PATH,)
+# The read-only pages (GET or HEAD): the static files, and shared builds under SHARE_PATH.
+_PAGE_ROUTES = tuple(STATIC_FILES)
 
 
 def create_app(settings: Settings, domain: Domain | None = None) -> DepotAPI:
@@ -114,6 +118,11 @@ class DepotAPI:
             max_bytes,
         )
         self._share_page = SharePage(domain.shares)
+        self._console = Console(
+            domain,
+            CONSOLE_ROUTES,
+            session_seconds=int(settings.console_session_lifetime.total_seconds()),
+        )
         self._links_from_arrival = not settings.public_url
         self._drain_dir = settings.drain_dir
         self._drain_watch: asyncio.Task[None] | None = None
@@ -126,7 +135,10 @@ class DepotAPI:
         if not settings.metrics_address:
             self._plain_routes += (_METRICS,)
         self.observer = Observer(
-            self._routes, self._catalog.knows, self._plain_routes, (*_PAGE_ROUTES, SHARE_PATH)
+            self._routes,
+            self._catalog.knows,
+            self._plain_routes,
+            (*_PAGE_ROUTES, SHARE_PATH, CONSOLE_PREFIX),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -167,10 +179,13 @@ class DepotAPI:
             if scope["method"] not in ("GET", "HEAD"):
                 message = f"{path.split(SHARE_PATH)[0] or SHARE_PATH} is read with GET\n"
                 await _plain(send, 405, message.encode(), headers=[(b"allow", b"GET, HEAD")])
-            elif path == STYLESHEET_PATH:
-                await self._share_page.stylesheet(send)
-            else:
+            elif not await send_static(send, path):
                 await self._share_page.page(path, send)
+        elif self._console.serves(path):
+            await self._console(scope, receive, send)
+        elif path == "/" and scope["method"] in ("GET", "HEAD"):
+            await read_body_first(receive, self._max_bytes)
+            await send_redirect(send, self._console.home)
         elif path in self._plain_routes and scope["method"] not in ("GET", "HEAD"):
             await read_body_first(receive, self._max_bytes)  # answer cleanly; see there
             message = f"{path} is read with GET (or HEAD), not {scope['method']}\n"

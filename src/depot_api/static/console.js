@@ -1,0 +1,64 @@
+// depot-api console: a part of a page marked data-live-url (a running build's steps) fetches
+// itself again every two seconds and is swapped in place, until the server answers with a
+// part that is no longer live (the build ended). The server renders and escapes the HTML; the
+// page's Content-Security-Policy lets no inline script run, here or anywhere.
+"use strict";
+
+(function () {
+  const INTERVAL_MS = 2000;
+
+  // Which <details> the reader has opened or closed, by their data-key, kept across updates.
+  function openState(region) {
+    const state = new Map();
+    for (const details of region.querySelectorAll("details[data-key]")) {
+      state.set(details.dataset.key, details.open);
+    }
+    return state;
+  }
+
+  function schedule(region) {
+    window.setTimeout(() => refresh(region), INTERVAL_MS);
+  }
+
+  async function refresh(region) {
+    let response;
+    try {
+      response = await fetch(region.dataset.liveUrl, {
+        credentials: "same-origin",
+        headers: { Accept: "text/html" },
+      });
+    } catch (error) {
+      schedule(region); // the server is away for a moment: try again
+      return;
+    }
+    if (response.status === 401) {
+      window.location.reload(); // signed out: the page itself goes to sign-in
+      return;
+    }
+    if (!response.ok) {
+      schedule(region);
+      return;
+    }
+    const template = document.createElement("template");
+    template.innerHTML = await response.text();
+    const fresh = template.content.firstElementChild;
+    if (fresh === null) {
+      schedule(region);
+      return;
+    }
+    const state = openState(region);
+    for (const details of fresh.querySelectorAll("details[data-key]")) {
+      if (state.has(details.dataset.key)) {
+        details.open = state.get(details.dataset.key);
+      }
+    }
+    region.replaceWith(fresh);
+    if (fresh.dataset.liveUrl) {
+      schedule(fresh);
+    }
+  }
+
+  for (const region of document.querySelectorAll("[data-live-url]")) {
+    schedule(region);
+  }
+})();
