@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.databases import BACKENDS, database
+from tests.e2e.browser import browser  # noqa: F401  (a fixture for the console's tests)
 from tests.helpers import BIN, ServerProcess, running_server
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,6 @@ from tests.helpers import ServerProcess, running_server
 from .conftest import Org
 from .machines import api_for, bearer
 from .node_scripts import run_node_script
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 STEP, CACHED, FAILED = (f"sha256:{n * 64}" for n in "abc")
 HOSTILE_NAME = "[1/3] RUN echo <script>alert('step')</script>"
@@ -61,23 +58,6 @@ STATUS = [
 def sdk(server: ServerProcess, token: str, build_id: str, action: str) -> dict[str, Any]:
     env = {"DEPOT_E2E_BUILD_ID": build_id, "DEPOT_E2E_ACTION": action}
     return run_node_script("sdk_share.mjs", server.url, token, env)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run `make install` (Debian's chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: run `make install`")
-    with sync_playwright() as playwright:
-        # Debian's browser, never a downloaded one; no sandbox: the suite may run as root.
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 async def _shared_build(server: ServerProcess, org: Org) -> tuple[str, str]:

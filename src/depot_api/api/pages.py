@@ -39,8 +39,12 @@ SECURITY_HEADERS = [
         b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
 ]
+# A shared build's link is a secret: no Referer at all. The console's pages send their Referer
+# (and so a true Origin on their forms: under no-referrer, Chromium sends `Origin: null`,
+# which the console refuses) to this server alone.
+NO_REFERRER = b"no-referrer"
+SAME_ORIGIN_REFERRER = b"same-origin"
 HTML = b"text/html; charset=utf-8"
 
 templates = Environment(
@@ -111,6 +115,7 @@ async def send_page(
     *,
     content_type: bytes = HTML,
     headers: list[tuple[bytes, bytes]] | None = None,
+    referrer: bytes = NO_REFERRER,
 ) -> None:
     """A page: never cached anywhere (it shows what the caller may see now: a stopped share
     link, a revoked token, a signed-out session must stop showing at once)."""
@@ -122,6 +127,7 @@ async def send_page(
                 (b"content-type", content_type),
                 (b"cache-control", b"no-store"),
                 *SECURITY_HEADERS,
+                (b"referrer-policy", referrer),
                 *(headers or []),
             ],
         }
@@ -130,7 +136,10 @@ async def send_page(
 
 
 async def send_redirect(
-    send: Send, location: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    location: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    referrer: bytes = NO_REFERRER,
 ) -> None:
     """303 See Other: after a form's POST, the browser GETs the next page."""
     await send_page(
@@ -138,6 +147,7 @@ async def send_redirect(
         303,
         b"",
         headers=[(b"location", location.encode()), *(headers or [])],
+        referrer=referrer,
     )
 
 
@@ -155,6 +165,7 @@ async def send_static(send: Send, path: str) -> bool:
                 (b"content-type", content_type),
                 (b"cache-control", b"public, max-age=3600"),
                 *SECURITY_HEADERS,
+                (b"referrer-policy", NO_REFERRER),
             ],
         }
     )

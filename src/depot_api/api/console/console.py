@@ -21,7 +21,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from depot_api.api.asgi import Receive, Scope, Send
 from depot_api.api.console.web import Fragment, Handler, PageRequest, Redirect, with_query
-from depot_api.api.pages import render, send_page, send_redirect
+from depot_api.api.pages import SAME_ORIGIN_REFERRER, render
+from depot_api.api.pages import send_page as send_any_page
+from depot_api.api.pages import send_redirect as send_any_redirect
 from depot_api.domain.console_sessions import ConsoleSessions
 from depot_api.domain.errors import (
     DomainError,
@@ -234,7 +236,7 @@ class Console:
         html = render("console/sign_in.html", csrf=form_token, next=next_path, error=error)
         # The form's own cookie lives as long as someone might leave the form open.
         cookie = self._set_cookie(scope, _SIGN_IN_COOKIE, form_token, 3600)
-        await send_page(send, status, html, headers=[cookie])
+        await send_page(send, status, html, [cookie])
 
     @staticmethod
     def _set_cookie(scope: Scope, name: str, value: str, max_age: int) -> tuple[bytes, bytes]:
@@ -253,6 +255,18 @@ class Console:
     async def _refusal(self, send: Send, refusal: Refused) -> None:
         html = render("console/refused.html", title=refusal.title, message=refusal.message)
         await send_page(send, refusal.status, html)
+
+
+async def send_page(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_any_page(send, status, body, headers=headers, referrer=SAME_ORIGIN_REFERRER)
+
+
+async def send_redirect(
+    send: Send, location: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_any_redirect(send, location, headers, referrer=SAME_ORIGIN_REFERRER)
 
 
 async def _answered_by_the_console(request: PageRequest) -> Redirect:
