@@ -38,7 +38,8 @@ async def test_unknown_paths_are_404_naming_the_path(api: InProcessAPI) -> None:
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.content == (
         b"/nope not found: RPCs are POSTed to /package.Service/Method; "
-        b"the other paths are /healthz, /readyz, /openapi.yaml, /metrics\n"
+        b"the other paths are /healthz, /readyz, /openapi.yaml, /metrics, "
+        b"and the console at /console/\n"
     )
 
 

@@ -210,7 +210,7 @@ class DepotAPI:
             return
         message = (
             f"{path} not found: RPCs are POSTed to /package.Service/Method; "
-            f"the other paths are {', '.join(self._plain_routes)}\n"
+            f"the other paths are {', '.join(self._plain_routes)}, and the console at /console/\n"
         )
         await _plain(send, 404, message.encode("utf-8", "backslashreplace"))
 
