@@ -96,3 +96,15 @@ async def test_expired_sessions_are_purged_and_live_ones_kept(domain: Domain, cl
     assert await domain.store.sessions.purge_expired(now_us) == 1
     assert await domain.console_sessions.principal(old) is None
     assert await domain.console_sessions.principal(young) is not None
+
+
+async def test_signing_in_clears_expired_sessions(domain: Domain, clock: Clock) -> None:
+    _, _, secret = await _org_token(domain)
+    await domain.console_sessions.sign_in(secret)
+    await domain.console_sessions.sign_in(secret)
+    clock.advance(13 * 3600)  # both expired
+    await domain.console_sessions.sign_in(secret)  # clears them
+    now_us = int(clock.now.timestamp() * 1_000_000)
+    assert await domain.store.sessions.purge_expired(now_us) == 0
+    clock.advance(13 * 3600)
+    assert await domain.store.sessions.purge_expired(int(clock.now.timestamp() * 1_000_000)) == 1

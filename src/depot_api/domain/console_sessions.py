@@ -61,6 +61,9 @@ class ConsoleSessions:
             raise PermissionDenied("a CI token cannot sign in to the console")
         session_id = secrets.token_urlsafe(SESSION_BYTES)
         now = self._now()
+        # Expired sessions are cleared here, where sessions are made: the table then holds
+        # about as many rows as sign-ins in one lifetime, with no sweeper to run.
+        await self._store.purge_expired(to_micros(now))
         await self._store.create(
             ConsoleSession(
                 session_hash(session_id),
