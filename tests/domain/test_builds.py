@@ -101,6 +101,32 @@ async def test_listing_pages_newest_first(domain: Domain, admin: Principal, cloc
     assert seen == list(reversed(created))
 
 
+async def test_listing_one_status_pages_through_that_status_alone(
+    domain: Domain, admin: Principal, clock: Clock
+) -> None:
+    project = await new_project(domain, admin)
+    failed, other = [], []
+    for n in range(9):
+        build, _ = await domain.builds.create(admin, project)
+        if n % 3 == 0:
+            await domain.builds.finish(admin, build.id, Outcome.failed("broken"))
+            failed.append(build.id)
+        else:
+            await domain.builds.finish(admin, build.id, Outcome.success())
+            other.append(build.id)
+        clock.advance(1)
+    first = await domain.builds.list(admin, project, 2, None, BuildStatus.FAILED)
+    assert [b.id for b in first.items] == failed[::-1][:2]
+    assert first.next_page_token
+    second = await domain.builds.list(admin, project, 2, first.next_page_token, BuildStatus.FAILED)
+    assert [b.id for b in second.items] == failed[::-1][2:]
+    assert second.next_page_token == ""
+    assert (await domain.builds.list(admin, project, 10, None, BuildStatus.RUNNING)).items == []
+    # Without a status, as the RPCs call it: every build.
+    everything = await domain.builds.list(admin, project, 100, None)
+    assert sorted(b.id for b in everything.items) == sorted(failed + other)
+
+
 async def test_builds_in_the_same_instant_page_by_id(domain: Domain, admin: Principal) -> None:
     project = await new_project(domain, admin)
     ids = {(await domain.builds.create(admin, project))[0].id for _ in range(5)}

@@ -57,6 +57,38 @@ async def test_builds_are_listed_newest_first_from_a_position(store: Store) -> N
     assert seen == expected
 
 
+async def test_builds_of_one_status_are_listed_newest_first_from_a_position(
+    store: Store,
+) -> None:
+    org = await new_org(store)
+    project = await new_project(store, org.id, "app")
+    statuses = list(BuildStatus)
+    builds = []
+    for n in range(15):
+        build = await new_build(store, project, created=n % 4)
+        status = statuses[n % len(statuses)]
+        if status is not BuildStatus.RUNNING:
+            build = await store.builds.finish_build(build.id, status, at(10), None)
+            assert build is not None
+        builds.append(build)
+    # Another project's failed build is never listed.
+    other = await new_build(store, await new_project(store, org.id, "other"), created=1)
+    await store.builds.finish_build(other.id, BuildStatus.FAILED, at(10), None)
+    newest_first = sorted(builds, key=lambda b: (b.created_at, b.id), reverse=True)
+    for status in BuildStatus:
+        expected = [b for b in newest_first if b.status is status]
+        assert len(expected) == 3
+        assert await store.builds.list_builds(project.id, None, 100, status) == expected
+        seen, before = [], None
+        while page := await store.builds.list_builds(project.id, before, 2, status):
+            assert {b.status for b in page} == {status}
+            seen += page
+            before = (to_micros(page[-1].created_at), page[-1].id)
+        assert seen == expected
+    # No status: every build, as before.
+    assert await store.builds.list_builds(project.id, None, 100, None) == newest_first
+
+
 async def test_of_concurrent_finishes_exactly_one_wins(store: Store, second_store: Store) -> None:
     project = await new_project(store, (await new_org(store)).id)
     build = await new_build(store, project)

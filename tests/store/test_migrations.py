@@ -40,7 +40,7 @@ async def test_migrated_schema_matches_metadata(empty_database_url: str) -> None
         await migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert await conn.run_sync(_version) == head_revision() == "0010"
+            assert await conn.run_sync(_version) == head_revision() == "0011"
     finally:
         await engine.dispose()
 

@@ -129,13 +129,17 @@ class Builds:
         project_id: str,
         page_size: int | None,
         page_token: str | None,
+        status: BuildStatus | None = None,
     ) -> Page[Build]:
+        """The project's builds, newest first; only those in `status` when one is given (the
+        store filters, so a page is full whatever the mix). A page token is a position, so
+        the same filter must come with it for the next page to continue the same listing."""
         limit = resolve_page_size(page_size, default=BUILD_PAGE_DEFAULT, maximum=BUILD_PAGE_MAX)
         before = decode_page_token(page_token)
         if principal.kind is TokenKind.BUILD:
             raise PermissionDenied("a build token can only drive its own build")
         project = await self._projects.get_for_builds(principal, project_id)
-        rows = await self._build_store.list_builds(project.id, before, limit + 1)
+        rows = await self._build_store.list_builds(project.id, before, limit + 1, status)
         return page_of(rows, limit, lambda b: (b.created_us, b.id))
 
     async def _reachable(self, principal: Principal, build_id: str) -> Build:

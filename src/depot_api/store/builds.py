@@ -65,24 +65,35 @@ _LIVE_BUILD = Query(  # a build whose project is not deleted
     .join(p, p.c.id == b.c.project_id)
     .where(b.c.id == bindparam("id"), p.c.deleted_at.is_(None))
 )
-_BUILDS = Query(
-    select(*BUILD_COLUMNS)
-    .where(b.c.project_id == bindparam("project_id"))
-    .order_by(*_newest_first)
-    .limit(bindparam("limit"))
-)
-_BUILDS_BEFORE = Query(
-    select(*BUILD_COLUMNS)
-    .where(
-        b.c.project_id == bindparam("project_id"),
-        tuple_(b.c.created_at, b.c.id)
-        < tuple_(
-            bindparam("before_created_at", type_=BigInteger), bindparam("before_id", type_=t.ID)
-        ),
+
+
+def _listing(*, with_status: bool, from_position: bool) -> Query:
+    """A page of a project's builds, newest first: optionally of one status, optionally
+    strictly before a position. Each variant is compiled once; with a status, the walk runs
+    down ix_builds_project_status_created, so a rare status costs no scan of the others."""
+    conditions = [b.c.project_id == bindparam("project_id")]
+    if with_status:
+        conditions.append(b.c.status == bindparam("status"))
+    if from_position:
+        conditions.append(
+            tuple_(b.c.created_at, b.c.id)
+            < tuple_(
+                bindparam("before_created_at", type_=BigInteger),
+                bindparam("before_id", type_=t.ID),
+            )
+        )
+    return Query(
+        select(*BUILD_COLUMNS).where(*conditions).order_by(*_newest_first).limit(bindparam("limit"))
     )
-    .order_by(*_newest_first)
-    .limit(bindparam("limit"))
-)
+
+
+# (with a status, from a position) -> its statement
+_LISTINGS = {
+    (with_status, from_position): _listing(with_status=with_status, from_position=from_position)
+    for with_status in (False, True)
+    for from_position in (False, True)
+}
+
 # The status condition makes the transition atomic: of concurrent finishers, in this process
 # or any other, exactly one update matches a RUNNING row.
 _FINISH = Query(
@@ -178,19 +189,20 @@ class SqlBuildStore(BuildStore):
         return None if row is None else build_of_row(row)
 
     async def list_builds(
-        self, project_id: str, before: Position | None, limit: int
+        self,
+        project_id: str,
+        before: Position | None,
+        limit: int,
+        status: BuildStatus | None = None,
     ) -> list[Build]:
+        params: dict[str, object] = {"project_id": project_id, "limit": limit}
+        if status is not None:
+            params["status"] = status.value
+        if before is not None:
+            params["before_created_at"], params["before_id"] = before
+        query = _LISTINGS[(status is not None, before is not None)]
         async with self._db.read() as session:
-            if before is None:
-                rows = await session.all(_BUILDS, project_id=project_id, limit=limit)
-            else:
-                rows = await session.all(
-                    _BUILDS_BEFORE,
-                    project_id=project_id,
-                    before_created_at=before[0],
-                    before_id=before[1],
-                    limit=limit,
-                )
+            rows = await session.all(query, **params)
         return [build_of_row(row) for row in rows]
 
     async def finish_build(

@@ -189,9 +189,14 @@ class BuildStore(Protocol):
         """The build, unless it does not exist or its project was deleted."""
 
     async def list_builds(
-        self, project_id: str, before: Position | None, limit: int
+        self,
+        project_id: str,
+        before: Position | None,
+        limit: int,
+        status: BuildStatus | None = None,
     ) -> list[Build]:
-        """The project's builds, newest first, strictly before `before`."""
+        """The project's builds, newest first, strictly before `before`; only those in
+        `status` when one is given."""
 
     async def finish_build(
         self, build_id: str, status: BuildStatus, at: datetime, error_message: str | None
