@@ -134,7 +134,9 @@ async def test_revoking_a_token_stops_it_on_the_api(
     assert "doomed" not in after.text
     assert await api_refusal(api, project_id, secret) == Code.UNAUTHENTICATED
     # Again: the token is gone, and the page says so.
-    again = await browser.post(f"{tokens_path(project_id)}/{token.id}/revoke", {"csrf": page.csrf()})
+    again = await browser.post(
+        f"{tokens_path(project_id)}/{token.id}/revoke", {"csrf": page.csrf()}
+    )
     assert again.status == 404 and "not found" in again.text
 
 
@@ -165,9 +167,7 @@ async def test_another_projects_or_an_unknown_token_is_not_revoked(
     )
     csrf = (await browser.get(tokens_path(project_id))).csrf()
     for token_id in (sibling_token.id, foreign_token.id, "aaaaaaaaaa"):
-        refused = await browser.post(
-            f"{tokens_path(project_id)}/{token_id}/revoke", {"csrf": csrf}
-        )
+        refused = await browser.post(f"{tokens_path(project_id)}/{token_id}/revoke", {"csrf": csrf})
         assert refused.status == 404, (token_id, refused.text)
         assert "Not found" in refused.text and f"token {token_id} not found" in refused.text
         assert "Traceback" not in refused.text
