@@ -6,6 +6,7 @@ unknown one, a form without its form token, bad input), and escaping."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from connectrpc.errors import ConnectError
 
 from depot_api.domain.principal import Principal
 from depot_api.gen.depot.build.v1 import build_pb
+from depot_api.models import TokenKind
 from tests.conftest import InProcessAPI, bearer
 from tests.console_client import ConsoleBrowser
 from tests.factories import new_project
@@ -70,6 +72,29 @@ async def test_the_page_lists_the_projects_tokens(
     assert "never" in page.text  # kept has no expiry
     assert "not yet" in page.text  # neither has been used
     assert page.text.count('name="csrf"') >= 4  # sign-out, two revokes, create
+
+
+async def test_an_expired_token_is_marked_and_can_be_revoked(
+    api: InProcessAPI, admin: Principal, browser: ConsoleBrowser
+) -> None:
+    domain = api.app.domain
+    project_id = await new_project(domain, admin)
+    fresh, _ = domain.tokens.new_token(
+        TokenKind.PROJECT, "stale", org_id=next(iter(admin.org_ids)), project_id=project_id
+    )
+    # Made a week ago, for a day: expired six days ago.
+    made = fresh.created_at - timedelta(days=7)
+    stale = replace(fresh, created_at=made, expires_at=made + timedelta(days=1))
+    await domain.store.orgs.insert_token(stale)
+    page = await browser.get(tokens_path(project_id))
+    assert page.status == 200
+    row = page.text.split(f'id="token-{stale.id}"')[1].split("</tr>")[0]
+    assert 'tag-error">expired</span>' in row
+    revoked = await browser.post(
+        f"{tokens_path(project_id)}/{stale.id}/revoke", {"csrf": page.csrf()}
+    )
+    assert revoked.status == 303
+    assert await domain.tokens.list_project_tokens(admin, project_id) == []
 
 
 async def test_a_new_tokens_secret_is_shown_once_and_works_on_the_api(
