@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from depot_api.api.console.console import Route, route
+from depot_api.api.console.machines import machines_page
 from depot_api.api.console.projects import projects_page
 
 ROUTES: list[Route] = [
     route("GET", "/", projects_page),
+    # Machines
+    route("GET", "/machines", machines_page),
 ]
