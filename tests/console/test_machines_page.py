@@ -236,3 +236,30 @@ async def test_the_page_asks_to_sign_in_and_refuses_a_post(api: InProcessAPI) ->
     csrf = (await browser.get("/console/machines")).csrf()
     posted = await browser.post("/console/machines", {"csrf": csrf})
     assert posted.status == 405 and "read with GET" in posted.text
+
+
+async def test_draining_machines_come_after_active_ones(api: InProcessAPI) -> None:
+    c = api.clients()
+    _, token = await api.app.domain.tokens.create_machine_token("agents")
+    first = await _register(c, token, pb.Platform.AMD64, 2401)
+    second = await _register(c, token, pb.Platform.AMD64, 2402)
+    await api.app.domain.machines.drain(first)
+    page = await _machines_page(api, api.org_token)
+    assert 'class="state state-draining">draining' in _machine_card(page, first)
+    assert page.index(f"machine-{second}") < page.index(f"machine-{first}")
+
+
+async def test_a_member_of_both_organizations_sees_both(api: InProcessAPI) -> None:
+    scene = await _scene(api)
+    domain = api.app.domain
+    both = await domain.organizations.create_user("both")
+    admin_b = await domain.authenticator.authenticate(f"Bearer {scene.org_b_token}")
+    admin_a = await domain.authenticator.authenticate(f"Bearer {scene.org_a_token}")
+    for org_id in admin_a.org_ids | admin_b.org_ids:
+        await domain.organizations.add_member(both.id, org_id)
+    _, token = await domain.tokens.create_user_token(both.id)
+    card = _machine_card(await _machines_page(api, token), scene.bound_machine)
+    assert "web &lt;app&gt;" in card
+    assert f'href="/console/builds/{scene.build_a}"' in card
+    assert f'href="/console/builds/{scene.build_b}"' in card
+    assert PEER_A in card and PEER_B in card
