@@ -263,3 +263,20 @@ async def test_a_member_of_both_organizations_sees_both(api: InProcessAPI) -> No
     assert f'href="/console/builds/{scene.build_a}"' in card
     assert f'href="/console/builds/{scene.build_b}"' in card
     assert PEER_A in card and PEER_B in card
+
+
+async def test_the_live_list_is_the_pages_list_alone(api: InProcessAPI) -> None:
+    scene = await _scene(api)
+    browser = ConsoleBrowser(api.http)
+    await browser.sign_in(scene.org_b_token)
+    live = await browser.get("/console/machines/live")
+    assert live.status == 200
+    assert live.text.lstrip().startswith('<div class="machines-live"')
+    assert 'data-live-url="/console/machines/live"' in live.text
+    assert "Sign out" not in live.text  # no layout around it
+    card = _machine_card(live.text, scene.bound_machine)
+    assert "another organization's project" in card and scene.build_a not in live.text
+    assert "<script>alert" not in live.text
+    signed_out = ConsoleBrowser(api.http)
+    refused = await signed_out.get("/console/machines/live")
+    assert refused.status == 401  # the page's script reloads, and so goes to sign-in

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from depot_api.api.console.web import Page, PageRequest
+from depot_api.api.console.web import Fragment, Page, PageRequest
 from depot_api.models import Machine, MachineConnection, MachineState
 from depot_api.times import utc_now
 
@@ -59,6 +59,15 @@ class MachineView:
 
 
 async def machines_page(request: PageRequest) -> Page:
+    return Page("machines.html", {"machines": await _views(request)})
+
+
+async def machines_live(request: PageRequest) -> Fragment:
+    """The page's list alone, which its script fetches again every two seconds."""
+    return Fragment("machines_live.html", {"machines": await _views(request)})
+
+
+async def _views(request: PageRequest) -> list[MachineView]:
     principal = request.principal
     principal.require_manager("see machines")
     domain = request.domain
@@ -76,7 +85,7 @@ async def machines_page(request: PageRequest) -> Page:
     project_ids |= {c.project_id for found in connections.values() for c in found if c.project_id}
     names = await domain.projects.names_in_organizations(principal, project_ids)
     now = utc_now()
-    views = [
+    return [
         MachineView(
             machine=machine,
             project_name=names.get(machine.project_id or "", ""),
@@ -86,7 +95,6 @@ async def machines_page(request: PageRequest) -> Page:
         )
         for machine in machines
     ]
-    return Page("machines.html", {"machines": views})
 
 
 def _connection_view(connection: MachineConnection, names: dict[str, str]) -> ConnectionView:
