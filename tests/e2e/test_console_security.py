@@ -210,6 +210,9 @@ def two_workers(
 
 
 def test_a_session_works_and_ends_on_every_worker(two_workers: ServerProcess) -> None:
+    pid = two_workers.process.pid
+    workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(workers) == 2, workers  # the processes CONNECTIONS are spread over
     browser = RawBrowser(two_workers.url)
     browser.sign_in(two_workers.org_token)
     pages = [browser.get("/console/machines") for _ in range(CONNECTIONS)]
