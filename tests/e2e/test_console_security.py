@@ -266,7 +266,7 @@ def test_request_logs_hold_neither_the_token_nor_the_cookie(two_workers: ServerP
 @pytest.fixture(scope="module")
 def short_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("console-expiry") / "data"
-    with running_server(data_dir, "--console-session-lifetime", "2") as process:
+    with running_server(data_dir, "--console-session-lifetime", "3") as process:
         yield process
 
 
@@ -275,11 +275,11 @@ def test_a_session_expires(short_sessions: ServerProcess) -> None:
     signed_in = browser.sign_in(short_sessions.org_token)
     started = time.monotonic()
     _, attributes = _session_cookie(signed_in, "depot_console")
-    assert attributes["max-age"] == "2"  # the browser forgets it as the server does
+    assert attributes["max-age"] == "3"  # the browser forgets it as the server does
     home = browser.get("/console/")
     assert home.status == 200
     csrf = home.csrf()
-    time.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 3.5 - (time.monotonic() - started)))
     # The cookie replayed after its end (a browser would have dropped it; a thief would not).
     expired = browser.get("/console/")
     assert (expired.status, expired.location) == (303, "/console/sign-in?next=%2Fconsole%2F")
