@@ -231,7 +231,8 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="none", help="the certificate's PEM private key, unencrypted",
     ),
     Setting(
-        "console_session_lifetime", "DEPOT_API_CONSOLE_SESSION_LIFETIME", seconds(),
+        # At least a second: the cookie's Max-Age is whole seconds, and 0 would end it at once.
+        "console_session_lifetime", "DEPOT_API_CONSOLE_SESSION_LIFETIME", seconds(low=1.0),
         flag="--console-session-lifetime", metavar="SECONDS",
         help="how long a console sign-in lasts",
     ),

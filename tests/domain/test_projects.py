@@ -117,3 +117,37 @@ async def test_update_changes_only_what_is_given(domain: Domain, admin: Principa
         Hardware.HW_4X4,
     )
     assert updated.cache_policy == project.cache_policy
+
+
+async def test_names_in_organizations_shows_only_the_callers_live_projects(
+    domain: Domain, admin: Principal
+) -> None:
+    web = await create(domain, admin, name="web")
+    api = await create(domain, admin, name="api")
+    gone = await create(domain, admin, name="gone")
+    await domain.projects.delete(admin, gone.id)
+    other = await domain.organizations.create("other")
+    other_admin = Principal("o", TokenKind.ORG, frozenset({other.id}))
+    theirs = await create(domain, other_admin, name="theirs")
+    asked = [web.id, api.id, web.id, gone.id, theirs.id, "nonexistent", "<script>", ""]
+    assert await domain.projects.names_in_organizations(admin, asked) == {
+        web.id: "web",
+        api.id: "api",
+    }
+    assert await domain.projects.names_in_organizations(other_admin, asked) == {theirs.id: "theirs"}
+    assert await domain.projects.names_in_organizations(admin, []) == {}
+    member = Principal("u", TokenKind.USER, frozenset({admin_org(admin), other.id}), user_id="u")
+    assert set(await domain.projects.names_in_organizations(member, asked)) == {
+        web.id,
+        api.id,
+        theirs.id,
+    }
+    project_token = Principal(
+        "p", TokenKind.PROJECT, frozenset({admin_org(admin)}), project_id=web.id
+    )
+    with pytest.raises(PermissionDenied):
+        await domain.projects.names_in_organizations(project_token, asked)
+
+
+def admin_org(admin: Principal) -> str:
+    return next(iter(admin.org_ids))

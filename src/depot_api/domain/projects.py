@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.errors import AlreadyExists, InvalidField, NotFound, PermissionDenied
-from depot_api.domain.ids import new_id, quoted, require_id, with_fresh_ids
+from depot_api.domain.ids import is_id, new_id, quoted, require_id, with_fresh_ids
 from depot_api.domain.paging import decode_page_token, page_of, resolve_page_size
 from depot_api.domain.principal import Principal
 from depot_api.domain.text import require_name
@@ -87,6 +87,23 @@ class Projects:
         """The project, if the caller manages its organization."""
         principal.require_manager(action)
         return await self._visible(principal, project_id)
+
+    async def names_in_organizations(
+        self, principal: Principal, project_ids: Iterable[str]
+    ) -> dict[str, str]:
+        """The names of those of the given projects that the caller's organizations own, by
+        ID, in one read. Another organization's project, a deleted one and an ID that names
+        nothing are all simply left out (a shared listing, such as the machines', shows them
+        without a name)."""
+        principal.require_manager("read projects")
+        wanted = sorted({i for i in project_ids if is_id(i)})
+        if not wanted:
+            return {}
+        return {
+            project.id: project.name
+            for project in await self._project_store.get_projects(wanted)
+            if project.org_id in principal.org_ids
+        }
 
     async def get_for_builds(self, principal: Principal, project_id: str) -> Project:
         """The project, if the caller may create and read its builds."""

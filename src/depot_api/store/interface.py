@@ -136,6 +136,9 @@ class ProjectStore(Protocol):
     ) -> list[Project]:
         """Live projects of these organizations, oldest first, strictly after `after`."""
 
+    async def get_projects(self, project_ids: list[str]) -> list[Project]:
+        """The live projects among these IDs, in no particular order."""
+
     async def update_project(
         self,
         project_id: str,

@@ -47,6 +47,9 @@ _INSERT_PROJECT = Query(
     )
 )
 _PROJECT = Query(select(p).where(_live))
+_PROJECTS_BY_ID = Query(
+    select(p).where(p.c.id.in_(bindparam("ids", expanding=True)), p.c.deleted_at.is_(None))
+)
 _PROJECTS = Query(
     select(p).where(_of_orgs).order_by(p.c.created_at, p.c.id).limit(bindparam("limit"))
 )
@@ -100,6 +103,13 @@ class SqlProjectStore(ProjectStore):
         async with self._db.read() as session:
             r = await session.one(_PROJECT, id=project_id)
         return None if r is None else _project(r)
+
+    async def get_projects(self, project_ids: list[str]) -> list[Project]:
+        if not project_ids:
+            return []
+        async with self._db.read() as session:
+            rows = await session.all(_PROJECTS_BY_ID, ids=sorted(set(project_ids)))
+        return [_project(r) for r in rows]
 
     async def list_projects(
         self, org_ids: list[str], after: Position | None, limit: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from depot_api.api.console.console import Route, route
+from depot_api.api.console.machines import machines_live, machines_page
 from depot_api.api.console.project_builds import project_builds_page
 from depot_api.api.console.project_tokens import create_token, revoke_token, tokens_page
 from depot_api.api.console.projects import projects_page
@@ -19,4 +20,7 @@ ROUTES: list[Route] = [
     route("GET", "/projects/{project_id}/trust-policies", trust_policies_page),
     route("POST", "/projects/{project_id}/trust-policies", add_policy),
     route("POST", "/projects/{project_id}/trust-policies/{policy_id}/remove", remove_policy),
+    # Machines
+    route("GET", "/machines", machines_page),
+    route("GET", "/machines/live", machines_live),
 ]
