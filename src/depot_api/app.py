@@ -49,7 +49,7 @@ from depot_api.api.share_page import SharePage
 from depot_api.config import Settings
 from depot_api.domain.errors import Unavailable
 from depot_api.metrics import CONTENT_TYPE, exposition
-from depot_api.services import served
+from depot_api.services import public_url_of, served
 from depot_api.wiring import Domain, domain_for
 
 log = logging.getLogger("depot_api")
@@ -122,6 +122,7 @@ class DepotAPI:
             domain,
             CONSOLE_ROUTES,
             session_seconds=int(settings.console_session_lifetime.total_seconds()),
+            public_url=public_url_of(settings),
         )
         self._links_from_arrival = not settings.public_url
         self._drain_dir = settings.drain_dir
@@ -182,6 +183,8 @@ class DepotAPI:
             elif not await send_static(send, path):
                 await self._share_page.page(path, send)
         elif self._console.serves(path):
+            if self._links_from_arrival:  # the console's share links, as ShareBuild's
+                note_arrival(scope)
             await self._console(scope, receive, send)
         elif path == "/" and scope["method"] in ("GET", "HEAD"):
             await read_body_first(receive, self._max_bytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from depot_api.api.asgi import Send
 from depot_api.api.pages import render, send_page
 from depot_api.api.public_url import SHARE_PATH
+from depot_api.api.timeline import timeline_of
 from depot_api.domain.builds import duration_seconds
 from depot_api.domain.shares import Shares
 
@@ -22,7 +23,12 @@ class SharePage:
         if view is None:
             await self.not_found(send)
             return
-        html = render("shared_build.html", view=view, duration=duration_seconds(view.build))
+        html = render(
+            "shared_build.html",
+            view=view,
+            timeline=timeline_of(view),
+            duration=duration_seconds(view.build),
+        )
         await send_page(send, 200, html)
 
     async def not_found(self, send: Send) -> None:

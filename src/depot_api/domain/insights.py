@@ -82,6 +82,30 @@ class LogLine:
     at_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """A step as a page shows it: with the first lines of its log."""
+
+    step: BuildStep
+    lines: list[LogLine]
+    # The log goes on past `lines` (a log page or the API has all of it).
+    more_lines: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BuildView:
+    """A build as a page shows it (the shared link's, the console's): its counters, its steps
+    with the first lines of their logs, and the time it was read (a running step's bar ends
+    there)."""
+
+    build: Build
+    insights: BuildInsights | None
+    steps: list[StepView]
+    # The build has more steps than the page shows.
+    more_steps: bool
+    now_us: int
+
+
 class Insights:
     def __init__(
         self,
@@ -246,6 +270,32 @@ class Insights:
         if not any(c.seq > resume[0] or len(c.data) > resume[1] for c in rest):
             return Page(lines, "")
         return Page(lines, _encode_token(_LOG_TOKEN, *resume))
+
+    async def step_of(self, build: Build, digest: str) -> BuildStep:
+        """One step of a build the caller may read (its reach checked already)."""
+        require_digest(digest, "build_step_digest")
+        step = await self._store.get_step(build.id, digest)
+        if step is None:
+            raise NotFound(f"build {build.id} has no step {digest[:80]}")
+        if step.has_logs and self._logs_expired(build):
+            step = replace(step, has_logs=False)
+        return step
+
+    async def view_of(self, build: Build, max_steps: int, lines_per_step: int) -> BuildView:
+        """What a build's page shows: its counters, its first max_steps steps, and the first
+        lines_per_step lines of each one's log (a build the caller may read)."""
+        now_us = to_micros(self._now())
+        counters = (await self.counters([build])).get(build.id)
+        page = await self.steps_of(build, max_steps, None)
+        steps = []
+        for step in page.items:
+            lines: list[LogLine] = []
+            more = False
+            if step.has_logs:
+                log = await self.step_logs_of(build, step.digest, lines_per_step, None)
+                lines, more = log.items, bool(log.next_page_token)
+            steps.append(StepView(step, lines, more))
+        return BuildView(build, counters, steps, bool(page.next_page_token), now_us)
 
     async def counters(self, builds: Sequence[Build]) -> dict[str, BuildInsights]:
         """The insights counters of these builds (those that have any), by build ID."""

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from depot_api.domain.builds import Builds
-from depot_api.domain.insights import Insights, LogLine
+from depot_api.domain.insights import BuildView, Insights, StepView
 from depot_api.domain.principal import Principal
 from depot_api.domain.secretbox import SecretBox
-from depot_api.models import Build, BuildInsights, BuildShare, BuildStep
+from depot_api.models import Build, BuildShare
 from depot_api.store.interface import ShareStore
 from depot_api.times import to_micros
 
@@ -32,21 +31,9 @@ _SECRET_LENGTH = 43
 _SECRET_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-@dataclass(frozen=True, slots=True)
-class SharedStep:
-    step: BuildStep
-    lines: list[LogLine]
-    # The log goes on past `lines` (see the API for all of it).
-    more_lines: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SharedBuildView:
-    build: Build
-    insights: BuildInsights | None
-    steps: list[SharedStep]
-    # The build has more steps than the page shows.
-    more_steps: bool
+# What the shared page shows (the console's build page shows the same view).
+SharedStep = StepView
+SharedBuildView = BuildView
 
 
 class Shares:
@@ -94,19 +81,7 @@ class Shares:
         build = await self.shared_build(secret)
         if build is None:
             return None
-        counters = (await self._insights.counters([build])).get(build.id)
-        page = await self._insights.steps_of(build, VIEW_STEPS, None)
-        steps = []
-        for step in page.items:
-            lines: list[LogLine] = []
-            more = False
-            if step.has_logs:
-                log = await self._insights.step_logs_of(
-                    build, step.digest, VIEW_LINES_PER_STEP, None
-                )
-                lines, more = log.items, bool(log.next_page_token)
-            steps.append(SharedStep(step, lines, more))
-        return SharedBuildView(build, counters, steps, bool(page.next_page_token))
+        return await self._insights.view_of(build, VIEW_STEPS, VIEW_LINES_PER_STEP)
 
     async def _shareable(self, principal: Principal, build_id: str) -> Build:
         # The callers who may read the build (GetBuild) may share it.

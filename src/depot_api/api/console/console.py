@@ -24,6 +24,7 @@ from depot_api.api.console.web import Fragment, Handler, PageRequest, Redirect, 
 from depot_api.api.pages import SAME_ORIGIN_REFERRER, render
 from depot_api.api.pages import send_page as send_any_page
 from depot_api.api.pages import send_redirect as send_any_redirect
+from depot_api.api.public_url import PublicURL
 from depot_api.domain.console_sessions import ConsoleSessions
 from depot_api.domain.errors import (
     DomainError,
@@ -86,8 +87,16 @@ class Refused(Exception):
 
 
 class Console:
-    def __init__(self, domain: Domain, routes: Sequence[Route], *, session_seconds: int) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        routes: Sequence[Route],
+        *,
+        session_seconds: int,
+        public_url: PublicURL,
+    ) -> None:
         self._domain = domain
+        self._public_url = public_url
         self._sessions: ConsoleSessions = domain.console_sessions
         # Sign-out is answered here (it clears the cookie); its route makes it a known POST.
         self._routes = [route("POST", "/sign-out", _answered_by_the_console), *routes]
@@ -161,6 +170,7 @@ class Console:
             principal=principal,
             domain=self._domain,
             csrf=ConsoleSessions.csrf_token(session_id),
+            public_url=self._public_url,
         )
         if path == SIGN_OUT:
             await self._sessions.sign_out(session_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from depot_api.api.console import build_page
 from depot_api.api.console.console import Route, route
 from depot_api.api.console.machines import machines_live, machines_page
 from depot_api.api.console.project_builds import project_builds_page
@@ -23,4 +24,10 @@ ROUTES: list[Route] = [
     # Machines
     route("GET", "/machines", machines_page),
     route("GET", "/machines/live", machines_live),
+    # One build
+    route("GET", "/builds/{build_id}", build_page.build_page),
+    route("GET", "/builds/{build_id}/live", build_page.build_live),
+    route("GET", "/builds/{build_id}/logs", build_page.step_log_page),
+    route("POST", "/builds/{build_id}/share", build_page.share_build),
+    route("POST", "/builds/{build_id}/stop-sharing", build_page.stop_sharing_build),
 ]

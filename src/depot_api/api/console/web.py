@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from depot_api.api.public_url import PublicURL
 from depot_api.domain.principal import Principal
 from depot_api.wiring import Domain
 
@@ -28,6 +29,8 @@ class PageRequest:
     domain: Domain
     # The form token every form of this session carries (csrf_field in the templates).
     csrf: str
+    # The base of the links the server makes (a shared build's), as ShareBuild makes them.
+    public_url: PublicURL
 
 
 @dataclass(frozen=True, slots=True)
