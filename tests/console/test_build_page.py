@@ -222,7 +222,7 @@ async def test_a_steps_whole_log_page_by_page(api: InProcessAPI, browser: Consol
     while True:
         log = await browser.get(path)
         assert log.status == 200, log.text
-        assert "[1/1] RUN a" in log.text
+        assert "[1/1] RUN chatty" in log.text
         seen += re.findall(r"line \d{4}", log.text)
         pages += 1
         found = re.search(r'href="([^"]*&amp;page=[^"]*)"', log.text)

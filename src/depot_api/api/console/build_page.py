@@ -66,6 +66,7 @@ async def step_log_page(request: PageRequest) -> Page:
         "build_log.html",
         {
             "build": build,
+            "project": await _project_of(request, build),
             "step": step,
             "lines": log.items,
             "first_page": not token,
