@@ -339,8 +339,10 @@ def _view(status: BuildStatus, *steps: BuildStep, now_us: int = 10_000_000) -> B
     return BuildView(build, None, [StepView(s, [], False) for s in steps], False, now_us)
 
 
-def _step(digest: str, started: int | None, completed: int | None) -> BuildStep:
-    return BuildStep("b" * 10, digest, 0, digest, (), started, completed, False, None, False)
+def _step(
+    digest: str, started: int | None, completed: int | None, *, cached: bool = False
+) -> BuildStep:
+    return BuildStep("b" * 10, digest, 0, digest, (), started, completed, cached, None, False)
 
 
 def test_a_timeline_places_steps_from_the_first_start_and_runs_open_ones_to_now() -> None:
@@ -348,7 +350,8 @@ def test_a_timeline_places_steps_from_the_first_start_and_runs_open_ones_to_now(
         BuildStatus.RUNNING,
         _step("a", 2_000_000, 4_000_000),
         _step("b", 4_000_000, None),  # running: to now (10 s)
-        _step("c", None, None),  # not started: no bar
+        _step("c", None, None),  # not started: no bar, waiting
+        _step("d", None, None, cached=True),  # a cache hit sent with no times: not waiting
     )
     timeline = timeline_of(view)
     assert timeline.span_seconds == 8.0
@@ -356,7 +359,8 @@ def test_a_timeline_places_steps_from_the_first_start_and_runs_open_ones_to_now(
     assert a is not None and (a.offset, a.width, a.running) == (0.0, 25.0, False)
     assert b is not None and (b.offset, b.width, b.running) == (25.0, 75.0, True)
     assert b.seconds == 6.0
-    assert timeline.bars["c"] is None
+    assert timeline.bars["c"] is None and timeline.bars["d"] is None
+    assert timeline.waiting == {"c"} and timeline.placed
 
 
 def test_after_the_build_an_unfinished_step_ends_with_it() -> None:
@@ -364,3 +368,5 @@ def test_after_the_build_an_unfinished_step_ends_with_it() -> None:
     bar = timeline_of(view).bars["a"]
     assert bar is not None and not bar.running and bar.seconds == 6.0
     assert timeline_of(_view(BuildStatus.SUCCESS)).span_seconds == 0.0
+    nothing_placed = timeline_of(_view(BuildStatus.FAILED, _step("c", None, None)))
+    assert not nothing_placed.placed and nothing_placed.waiting == frozenset()

@@ -249,6 +249,17 @@ def test_hostile_names_and_lines_are_text(
         c.StatusResponse(
             logs=[c.VertexLog(vertex=HOSTILE, msg=f"{HOSTILE_LINE}\n".encode(), stream=1)]
         ),
+        c.StatusResponse(
+            vertexes=[
+                c.Vertex(
+                    digest=NEXT,
+                    name="[2/2] RUN make test",
+                    started=_ts(0),
+                    completed=_ts(1),
+                    error='process "/bin/sh -c make test" did not complete successfully',
+                )
+            ]
+        ),
     ]
     created = in_thread(lambda: _running_build(server, org, status))
     in_thread(lambda: _finish(server, created.build_id, created.build_token))
@@ -264,13 +275,25 @@ def test_hostile_names_and_lines_are_text(
         main = page.inner_text("main")
         assert HOSTILE_NAME in main
         if "/logs" not in path:
-            page.locator("li.step summary").click()
+            page.locator("li.step", has_text="[1/1]").locator("summary").click()
         assert HOSTILE_LINE in page.inner_text("pre.log")
         scripts = page.evaluate("[...document.scripts].map(s => s.src)")
         assert scripts == [f"{server.url}/static/console.js"], scripts
         assert page.evaluate("document.images.length") == 0
         assert page.evaluate("typeof window.alerted") == "undefined"
     page.screenshot(path=str(tmp_path / "build-hostile-log.png"), full_page=True)
+
+    # Share it from the page (a real form: its token, its Origin), and stop.
+    page.goto(f"{server.url}/console/builds/{created.build_id}")
+    failed = page.locator("li.step.failed", has_text="[2/2] RUN make test")
+    assert "did not complete successfully" in failed.inner_text()  # open by itself
+    page.click("button:has-text('Share this build')")
+    link = page.inner_text(".share-link")
+    assert link.startswith(f"{server.url}/share/"), link
+    page.screenshot(path=str(tmp_path / "build-shared.png"), full_page=True)
+    page.click("button:has-text('Stop sharing')")
+    page.wait_for_url(lambda url: url.endswith("?sharing=stopped"))
+    assert "Sharing stopped" in page.inner_text(".share")
     watched.assert_quiet()
     context.close()
     print(f"screenshots in {tmp_path}")

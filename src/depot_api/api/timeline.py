@@ -32,8 +32,16 @@ class Bar:
 class Timeline:
     # Seconds from the first step's start to the last step's end (0 without steps).
     span_seconds: float
-    # Each step's bar by its digest; None for a step not started (nothing to place yet).
+    # Each step's bar by its digest; None for a step with no times (nothing to place).
     bars: dict[str, Bar | None]
+    # The steps the build has not come to yet: no times, no output, no cache hit, no error,
+    # and the build still running. (A step with no times that did any of these ran, but
+    # its reporter sent no times: it is shown without a bar, not as waiting.)
+    waiting: frozenset[str] = frozenset()
+
+    @property
+    def placed(self) -> bool:
+        return any(bar is not None for bar in self.bars.values())
 
 
 def timeline_of(view: BuildView) -> Timeline:
@@ -44,9 +52,16 @@ def timeline_of(view: BuildView) -> Timeline:
     spans: dict[str, tuple[int, int, bool] | None] = {}
     for shown in view.steps:
         spans[shown.step.digest] = _span(shown.step, open_end)
+    waiting = frozenset(
+        shown.step.digest
+        for shown in view.steps
+        if running
+        and spans[shown.step.digest] is None
+        and not (shown.step.cached or shown.step.error or shown.step.has_logs)
+    )
     placed = [span for span in spans.values() if span is not None]
     if not placed:
-        return Timeline(0.0, dict.fromkeys(spans))
+        return Timeline(0.0, dict.fromkeys(spans), waiting)
     first = min(start for start, _, _ in placed)
     last = max(end for _, end, _ in placed)
     total = max(last - first, 1)
@@ -61,7 +76,7 @@ def timeline_of(view: BuildView) -> Timeline:
         bars[digest] = Bar(
             round(offset, 3), round(width, 3), unfinished and running, (end - start) / 1e6
         )
-    return Timeline((last - first) / 1e6, bars)
+    return Timeline((last - first) / 1e6, bars, waiting)
 
 
 def _span(step: BuildStep, open_end: int) -> tuple[int, int, bool] | None:
