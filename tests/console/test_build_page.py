@@ -6,22 +6,30 @@ bad step digests and page tokens, the live part signed out)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from protobuf import Oneof
 from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+from pyqwest import Client
+from pyqwest.testing import ASGITransport
 
 from depot_api.api.timeline import MIN_WIDTH, timeline_of
+from depot_api.app import create_app
+from depot_api.config import Settings
 from depot_api.domain.insights import BuildView, StepView
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depotapi.insights.v1 import insights_pb
 from depot_api.gen.moby.buildkit.v1 import control_pb as c
-from depot_api.models import Build, BuildStatus, BuildStep
+from depot_api.models import Build, BuildStatus, BuildStep, InsightsFlags, MergeLimits
+from depot_api.startup import prepare
 from tests.conftest import InProcessAPI, bearer
 from tests.console_client import ConsoleBrowser
-from tests.factories import new_build
+from tests.factories import new_build, new_project
 
 FETCH, COPY, TEST = (f"sha256:{n * 64}" for n in "abc")
 HOSTILE_NAME = "[1/3] RUN echo <script>alert(1)</script>"
@@ -321,6 +329,46 @@ async def test_another_orgs_build_and_a_missing_one_are_not_found(
     bad = await browser.get("/console/builds/%3Cscript%3E")
     assert bad.status == 400 and "<script>" not in bad.text
     assert (await browser.get(f"/console/builds/{theirs}/share")).status == 405
+
+
+async def test_notices_when_the_insights_are_incomplete(settings: Settings) -> None:
+    """Dropped messages and a side listener (as an agent reports them), and logs past their
+    retention: each gets its notice, and an expired step's log says so."""
+    short = replace(settings, build_log_retention=timedelta(seconds=1))
+    org_token = await prepare(short)
+    assert org_token is not None
+    app = create_app(short)
+    async with ASGITransport(app) as transport:
+        api = InProcessAPI(app, short, org_token, Client(transport))
+        browser = ConsoleBrowser(api.http)
+        build_id, _ = await _signed_in_with_build(api, browser, STATUS)
+        build = await app.domain.store.builds.get_build(build_id)
+        assert build is not None
+        await app.domain.store.insights.merge(
+            build_id,
+            project_id=build.project_id,
+            build_created_us=build.created_us,
+            messages=[],
+            flags=InsightsFlags(dropped=3, side_listener=True),
+            limits=MergeLimits(max_log_bytes=1 << 20, cut_marker=b"cut"),
+            now_us=build.created_us,
+        )
+        page = await browser.get(f"/console/builds/{build_id}")
+        assert "3 status messages were dropped" in page.text
+        assert "side listener" in page.text
+        assert "have expired" not in page.text and "fetched 42 packages" in page.text
+        await asyncio.sleep(1.2)
+        # Any later upload expires the logs of builds past the retention.
+        admin = await app.domain.authenticator.authenticate(f"Bearer {org_token}")
+        other, other_token = await app.domain.builds.create(
+            admin, await new_project(app.domain, admin, "other")
+        )
+        other_id = other.id
+        await _upload(api, other_id, other_token, STATUS[:1])
+        page = await browser.get(f"/console/builds/{build_id}")
+        assert "logs have expired; its steps and counters remain" in page.text
+        assert "Its log has expired." in page.text
+        assert "fetched 42 packages" not in page.text
 
 
 async def test_signed_out_the_live_part_is_401_and_the_page_asks_to_sign_in(
