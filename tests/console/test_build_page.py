@@ -135,6 +135,7 @@ async def test_steps_on_a_timeline_with_cache_marks_errors_and_logs(
     copy = _step_item(html, "[2/3] COPY . /app")
     assert 'class="tag tag-cached"' in copy and " cached" in copy.split(">")[0]
     assert 'x="40.0%"' in copy and f'width="{MIN_WIDTH}%"' in copy
+    assert '<span class="step-time">0 ms</span>' in copy  # under a second: milliseconds
     test = _step_item(html, "[3/3] RUN make test")
     assert 'class="tag tag-error"' in test and "failed" in test.split(">")[0]
     assert "did not complete successfully" in test

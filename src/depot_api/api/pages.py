@@ -78,6 +78,13 @@ def _seconds(value: float | None) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+def _step_time(value: float | None) -> str:
+    """A step's time: most steps take well under a second, so those show milliseconds."""
+    if value is not None and value < 1:
+        return f"{value * 1000:.0f} ms"
+    return _seconds(value)
+
+
 def _bytes(value: int | None) -> str:
     if value is None:
         return "—"
@@ -98,6 +105,7 @@ def _step_seconds(started_us: int | None, completed_us: int | None) -> float | N
 templates.filters["when"] = _when
 templates.filters["when_datetime"] = _when_datetime
 templates.filters["seconds"] = _seconds
+templates.filters["step_time"] = _step_time
 templates.filters["bytes"] = _bytes
 templates.globals["step_seconds"] = _step_seconds
 templates.globals["stylesheet"] = STYLESHEET_PATH
