@@ -2,7 +2,8 @@
 both databases:
 
 - a build made by the real depot CLI on a real BuildKit (tests/e2e/test_build_insights.py's
-  site: server, agent, private Docker Engine): sign in through the form, open the build, see
+  site: server, agent, private Docker Engine): sign in through the form, open the project and
+  its build, see
   BuildKit's own step names on the timeline and a line the RUN printed, its log page, and the
   cached steps of the same build made again;
 - a running build's page updates by itself, without a reload, and stops polling once the
@@ -96,7 +97,10 @@ def test_a_real_builds_page(site: Site, browser: Any, tmp_path: Path) -> None:  
     page = desktop.new_page()
     watched = watch(page)
     sign_in(page, site.server.url, site.token)
-    page.goto(f"{site.server.url}/console/builds/{first}")
+    # From the projects page to the project, to its build, as a person would.
+    page.click(f"a[href='/console/projects/{project_id}']")
+    page.click(f"a[href='/console/builds/{first}']")
+    page.wait_for_url(f"**/console/builds/{first}")
     assert "status-success" in (page.get_attribute(".build-live h1 .status", "class") or "")
     assert page.get_attribute(f"a[href='/console/projects/{project_id}']", "href")
     steps = page.inner_text("ol.steps")
