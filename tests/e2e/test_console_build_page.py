@@ -61,6 +61,13 @@ def in_thread(make: Callable[[], Any]) -> Any:
         return thread.submit(asyncio.run, make()).result()
 
 
+def assert_styled(page: Any) -> None:
+    """The stylesheet applies to the timeline: a bar is a thin strip, not an unstyled SVG
+    (300 x 150 px by default). A broken stylesheet still renders every word of the page."""
+    box = page.locator("svg.step-bar").first.bounding_box()
+    assert box is not None and box["height"] < 20 and box["width"] > 40, box
+
+
 def screenshots(browser: Any, url: str, cookies: list[Any], path: Path, name: str) -> None:
     """Full-page screenshots of url on a laptop and on a phone (signed in with cookies)."""
     for suffix, viewport, mobile in (("", DESKTOP, False), ("-phone", PHONE, True)):
@@ -109,6 +116,7 @@ def test_a_real_builds_page(site: Site, browser: Any, tmp_path: Path) -> None:  
     the_run = page.locator("li.step", has_text="[stage-1 3/3] RUN echo")
     assert the_run.count() == 1
     assert the_run.locator("svg.step-bar rect.fill").count() == 1  # its bar on the timeline
+    assert_styled(page)
     the_run.locator("summary").click()
     assert f"{marker}-one" in the_run.locator("pre.log").inner_text()
     page.screenshot(path=str(tmp_path / "build-real.png"), full_page=True)
@@ -291,6 +299,7 @@ def test_hostile_names_and_lines_are_text(
     page.goto(f"{server.url}/console/builds/{created.build_id}")
     failed = page.locator("li.step.failed", has_text="[2/2] RUN make test")
     assert "did not complete successfully" in failed.inner_text()  # open by itself
+    assert_styled(page)
     page.click("button:has-text('Share this build')")
     link = page.inner_text(".share-link")
     assert link.startswith(f"{server.url}/share/"), link

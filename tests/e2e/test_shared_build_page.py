@@ -108,6 +108,8 @@ def test_a_shared_link_in_a_real_browser(
     assert HOSTILE_NAME in text  # the step name, as text
     assert "[2/3] COPY . /app" in text and "cached" in text
     assert "did not complete successfully" in text
+    bar = page.locator("svg.step-bar").first.bounding_box()  # styled: a thin timeline strip
+    assert bar is not None and bar["height"] < 20, bar
     page.click("text=" + HOSTILE_NAME)  # open the step: its log lines
     log_text = page.inner_text("pre.log")
     assert "compiling 42 files" in log_text
