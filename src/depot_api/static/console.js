@@ -35,8 +35,11 @@
       window.location.reload(); // signed out: the page itself goes to sign-in
       return;
     }
+    if (response.status >= 400 && response.status < 500) {
+      return; // gone or no longer ours (a deleted project): stop asking, keep what is shown
+    }
     if (!response.ok) {
-      schedule(region);
+      schedule(region); // the server is busy or restarting: try again
       return;
     }
     const template = document.createElement("template");
