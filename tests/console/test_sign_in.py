@@ -3,6 +3,8 @@ signed-out session's cookie), through the in-process server on SQLite and Postgr
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 
 from tests.conftest import InProcessAPI
@@ -59,6 +61,47 @@ async def test_sign_in_goes_back_to_the_page_asked_for_and_nowhere_else(
             "/console/sign-in", {"csrf": form.csrf(), "token": api.org_token, "next": asked}
         )
         assert (response.status, response.location) == (303, landed), asked
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "/console/\r\nSet-Cookie: planted=1",
+        "/console/\x00",
+        "/console/\t/evil.example",
+        "/console/ projects",
+        "/console/projects/\u00e9",
+    ],
+)
+async def test_sign_in_goes_back_only_to_a_clean_address(
+    browser: ConsoleBrowser, api: InProcessAPI, asked: str
+) -> None:
+    # A CR LF in the Location header would split the response (a header of the attacker's);
+    # a NUL or a letter beyond ASCII has no place there either. Each goes home instead, from
+    # the form and, already signed in, from the sign-in page's own address.
+    form = await browser.get("/console/sign-in")
+    response = await browser.post(
+        "/console/sign-in", {"csrf": form.csrf(), "token": api.org_token, "next": asked}
+    )
+    assert (response.status, response.location) == (303, "/console/"), asked
+    again = await browser.get(f"/console/sign-in?{urlencode({'next': asked})}")
+    assert (again.status, again.location) == (303, "/console/"), asked
+
+
+async def test_a_page_asked_signed_out_is_sent_to_sign_in_encoded(
+    browser: ConsoleBrowser, api: InProcessAPI
+) -> None:
+    asked = await browser.get("/console/projects/%C3%A9t%C3%A9?status=all")
+    assert asked.status == 303
+    assert asked.location == (
+        "/console/sign-in?next=%2Fconsole%2Fprojects%2F%25C3%25A9t%25C3%25A9%3Fstatus%3Dall"
+    )
+    form = await browser.get(asked.location)
+    response = await browser.post(
+        "/console/sign-in",
+        {"csrf": form.csrf(), "token": api.org_token, "next": "/console/projects/%C3%A9t%C3%A9"},
+    )
+    assert response.location == "/console/projects/%C3%A9t%C3%A9"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from depot_api.api.asgi import Receive, Scope, Send
 from depot_api.api.console.web import Fragment, Handler, PageRequest, Redirect, with_query
@@ -370,12 +370,27 @@ def _require_same_origin(scope: Scope) -> None:
 
 
 def _local(path: str, scope: Scope) -> str:
+    """The address asked for, as it came (the path encoded again): where sign-in goes back to."""
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    return f"{path}?{query}" if query else path
+    encoded = quote(path, safe=_PATH_SAFE, errors="replace")
+    return f"{encoded}?{query}" if query else encoded
+
+
+# What a path keeps unencoded (RFC 3986's pchar and "/"), so _local's answer passes _safe_next.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# Printable ASCII without spaces: an address as it travels (percent-encoded). Anything else
+# (a CR or LF, a NUL, a tab a browser would drop, a letter beyond ASCII) does not go into the
+# Location header: a CR LF there would split the response, and the server refuses it anyway.
+_ADDRESS = re.compile(r"[\x21-\x7e]*")
 
 
 def _safe_next(candidate: str) -> str:
     """Where to go after signing in: a console page of this server, never another site."""
-    if candidate.startswith(HOME) and "//" not in candidate and "\\" not in candidate:
+    if (
+        candidate.startswith(HOME)
+        and _ADDRESS.fullmatch(candidate)
+        and "//" not in candidate
+        and "\\" not in candidate
+    ):
         return candidate
     return HOME
