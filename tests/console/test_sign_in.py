@@ -204,3 +204,26 @@ async def test_bad_requests_get_clear_pages(browser: ConsoleBrowser, api: InProc
     for response in (not_found, wrong_method, as_json, too_big, bad_query, bad_page):
         assert "Traceback" not in response.text
         assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+async def test_a_wrong_method_is_405_naming_the_methods_allowed(
+    browser: ConsoleBrowser, api: InProcessAPI
+) -> None:
+    # HTTP requires a 405 to carry Allow, so a client (or a proxy) knows what to send instead.
+    await browser.sign_in(api.org_token)
+    csrf = (await browser.get("/console/")).csrf()
+    for method, path, allowed in [
+        ("POST", "/console/", "GET, HEAD"),
+        ("PUT", "/console/machines", "GET, HEAD"),
+        ("DELETE", "/console/machines/live", "GET, HEAD"),
+        ("GET", "/console/sign-out", "POST"),
+        ("PUT", "/console/sign-in", "GET, POST, HEAD"),
+    ]:
+        response = await api.http.execute(
+            method,
+            f"http://test{path}",
+            headers={**browser._headers(), "content-type": "application/x-www-form-urlencoded"},
+            content=f"csrf={csrf}".encode(),
+        )
+        assert response.status == 405, (method, path)
+        assert response.headers.get("allow") == allowed, (method, path)

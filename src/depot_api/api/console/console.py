@@ -79,11 +79,13 @@ def route(method: str, path: str, handler: Handler) -> Route:
 class Refused(Exception):
     """A request the console will not act on, answered with this status and message."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(self, status: int, title: str, message: str, *, allow: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        # A 405's methods, for its Allow header (HTTP requires one).
+        self.allow = allow
 
 
 class Console:
@@ -132,7 +134,12 @@ class Console:
         handler, params, allowed = self._match(path, method)
         if handler is None:
             if allowed:
-                raise Refused(405, "Not allowed", f"{path} is read with {' or '.join(allowed)}")
+                raise Refused(
+                    405,
+                    "Not allowed",
+                    f"{path} is read with {' or '.join(allowed)}",
+                    allow=_with_head(allowed),
+                )
             raise Refused(404, "Not found", "There is nothing at this address.")
         cookies = _cookies(scope)
         session_id = cookies.get(_cookie_name(scope, _SESSION_COOKIE))
@@ -212,7 +219,12 @@ class Console:
             await self._sign_in_form(scope, send, next_path, "", 200)
             return
         if method != "POST":
-            raise Refused(405, "Not allowed", f"{SIGN_IN} is read with GET and sent with POST")
+            raise Refused(
+                405,
+                "Not allowed",
+                f"{SIGN_IN} is read with GET and sent with POST",
+                allow=_with_head(["GET", "POST"]),
+            )
         _require_same_origin(scope)
         form = _form(scope, body)
         expected = _cookies(scope).get(_cookie_name(scope, _SIGN_IN_COOKIE), "")
@@ -264,7 +276,8 @@ class Console:
 
     async def _refusal(self, send: Send, refusal: Refused) -> None:
         html = render("console/refused.html", title=refusal.title, message=refusal.message)
-        await send_page(send, refusal.status, html)
+        headers = [(b"allow", ", ".join(refusal.allow).encode())] if refusal.allow else None
+        await send_page(send, refusal.status, html, headers)
 
 
 async def send_page(
@@ -281,6 +294,11 @@ async def send_redirect(
 
 async def _answered_by_the_console(request: PageRequest) -> Redirect:
     raise AssertionError(f"{request.path} is answered by Console itself")
+
+
+def _with_head(methods: Sequence[str]) -> list[str]:
+    """The methods a path takes: HEAD too wherever GET is (it is answered as a GET)."""
+    return [*methods, "HEAD"] if "GET" in methods else list(methods)
 
 
 def _title(status: int) -> str:
