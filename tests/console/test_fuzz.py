@@ -50,7 +50,7 @@ ODD_SEGMENTS = [
 ODD_VALUES = [*ODD_SEGMENTS, "0", "-1", "9" * 40, "all", "running", "true"]
 QUERY_NAMES = ["page", "status", "step", "next", "revoked", "added", "removed", "sharing"]
 # Fields any console form reads.
-FORM_NAMES = ["description", "lifetime", "provider", "owner", "name", "token", "next"]
+FORM_NAMES = ["csrf", "description", "lifetime", "provider", "owner", "name", "token", "next"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO"]
 ACCEPTS = ["*/*", "application/json", "text/html", "image/png", "", "a" * 8000]
 

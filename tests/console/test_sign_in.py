@@ -148,7 +148,13 @@ async def test_a_form_post_without_the_token_is_refused(
 ) -> None:
     await browser.sign_in(api.org_token)
     home = await browser.get("/console/")
-    for form in ({}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": home.csrf() + "0"}):
+    for form in (
+        {},
+        {"csrf": ""},
+        {"csrf": "0" * 64},
+        {"csrf": home.csrf() + "0"},
+        {"csrf": "\u00e9" * 64},  # not ASCII: refused, not a 500
+    ):
         response = await browser.post("/console/sign-out", form)
         assert response.status == 403, form
         assert "did not come from this console session" in response.text

@@ -101,4 +101,5 @@ class ConsoleSessions:
     def csrf_ok(cls, session_id: str | None, given: str | None) -> bool:
         if not session_id or not given:
             return False
-        return hmac.compare_digest(cls.csrf_token(session_id), given)
+        # As bytes: compare_digest refuses (TypeError) a str with a letter beyond ASCII.
+        return hmac.compare_digest(cls.csrf_token(session_id).encode(), given.encode())
