@@ -241,3 +241,25 @@ async def test_odd_methods_and_headers(api: InProcessAPI, ids: dict[str, str]) -
             await send(api, browser, "GET", path, headers={"cookie": cookie})
         for origin in ("null", "", "http://test:80", "HTTP://TEST", "http://evil", "é"):
             await send(api, browser, "POST", path, headers={"origin": origin})
+
+
+async def test_odd_sign_in_forms(api: InProcessAPI) -> None:
+    # With the sign-in form's own token, so each value reaches the token check and the
+    # choice of where to go next.
+    browser = ConsoleBrowser(api.http)
+    tokens = ["eyJhbGciOiJSUzI1NiJ9.e30.x", "a.b.c", "dpo_" + "é" * 40, "Bearer x", "x " * 100]
+    for value in [*ODD_VALUES, *tokens, *("/console/" + v for v in ODD_VALUES)]:
+        for field in ("token", "next"):
+            browser.cookies.clear()
+            form = await browser.get("/console/sign-in")
+            fields = {"csrf": form.csrf(), "token": api.org_token, "next": "/console/"}
+            fields[field] = value
+            body = urlencode(fields, quote_via=quote, errors="surrogatepass").encode()
+            await send(
+                api,
+                browser,
+                "POST",
+                "/console/sign-in",
+                body=body,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
