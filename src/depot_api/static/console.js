@@ -16,14 +16,39 @@
     return state;
   }
 
+  // The address a region fetches, if it is one of this console's own: whatever a fragment's
+  // markup said, the script never asks another origin (nor sends this page's cookies there).
+  function liveUrl(region) {
+    let url;
+    try {
+      url = new URL(region.dataset.liveUrl, window.location.href);
+    } catch (error) {
+      return null;
+    }
+    const ours = url.origin === window.location.origin && url.pathname.startsWith("/console/");
+    return ours ? url : null;
+  }
+
+  // Only the same part of the page replaces it: an answer that is something else (a whole
+  // page, a proxy's sign-in form) is not put in its place.
+  function samePart(fresh, region) {
+    return (
+      fresh !== null &&
+      fresh.tagName === region.tagName &&
+      fresh.className === region.className
+    );
+  }
+
   function schedule(region) {
-    window.setTimeout(() => refresh(region), INTERVAL_MS);
+    if (liveUrl(region) !== null) {
+      window.setTimeout(() => refresh(region), INTERVAL_MS);
+    }
   }
 
   async function refresh(region) {
     let response;
     try {
-      response = await fetch(region.dataset.liveUrl, {
+      response = await fetch(liveUrl(region), {
         credentials: "same-origin",
         headers: { Accept: "text/html" },
       });
@@ -45,8 +70,8 @@
     const template = document.createElement("template");
     template.innerHTML = await response.text();
     const fresh = template.content.firstElementChild;
-    if (fresh === null) {
-      schedule(region);
+    if (!samePart(fresh, region)) {
+      schedule(region); // not this part: keep what is shown, and ask again
       return;
     }
     const state = openState(region);
@@ -57,7 +82,7 @@
     }
     region.replaceWith(fresh);
     if (fresh.dataset.liveUrl) {
-      schedule(fresh);
+      schedule(fresh); // no-op for an address not this console's own
     }
   }
 
