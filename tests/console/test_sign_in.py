@@ -3,10 +3,16 @@ signed-out session's cookie), through the in-process server on SQLite and Postgr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import urlencode
 
 import pytest
+from pyqwest import Client
+from pyqwest.testing import ASGITransport
 
+from depot_api.app import create_app
+from depot_api.config import Settings
+from depot_api.startup import prepare
 from tests.conftest import InProcessAPI
 from tests.console_client import ConsoleBrowser
 from tests.factories import new_build
@@ -233,3 +239,24 @@ async def test_a_wrong_method_is_405_naming_the_methods_allowed(
         )
         assert response.status == 405, (method, path)
         assert response.headers.get("allow") == allowed, (method, path)
+
+
+async def test_an_https_public_url_makes_the_cookie_secure_behind_a_proxy(
+    settings: Settings,
+) -> None:
+    """A proxy ends TLS and speaks plain HTTP to the server: with --public-url https://…
+    the cookie is still __Host- and Secure, and is read back under that name."""
+    public = replace(settings, public_url="https://depot.example.com")
+    org_token = await prepare(public)
+    assert org_token is not None
+    async with ASGITransport(create_app(public)) as transport:
+        browser = ConsoleBrowser(Client(transport))
+        signed_in = await browser.sign_in(org_token)
+        session = [c for c in signed_in.set_cookies if c.startswith("__Host-depot_console=")]
+        assert len(session) == 1 and "; Secure" in session[0] and "Path=/" in session[0]
+        assert not any(c.startswith("depot_console=") for c in signed_in.set_cookies)
+        assert (await browser.get("/console/")).status == 200
+        # The same value under the plain name is no session here.
+        value = browser.cookies.pop("__Host-depot_console")
+        browser.cookies["depot_console"] = value
+        assert (await browser.get("/console/")).status == 303

@@ -35,6 +35,11 @@ class PublicURL:
         self._configured = configured
         self._listening = listening
 
+    @property
+    def is_https(self) -> bool:
+        """People reach the server over HTTPS (--public-url says so), whatever the socket."""
+        return self._configured.startswith("https://")
+
     def share_link(self, secret: str) -> str:
         base = self._configured or _arrival.get() or self._listening
         return f"{base}{SHARE_PATH}{secret}"

@@ -142,7 +142,7 @@ class Console:
                 )
             raise Refused(404, "Not found", "There is nothing at this address.")
         cookies = _cookies(scope)
-        session_id = cookies.get(_cookie_name(scope, _SESSION_COOKIE))
+        session_id = cookies.get(self._cookie_name(scope, _SESSION_COOKIE))
         principal = await self._sessions.principal(session_id)
         if method == "POST":
             _require_same_origin(scope)
@@ -212,7 +212,7 @@ class Console:
         query = _query(scope)
         next_path = _safe_next(query.get("next", ""))
         if method == "GET":
-            session = _cookies(scope).get(_cookie_name(scope, _SESSION_COOKIE))
+            session = _cookies(scope).get(self._cookie_name(scope, _SESSION_COOKIE))
             if await self._sessions.principal(session) is not None:
                 await send_redirect(send, next_path)
                 return
@@ -227,7 +227,7 @@ class Console:
             )
         _require_same_origin(scope)
         form = _form(scope, body)
-        expected = _cookies(scope).get(_cookie_name(scope, _SIGN_IN_COOKIE), "")
+        expected = _cookies(scope).get(self._cookie_name(scope, _SIGN_IN_COOKIE), "")
         given = form.get("csrf", "")
         if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
             raise Refused(
@@ -260,11 +260,20 @@ class Console:
         cookie = self._set_cookie(scope, _SIGN_IN_COOKIE, form_token, 3600)
         await send_page(send, status, html, [cookie])
 
-    @staticmethod
-    def _set_cookie(scope: Scope, name: str, value: str, max_age: int) -> tuple[bytes, bytes]:
-        secure = _is_tls(scope)
+    def _secure(self, scope: Scope) -> bool:
+        """Cookies are Secure when this request came over TLS, or when --public-url is https:
+        behind a proxy that ends TLS, the server itself sees plain HTTP."""
+        return scope.get("scheme") == "https" or self._public_url.is_https
+
+    def _cookie_name(self, scope: Scope, name: str) -> str:
+        # __Host-: the browser takes the cookie only from a secure origin, for this host and
+        # path / alone, so no other site (not even a sibling subdomain) can plant one.
+        return f"__Host-{name}" if self._secure(scope) else name
+
+    def _set_cookie(self, scope: Scope, name: str, value: str, max_age: int) -> tuple[bytes, bytes]:
+        secure = self._secure(scope)
         parts = [
-            f"{_cookie_name(scope, name)}={value}",
+            f"{self._cookie_name(scope, name)}={value}",
             "Path=/",
             f"Max-Age={max_age}",
             "HttpOnly",
@@ -311,16 +320,6 @@ def _title(status: int) -> str:
         429: "Too many",
         503: "Unavailable",
     }.get(status, "Not accepted")
-
-
-def _is_tls(scope: Scope) -> bool:
-    return scope.get("scheme") == "https"
-
-
-def _cookie_name(scope: Scope, name: str) -> str:
-    # __Host-: the browser takes the cookie only from a secure origin, for this host and
-    # path / alone, so no other site (not even a sibling subdomain) can plant one.
-    return f"__Host-{name}" if _is_tls(scope) else name
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
