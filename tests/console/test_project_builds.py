@@ -66,18 +66,6 @@ def link(page: Response, text: str) -> str | None:
     return html.unescape(found.group(1)) if found else None
 
 
-@pytest.fixture
-async def admin(api: InProcessAPI) -> Principal:
-    return await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-
-
-@pytest.fixture
-async def browser(api: InProcessAPI) -> ConsoleBrowser:
-    browser = ConsoleBrowser(api.http)
-    await browser.sign_in(api.org_token)
-    return browser
-
-
 async def new_project(domain: Domain, admin: Principal, name: str = "app") -> str:
     project = await domain.projects.create(
         admin,

@@ -24,18 +24,6 @@ _SECRET = re.compile(r'id="new-token-secret">([^<]+)<')
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 
 
-@pytest.fixture
-async def admin(api: InProcessAPI) -> Principal:
-    return await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-
-
-@pytest.fixture
-async def browser(api: InProcessAPI) -> ConsoleBrowser:
-    browser = ConsoleBrowser(api.http)
-    await browser.sign_in(api.org_token)
-    return browser
-
-
 def tokens_path(project_id: str) -> str:
     return f"/console/projects/{project_id}/tokens"
 

@@ -18,18 +18,6 @@ CIRCLE_ORG = "8a3e3f4e-0c4e-4c3a-9f1e-2b6a7c8d9e0f"
 CIRCLE_PROJECT = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d"
 
 
-@pytest.fixture
-async def admin(api: InProcessAPI) -> Principal:
-    return await api.app.domain.authenticator.authenticate(f"Bearer {api.org_token}")
-
-
-@pytest.fixture
-async def browser(api: InProcessAPI) -> ConsoleBrowser:
-    browser = ConsoleBrowser(api.http)
-    await browser.sign_in(api.org_token)
-    return browser
-
-
 def policies_path(project_id: str) -> str:
     return f"/console/projects/{project_id}/trust-policies"
 

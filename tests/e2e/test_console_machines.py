@@ -30,8 +30,14 @@ from .machines import (
     list_workers,
 )
 
-# Quick heartbeats, but a build keeps its machine for the whole test without reporting health.
-TIMINGS = {**QUICK, "DEPOT_API_LIVENESS_WINDOW": "300", "DEPOT_API_MACHINE_IDLE_RELEASE": "300"}
+# Quick heartbeats, but a build keeps its machine for the whole test without reporting health,
+# and waits for the agent's first ready heartbeat as long as a loaded machine may need.
+TIMINGS = {
+    **QUICK,
+    "DEPOT_API_LIVENESS_WINDOW": "300",
+    "DEPOT_API_MACHINE_IDLE_RELEASE": "300",
+    "DEPOT_API_ACQUIRE_TIMEOUT": "60",
+}
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
