@@ -69,7 +69,7 @@ class ConsoleBrowser:
         return signed_in
 
     def _headers(self) -> dict[str, str]:
-        headers = {"host": "test"}
+        headers = {"host": "test", "accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
         if self.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         return headers

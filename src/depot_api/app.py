@@ -186,7 +186,9 @@ class DepotAPI:
             if self._links_from_arrival:  # the console's share links, as ShareBuild's
                 note_arrival(scope)
             await self._console(scope, receive, send)
-        elif path == "/" and scope["method"] in ("GET", "HEAD"):
+        elif path == "/" and scope["method"] in ("GET", "HEAD") and _wants_html(scope):
+            # A browser opening the server's address lands in the console; an API client
+            # (gRPC, Connect, curl) gets the 404 that lists the paths, in its own terms.
             await read_body_first(receive, self._max_bytes)
             await send_redirect(send, self._console.home)
         elif path in self._plain_routes and scope["method"] not in ("GET", "HEAD"):
@@ -299,6 +301,14 @@ class DepotAPI:
             # For a /metrics served by the supervisor, which has no database of its own.
             with contextlib.suppress(Exception):
                 await self._sample_for_metrics()
+
+
+def _wants_html(scope: Scope) -> bool:
+    """The request is a browser's: it asks for HTML (every browser does when it navigates)."""
+    return any(
+        key.lower() == b"accept" and b"text/html" in bytes(value).lower()
+        for key, value in scope.get("headers", [])
+    )
 
 
 def _is_page(path: str) -> bool:

@@ -27,8 +27,12 @@ async def test_a_page_without_a_session_goes_to_sign_in(browser: ConsoleBrowser)
     response = await browser.get("/console/?page=x")
     assert response.status == 303
     assert response.location == "/console/sign-in?next=%2Fconsole%2F%3Fpage%3Dx"
-    root = await browser.get("/")
+    root = await browser.get("/")  # a browser, asking for HTML
     assert (root.status, root.location) == (303, "/console/")
+    # An API client asking for / gets the 404 that lists the paths, not a page.
+    plain = await browser.http.get("http://test/", headers={"accept": "*/*"})
+    assert plain.status == 404
+    assert b"the console at /console/" in plain.content
     bare = await browser.get("/console")
     assert (bare.status, bare.location) == (303, "/console/")
 
