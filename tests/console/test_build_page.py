@@ -21,6 +21,7 @@ from pyqwest.testing import ASGITransport
 from depot_api.api.timeline import MIN_WIDTH, timeline_of
 from depot_api.app import create_app
 from depot_api.config import Settings
+from depot_api.domain.errors import NotFound
 from depot_api.domain.insights import BuildView, StepView
 from depot_api.gen.depot.build.v1 import build_pb
 from depot_api.gen.depotapi.insights.v1 import insights_pb
@@ -289,6 +290,74 @@ async def test_share_and_stop_sharing(api: InProcessAPI, browser: ConsoleBrowser
     assert "Sharing stopped" in after.text and "/share/" not in after.text
     gone = await api.http.get("http://test/share/" + link.rsplit("/", 1)[1])
     assert gone.status == 404
+
+
+async def test_the_page_offers_what_fits_whether_the_build_is_shared(
+    api: InProcessAPI, browser: ConsoleBrowser
+) -> None:
+    """Not shared: only "Share this build". Shared: says so, offers "Show the link" and "Stop
+    sharing", and the page a GET returns holds no secret. Stopped: not shared again."""
+    build_id, _ = await _signed_in_with_build(api, browser, STATUS)
+    stop_form = f'action="/console/builds/{build_id}/stop-sharing"'
+    share_form = f'action="/console/builds/{build_id}/share"'
+
+    unshared = await browser.get(f"/console/builds/{build_id}")
+    assert unshared.status == 200, unshared.text
+    assert "This build is not shared" in unshared.text
+    assert share_form in unshared.text and "Share this build" in unshared.text
+    assert stop_form not in unshared.text and "Stop sharing" not in unshared.text
+    assert "Sharing stopped" not in unshared.text
+
+    shared = await browser.post(f"/console/builds/{build_id}/share", {"csrf": unshared.csrf()})
+    found = LINK.search(shared.text)
+    assert found, shared.text
+    secret = found.group(1).rsplit("/", 1)[1]
+    assert stop_form in shared.text  # the answer with the link offers stopping too
+
+    page = await browser.get(f"/console/builds/{build_id}")
+    assert page.status == 200, page.text
+    assert "This build is shared: anyone with its link can see it." in page.text
+    assert share_form in page.text and "Show the link" in page.text
+    assert "Share this build" not in page.text
+    assert stop_form in page.text and "Stop sharing" in page.text
+    assert secret not in page.text and "/share/" not in page.text
+    live = await browser.get(f"/console/builds/{build_id}/live")
+    assert secret not in live.text
+
+    # "Show the link" is the share form: the same link again.
+    shown = await browser.post(f"/console/builds/{build_id}/share", {"csrf": page.csrf()})
+    assert LINK.search(shown.text).group(1).endswith(secret)  # type: ignore[union-attr]
+
+    stopped = await browser.post(f"/console/builds/{build_id}/stop-sharing", {"csrf": page.csrf()})
+    after = await browser.get(stopped.location)
+    assert "Sharing stopped" in after.text and "This build is not shared" in after.text
+    assert stop_form not in after.text and "Share this build" in after.text
+    plain = await browser.get(f"/console/builds/{build_id}")
+    assert "This build is not shared" in plain.text and stop_form not in plain.text
+    assert "Sharing stopped" not in plain.text
+
+
+async def test_whether_a_build_is_shared_is_read_with_the_callers_rights(
+    api: InProcessAPI,
+) -> None:
+    """Shares.is_shared checks the caller as ShareBuild does: another organization's build is
+    not found, not answered."""
+    domain = api.app.domain
+    build_id, build_token = await new_build(domain, api.org_token)
+    ours = await domain.authenticator.authenticate(f"Bearer {api.org_token}")
+    its_own = await domain.authenticator.authenticate(f"Bearer {build_token}")
+    other = await domain.organizations.create("other")
+    _, other_token = await domain.tokens.create_org_token(other.id)
+    theirs = await domain.authenticator.authenticate(f"Bearer {other_token}")
+
+    assert await domain.shares.is_shared(ours, build_id) is False
+    await domain.shares.share(ours, build_id)
+    assert await domain.shares.is_shared(ours, build_id) is True
+    assert await domain.shares.is_shared(its_own, build_id) is True
+    with pytest.raises(NotFound):
+        await domain.shares.is_shared(theirs, build_id)
+    await domain.shares.stop(ours, build_id)
+    assert await domain.shares.is_shared(ours, build_id) is False
 
 
 async def test_a_share_link_follows_the_public_url(api: InProcessAPI) -> None:

@@ -68,6 +68,12 @@ class Shares:
         build = await self._shareable(principal, build_id)
         await self._store.stop(build.id)
 
+    async def is_shared(self, principal: Principal, build_id: str) -> bool:
+        """Whether the build has a share link now. Only that: the link itself is ShareBuild's
+        answer (a page that only shows the build must not carry the secret)."""
+        build = await self._shareable(principal, build_id)
+        return await self._store.is_shared(build.id)
+
     async def shared_build(self, secret: str) -> Build | None:
         """The build shared under this secret; None for anything else (a link never made,
         stopped, mistyped or of a deleted project: all alike, so none tells the others)."""

@@ -367,6 +367,9 @@ class ShareStore(Protocol):
     async def stop(self, build_id: str) -> bool:
         """Remove the build's share; False when it had none."""
 
+    async def is_shared(self, build_id: str) -> bool:
+        """Whether the build has a share now (one read by its key; no secret read)."""
+
     async def shared_build(self, secret_hash: str) -> Build | None:
         """The build shared under this secret hash, unless it is not shared (any more) or its
         project was deleted."""

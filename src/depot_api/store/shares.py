@@ -18,6 +18,7 @@ _ROUNDS = 5
 _SHARE = Query(
     select(s.c.secret_hash, s.c.sealed_secret).where(s.c.build_id == bindparam("build_id"))
 )
+_IS_SHARED = Query(select(s.c.build_id).where(s.c.build_id == bindparam("build_id")))
 _INSERT = Query(insert(s).values(bound("build_id", "secret_hash", "sealed_secret", "created_at")))
 _DELETE = Query(delete(s).where(s.c.build_id == bindparam("build_id")))
 # The shared build, unless its project was deleted (as for every read of a build).
@@ -58,6 +59,10 @@ class SqlShareStore(ShareStore):
     async def stop(self, build_id: str) -> bool:
         async with self._db.write() as session:
             return bool(await session.run(_DELETE, build_id=build_id))
+
+    async def is_shared(self, build_id: str) -> bool:
+        async with self._db.read() as session:
+            return await session.one(_IS_SHARED, build_id=build_id) is not None
 
     async def shared_build(self, secret_hash: str) -> Build | None:
         async with self._db.read() as session:

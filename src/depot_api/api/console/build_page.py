@@ -42,7 +42,7 @@ async def share_build(request: PageRequest) -> Page:
     gives the same link, so sending this form again does no harm."""
     build_id = request.params["build_id"]
     secret = await request.domain.shares.share(request.principal, build_id)
-    context = await _page_context(request)
+    context = await _page_context(request, shared=True)
     context["share_link"] = request.public_url.share_link(secret)
     return Page("build.html", context)
 
@@ -76,11 +76,16 @@ async def step_log_page(request: PageRequest) -> Page:
     )
 
 
-async def _page_context(request: PageRequest) -> dict[str, object]:
+async def _page_context(request: PageRequest, *, shared: bool | None = None) -> dict[str, object]:
+    """The page's context; `shared` when the caller already knows (it just shared the build),
+    else read: whether the build is shared decides which share controls the page offers."""
     build = await request.domain.builds.get(request.principal, request.params["build_id"])
+    if shared is None:
+        shared = await request.domain.shares.is_shared(request.principal, build.id)
     return {
         **await _live_context(request, build),
         "project": await _project_of(request, build),
+        "shared": shared,
         "sharing_stopped": request.query.get("sharing") == "stopped",
     }
 
