@@ -320,6 +320,7 @@ async def test_the_page_offers_what_fits_whether_the_build_is_shared(
     assert share_form in page.text and "Show the link" in page.text
     assert "Share this build" not in page.text
     assert stop_form in page.text and "Stop sharing" in page.text
+    assert f'{stop_form} data-confirm="Stop sharing this build? Its link' in page.text
     assert secret not in page.text and "/share/" not in page.text
     live = await browser.get(f"/console/builds/{build_id}/live")
     assert secret not in live.text

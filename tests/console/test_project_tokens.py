@@ -237,6 +237,11 @@ async def test_a_description_with_markup_is_shown_as_text(
     for page in (created, listed):
         assert "<script>alert" not in page.text and "<img src=x" not in page.text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    # The Revoke form's question names the token as text too (an attribute, escaped).
+    assert (
+        'data-confirm="Revoke the token “&lt;script&gt;alert(1)&lt;/script&gt;'
+        "&lt;img src=x onerror=alert(2)&gt;”? Whatever uses it is refused from then on;"
+    ) in listed.text
 
 
 async def test_forms_without_the_form_token_are_refused_and_change_nothing(

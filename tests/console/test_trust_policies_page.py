@@ -82,6 +82,11 @@ async def test_adding_and_removing_a_policy(
     page = await browser.get(added.location)
     assert f"Trust policy <code>{policy.id}</code> added" in page.text
     assert kept[0] in page.text and kept[1] in page.text
+    # The Remove form asks first (static/console.js; without script it is sent as it is).
+    assert (
+        f'action="{policies_path(project_id)}/{policy.id}/remove" data-confirm="Remove the '
+    ) in page.text
+    assert f" policy {kept[0]}/{kept[1]}? Its CI jobs can no longer create builds" in page.text
 
     removed = await browser.post(f"{policies_path(project_id)}/{policy.id}/remove", {"csrf": csrf})
     assert (removed.status, removed.location) == (

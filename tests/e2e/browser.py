@@ -32,24 +32,50 @@ def browser() -> Iterator[Any]:
 
 @dataclass
 class Watched:
-    """What a page did that it must not: dialogs (alert), uncaught errors, console output."""
+    """What a page did that it must not: dialogs (alert), uncaught errors, console output.
+
+    The console asks before a destructive form is sent (window.confirm): a test says how to
+    answer each question it expects with `answer_confirm`, in order; the questions answered so
+    are in `confirmed`. Any other dialog, or a confirm no answer was given for, is dismissed
+    and counts against the page."""
 
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)
+    answers: list[bool] = field(default_factory=list)
+    # The addresses of the forms the page sent (POSTs), in order: a declined confirm sends none.
+    posted: list[str] = field(default_factory=list)
+
+    def answer_confirm(self, accept: bool) -> None:
+        """Answer the next confirm the page asks: OK when accept, else Cancel."""
+        self.answers.append(accept)
 
     def assert_quiet(self) -> None:
         assert self.dialogs == [], self.dialogs
+        assert self.answers == [], f"confirms expected but never asked: {self.answers}"
         assert self.errors == [], self.errors
         assert not [m for m in self.console if "alert" in m or "Content Security" in m], (
             self.console
         )
 
+    def on_dialog(self, dialog: Any) -> None:
+        if dialog.type == "confirm" and self.answers:
+            self.confirmed.append(dialog.message)
+            if self.answers.pop(0):
+                dialog.accept()
+            else:
+                dialog.dismiss()
+            return
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
 
 def watch(page: Any) -> Watched:
     watched = Watched()
-    page.on("dialog", lambda d: (watched.dialogs.append(d.message), d.dismiss()))
+    page.on("dialog", watched.on_dialog)
     page.on("pageerror", lambda e: watched.errors.append(str(e)))
+    page.on("request", lambda r: watched.posted.append(r.url) if r.method == "POST" else None)
     page.on("console", lambda m: watched.console.append(m.text))
     return watched
 

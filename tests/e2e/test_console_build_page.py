@@ -304,9 +304,27 @@ def test_hostile_names_and_lines_are_text(
     link = page.inner_text(".share-link")
     assert link.startswith(f"{server.url}/share/"), link
     page.screenshot(path=str(tmp_path / "build-shared.png"), full_page=True)
+    # Stopping asks first: declined, nothing is sent and the link still shows the build.
+    stop = f"{server.url}/console/builds/{created.build_id}/stop-sharing"
+    watched.answer_confirm(False)
+    page.click("button:has-text('Stop sharing')")
+    assert watched.confirmed == [
+        "Stop sharing this build? Its link will show nothing any more; sharing it again makes"
+        " a new link."
+    ]
+    page.evaluate("1")  # a round trip to the page: a submit would have started by now
+    assert stop not in watched.posted
+    assert page.inner_text(".share-link") == link  # still this page, not a new one
+    assert page.request.get(link).status == 200
+    # Accepted: stopped, and the link shows nothing.
+    watched.answer_confirm(True)
     page.click("button:has-text('Stop sharing')")
     page.wait_for_url(lambda url: url.endswith("?sharing=stopped"))
+    assert len(watched.confirmed) == 2 and watched.posted[-1] == stop
     assert "Sharing stopped" in page.inner_text(".share")
+    assert "This build is not shared" in page.inner_text(".share")
+    assert page.locator("button:has-text('Stop sharing')").count() == 0
+    assert page.request.get(link).status == 404
     watched.assert_quiet()
     context.close()
     print(f"screenshots in {tmp_path}")

@@ -1,7 +1,8 @@
 """A project's tokens and trust policies in the console, in a real headless Chromium against a
 real server process, on both databases: a token made in the browser works on the API, and
 after it is revoked in the browser the API refuses it; a trust policy is added (after a bad
-try, which the form explains) and removed. No script runs that should not.
+try, which the form explains) and removed. Revoking and removing ask first: declined, nothing
+changes; with script off, Revoke is sent at once, as before. No script runs that should not.
 
 Screenshots, on a laptop's and a phone's screen, are kept under the test's tmp directory
 (tokens-*.png, trust-policies-*.png)."""
@@ -92,8 +93,25 @@ def test_tokens_and_trust_policies_in_a_real_browser(
         assert row.count() == 1
         assert "never" not in row.inner_text()  # it expires in 7 days
         page.screenshot(path=str(tmp_path / "tokens-desktop.png"), full_page=True)
-        row.get_by_role("button", name="Revoke").click()
+        # Revoking asks first. Declined: nothing is sent, and the token still works.
+        revoke = row.get_by_role("button", name="Revoke")
+        watched.answer_confirm(False)
+        revoke.click()
+        assert watched.confirmed == [
+            "Revoke the token “deploy <script>alert('x')</script>”? Whatever uses it is"
+            " refused from then on; this cannot be undone."
+        ]  # the description as text, in the question too
+        page.evaluate("1")  # a round trip to the page: a submit would have started by now
+        assert not [url for url in watched.posted if url.endswith("/revoke")], watched.posted
+        assert page.url == tokens_url and row.count() == 1
+        assert _in_thread(thread, _api_refusal(server, project_id, secret)) is None
+        page.goto(tokens_url)
+        assert row.count() == 1
+        # Accepted: revoked, and the API refuses it.
+        watched.answer_confirm(True)
+        revoke.click()
         page.wait_for_url(f"{tokens_url}?revoked=*")
+        assert len(watched.confirmed) == 2
         assert "revoked" in page.inner_text(".notice")
         assert "deploy <script>" not in page.inner_text("main")
         assert _in_thread(thread, _api_refusal(server, project_id, secret)) == Code.UNAUTHENTICATED
@@ -114,10 +132,24 @@ def test_tokens_and_trust_policies_in_a_real_browser(
         page.wait_for_url(f"{policies_url}?added=*")
         assert "octo-org/octo-repo" in page.inner_text("table.policies")
         page.screenshot(path=str(tmp_path / "trust-policies-desktop.png"), full_page=True)
-        page.get_by_role(
+        remove = page.get_by_role(
             "button", name="Remove the GitHub Actions policy octo-org/octo-repo"
-        ).click()
+        )
+        # Removing asks first: declined, the policy stays (listed after a reload too).
+        watched.answer_confirm(False)
+        remove.click()
+        assert watched.confirmed[-1] == (
+            "Remove the GitHub Actions policy octo-org/octo-repo? Its CI jobs can no longer"
+            " create builds in this project."
+        )
+        page.evaluate("1")
+        assert not [url for url in watched.posted if url.endswith("/remove")], watched.posted
+        page.goto(policies_url)
+        assert "octo-org/octo-repo" in page.inner_text("table.policies")
+        watched.answer_confirm(True)
+        remove.click()
         page.wait_for_url(f"{policies_url}?removed=*")
+        assert len(watched.confirmed) == 4
         assert "No trust policies" in page.inner_text("main")
         watched.assert_quiet()
         context.close()
@@ -141,3 +173,26 @@ def test_tokens_and_trust_policies_in_a_real_browser(
         watched.assert_quiet()
         phone.close()
     print(f"screenshots in {tmp_path}")
+
+
+def test_without_script_revoking_is_one_click_as_before(
+    server: ServerProcess, org: Org, browser: Any
+) -> None:
+    """The question is the script's: with JavaScript off the Revoke form is sent at once."""
+    with ThreadPoolExecutor(1) as thread:
+        project_id = _in_thread(thread, _project(server, org.token, "no script"))
+        tokens_url = f"{server.url}/console/projects/{project_id}/tokens"
+        context = browser.new_context(viewport=SCREENS["desktop"], java_script_enabled=False)
+        page = context.new_page()
+        watched = watch(page)
+        sign_in(page, server.url, org.token)
+        page.goto(tokens_url)
+        secret = _create_token(page, "scriptless", "never")
+        assert _in_thread(thread, _api_refusal(server, project_id, secret)) is None
+        page.goto(tokens_url)
+        page.get_by_role("button", name="Revoke scriptless").click()
+        page.wait_for_url(f"{tokens_url}?revoked=*")
+        assert _in_thread(thread, _api_refusal(server, project_id, secret)) == Code.UNAUTHENTICATED
+        assert watched.confirmed == []
+        watched.assert_quiet()
+        context.close()

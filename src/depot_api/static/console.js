@@ -1,7 +1,9 @@
 // depot-api console: a part of a page marked data-live-url (a running build's steps) fetches
 // itself again every two seconds and is swapped in place, until the server answers with a
-// part that is no longer live (the build ended). The server renders and escapes the HTML; the
-// page's Content-Security-Policy lets no inline script run, here or anywhere.
+// part that is no longer live (the build ended). A form marked data-confirm (revoking a
+// token, removing a trust policy, stopping sharing) asks its question first and is not sent
+// if declined. The server renders and escapes the HTML; the page's Content-Security-Policy
+// lets no inline script run, here or anywhere.
 "use strict";
 
 (function () {
@@ -89,4 +91,16 @@
   for (const region of document.querySelectorAll("[data-live-url]")) {
     schedule(region);
   }
+
+  // One listener for every such form, also those a live update swaps in. Without this script
+  // the forms are sent as they are: the question is a convenience, not a safeguard.
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement) || form.dataset.confirm === undefined) {
+      return;
+    }
+    if (!window.confirm(form.dataset.confirm)) {
+      event.preventDefault();
+    }
+  });
 })();
