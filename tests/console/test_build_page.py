@@ -336,6 +336,10 @@ async def test_the_page_offers_what_fits_whether_the_build_is_shared(
     plain = await browser.get(f"/console/builds/{build_id}")
     assert "This build is not shared" in plain.text and stop_form not in plain.text
     assert "Sharing stopped" not in plain.text
+    # The address cannot make the page claim a state the database denies.
+    await browser.post(f"/console/builds/{build_id}/share", {"csrf": page.csrf()})
+    claimed = await browser.get(stopped.location)
+    assert "Sharing stopped" not in claimed.text and stop_form in claimed.text
 
 
 async def test_whether_a_build_is_shared_is_read_with_the_callers_rights(
