@@ -95,10 +95,22 @@ async def test_metrics_sum_over_the_workers_and_move_with_known_calls(
         await list_projects_on_many_connections(server, calls)
         assert post(f"{server.url}/{_SERVICE}/ListProjects", headers={
             "authorization": "Bearer dpo_wrong"}) == 401  # fmt: skip
+        ok = {"service": _SERVICE, "method": "ListProjects", "protocol": "connect"}
+        # A call is counted when its handler returns, just after its answer was sent: the
+        # client may read the 401 a moment before the counter moves. Wait for it (bounded).
+        refused_before = value(before, "depot_api_rpc_requests_total", **ok, code="unauthenticated")
+        await asyncio.to_thread(
+            wait_for,
+            lambda: (
+                value(scrape(metrics), "depot_api_rpc_requests_total", **ok, code="unauthenticated")
+                > refused_before
+            ),
+            10,
+            "the refused call to be counted",
+        )
         # Each scrape may land on either worker: every one must see all the calls.
         for _ in range(4):
             after = scrape(metrics)
-            ok = {"service": _SERVICE, "method": "ListProjects", "protocol": "connect"}
             moved = value(after, "depot_api_rpc_requests_total", **ok, code="ok") - value(
                 before, "depot_api_rpc_requests_total", **ok, code="ok"
             )
